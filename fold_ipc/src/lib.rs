@@ -1,0 +1,60 @@
+//! `fold_ipc`: the FoldClient wire protocol, shared by the daemon, the node and apps.
+//!
+//! Everything that crosses a socket between an app, the `fold_client` daemon and
+//! `fold_node` is defined here, once, so the three cannot drift apart.
+//!
+//! # Layout
+//!
+//! - [`frame`]: bytes on the socket. A 4-byte big-endian length, then a UTF-8 JSON body,
+//!   with a size cap checked before any allocation.
+//! - [`message`]: the request and response envelopes ([`Request`], [`Response`]).
+//! - [`error`]: the stable wire error codes ([`ErrorCode`], [`WireError`]).
+//! - [`operation`]: the typed operations and their parameters ([`Operation`]).
+//! - [`schema`] and [`query`]: schema definitions, the filter tree and query parameters.
+//! - [`signing`]: the canonical bytes a request signature covers; sign and verify.
+//!   Pure functions, no I/O.
+//! - [`server`]: the server side of a connection (shared by the node and the daemon).
+//! - [`credentials`]: the credentials file the daemon hands each app.
+//! - [`version`]: protocol version constants and the rule for unknown versions.
+//!
+//! The byte-level specification, with known-answer vectors, is `docs/protocol.md`.
+
+pub mod credentials;
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod operation;
+pub mod query;
+pub mod schema;
+pub mod server;
+pub mod signing;
+
+pub use credentials::Credentials;
+pub use error::{ErrorCode, WireError};
+pub use message::{Request, Response};
+pub use operation::{Operation, OperationKind};
+
+/// Protocol versions.
+///
+/// A request carries its version in the `v` field. The rule for a server:
+///
+/// - `v` equal to a version in [`version::SUPPORTED`]: served.
+/// - `v` present but not supported: answered with an
+///   [`ErrorCode::UnsupportedVersion`] error response whose message names the supported
+///   versions; the connection stays open.
+/// - `v` absent: a client built for the reference implementation (protocol "0", which had
+///   no version field). It is parsed leniently so it gets a readable error response
+///   (typically `bad_signature`, since it cannot sign) instead of a dropped connection.
+pub mod version {
+    /// Protocol version 1: length-prefixed JSON, ed25519-signed requests with replay protection.
+    pub const V1: u32 = 1;
+    /// The version this crate speaks and sends.
+    pub const CURRENT: u32 = V1;
+    /// Every version a server built from this crate accepts.
+    pub const SUPPORTED: &[u32] = &[V1];
+
+    /// Whether a server built from this crate accepts requests of version `v`.
+    pub fn is_supported(v: u32) -> bool {
+        SUPPORTED.contains(&v)
+    }
+}

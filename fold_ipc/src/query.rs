@@ -1,0 +1,421 @@
+//! Query parameters: projection, the filter tree, ordering and paging, plus builders.
+//!
+//! A filter is a tree of comparisons combined with `and`, `or` and `not`, tagged by `op`:
+//!
+//! ```json
+//! {"op": "and", "filters": [
+//!     {"op": "eq", "field": "author", "value": "alice"},
+//!     {"op": "not", "filter": {"op": "prefix", "field": "title", "value": "draft"}}
+//! ]}
+//! ```
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Deepest filter tree accepted (an `and` inside an `or` is depth 2).
+pub const MAX_FILTER_DEPTH: usize = 16;
+
+/// Most nodes (comparisons and combinators) a filter tree may have.
+pub const MAX_FILTER_NODES: usize = 256;
+
+/// Most values an `in` comparison may list.
+pub const MAX_IN_VALUES: usize = 1000;
+
+/// Default page size when a query gives no `limit`.
+pub const DEFAULT_LIMIT: u32 = 100;
+
+/// Largest page size a query may ask for.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// A node of the filter tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Filter {
+    /// `field == value`.
+    Eq {
+        /// The field compared.
+        field: String,
+        /// The value it must equal.
+        value: Value,
+    },
+    /// `field != value` (a record without the field does not match).
+    Ne {
+        /// The field compared.
+        field: String,
+        /// The value it must differ from.
+        value: Value,
+    },
+    /// `field < value`.
+    Lt {
+        /// The field compared.
+        field: String,
+        /// The bound.
+        value: Value,
+    },
+    /// `field <= value`.
+    Lte {
+        /// The field compared.
+        field: String,
+        /// The bound.
+        value: Value,
+    },
+    /// `field > value`.
+    Gt {
+        /// The field compared.
+        field: String,
+        /// The bound.
+        value: Value,
+    },
+    /// `field >= value`.
+    Gte {
+        /// The field compared.
+        field: String,
+        /// The bound.
+        value: Value,
+    },
+    /// `field` equals one of `values`.
+    In {
+        /// The field compared.
+        field: String,
+        /// The accepted values.
+        values: Vec<Value>,
+    },
+    /// A string field contains `value` as a substring (case-sensitive).
+    Contains {
+        /// The field searched.
+        field: String,
+        /// The substring.
+        value: String,
+    },
+    /// A string field starts with `value` (case-sensitive).
+    Prefix {
+        /// The field searched.
+        field: String,
+        /// The prefix.
+        value: String,
+    },
+    /// Every sub-filter matches.
+    And {
+        /// The sub-filters.
+        filters: Vec<Filter>,
+    },
+    /// At least one sub-filter matches.
+    Or {
+        /// The sub-filters.
+        filters: Vec<Filter>,
+    },
+    /// The sub-filter does not match.
+    Not {
+        /// The negated filter.
+        filter: Box<Filter>,
+    },
+}
+
+impl Filter {
+    /// Checks the tree against [`MAX_FILTER_DEPTH`], [`MAX_FILTER_NODES`] and
+    /// [`MAX_IN_VALUES`], so a hostile filter cannot make the node do unbounded work.
+    ///
+    /// # Errors
+    ///
+    /// A message saying which limit was exceeded.
+    pub fn check_limits(&self) -> Result<(), String> {
+        let mut nodes = 0usize;
+        self.walk(1, &mut nodes)
+    }
+
+    fn walk(&self, depth: usize, nodes: &mut usize) -> Result<(), String> {
+        if depth > MAX_FILTER_DEPTH {
+            return Err(format!(
+                "filter is nested deeper than {MAX_FILTER_DEPTH} levels"
+            ));
+        }
+        *nodes += 1;
+        if *nodes > MAX_FILTER_NODES {
+            return Err(format!("filter has more than {MAX_FILTER_NODES} nodes"));
+        }
+        match self {
+            Filter::And { filters } | Filter::Or { filters } => {
+                filters.iter().try_for_each(|f| f.walk(depth + 1, nodes))
+            }
+            Filter::Not { filter } => filter.walk(depth + 1, nodes),
+            Filter::In { values, .. } if values.len() > MAX_IN_VALUES => Err(format!(
+                "an `in` filter lists more than {MAX_IN_VALUES} values"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `field == value`.
+pub fn eq(field: impl Into<String>, value: impl Into<Value>) -> Filter {
+    Filter::Eq {
+        field: field.into(),
+        value: value.into(),
+    }
+}
+/// `field != value`.
+pub fn ne(field: impl Into<String>, value: impl Into<Value>) -> Filter {
+    Filter::Ne {
+        field: field.into(),
+        value: value.into(),
+    }
+}
+/// `field < value`.
+pub fn lt(field: impl Into<String>, value: impl Into<Value>) -> Filter {
+    Filter::Lt {
+        field: field.into(),
+        value: value.into(),
+    }
+}
+/// `field <= value`.
+pub fn lte(field: impl Into<String>, value: impl Into<Value>) -> Filter {
+    Filter::Lte {
+        field: field.into(),
+        value: value.into(),
+    }
+}
+/// `field > value`.
+pub fn gt(field: impl Into<String>, value: impl Into<Value>) -> Filter {
+    Filter::Gt {
+        field: field.into(),
+        value: value.into(),
+    }
+}
+/// `field >= value`.
+pub fn gte(field: impl Into<String>, value: impl Into<Value>) -> Filter {
+    Filter::Gte {
+        field: field.into(),
+        value: value.into(),
+    }
+}
+/// `field` is one of `values`.
+pub fn is_in<V: Into<Value>>(
+    field: impl Into<String>,
+    values: impl IntoIterator<Item = V>,
+) -> Filter {
+    Filter::In {
+        field: field.into(),
+        values: values.into_iter().map(Into::into).collect(),
+    }
+}
+/// A string field contains `value`.
+pub fn contains(field: impl Into<String>, value: impl Into<String>) -> Filter {
+    Filter::Contains {
+        field: field.into(),
+        value: value.into(),
+    }
+}
+/// A string field starts with `value`.
+pub fn prefix(field: impl Into<String>, value: impl Into<String>) -> Filter {
+    Filter::Prefix {
+        field: field.into(),
+        value: value.into(),
+    }
+}
+/// All of `filters` match.
+pub fn and(filters: impl IntoIterator<Item = Filter>) -> Filter {
+    Filter::And {
+        filters: filters.into_iter().collect(),
+    }
+}
+/// Any of `filters` matches.
+pub fn or(filters: impl IntoIterator<Item = Filter>) -> Filter {
+    Filter::Or {
+        filters: filters.into_iter().collect(),
+    }
+}
+/// `filter` does not match.
+pub fn not(filter: Filter) -> Filter {
+    Filter::Not {
+        filter: Box::new(filter),
+    }
+}
+
+/// One ordering key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderBy {
+    /// The field to order by; `id` orders by creation (ids are time-ordered).
+    pub field: String,
+    /// Descending when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub desc: bool,
+}
+
+/// The `query` params, built with [`Query::new`] and its chained setters.
+///
+/// ```
+/// use fold_ipc::query::{eq, Query};
+/// let q = Query::new("post").fields(["title", "author"]).filter(eq("author", "alice"))
+///     .order_by_desc("id").limit(20);
+/// assert_eq!(q.limit, Some(20));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Query {
+    /// The schema queried.
+    pub schema: String,
+    /// The fields each row carries besides `id`; all fields when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<String>>,
+    /// Which records match; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
+    /// Ordering keys, most significant first; by `id` when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub order_by: Vec<OrderBy>,
+    /// Page size; [`DEFAULT_LIMIT`] when absent, at most [`MAX_LIMIT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Rows to skip before the page starts. Not allowed together with `cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Where to continue: the `next_cursor` of the previous page of the same query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+impl Query {
+    /// A query for every record of `schema`, first page.
+    pub fn new(schema: impl Into<String>) -> Self {
+        Query {
+            schema: schema.into(),
+            fields: None,
+            filter: None,
+            order_by: Vec::new(),
+            limit: None,
+            offset: None,
+            cursor: None,
+        }
+    }
+    /// Only these fields (plus `id`) in each row.
+    #[must_use]
+    pub fn fields<S: Into<String>>(mut self, fields: impl IntoIterator<Item = S>) -> Self {
+        self.fields = Some(fields.into_iter().map(Into::into).collect());
+        self
+    }
+    /// Only records matching `filter`.
+    #[must_use]
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+    /// Then order by `field`, ascending.
+    #[must_use]
+    pub fn order_by(mut self, field: impl Into<String>) -> Self {
+        self.order_by.push(OrderBy {
+            field: field.into(),
+            desc: false,
+        });
+        self
+    }
+    /// Then order by `field`, descending.
+    #[must_use]
+    pub fn order_by_desc(mut self, field: impl Into<String>) -> Self {
+        self.order_by.push(OrderBy {
+            field: field.into(),
+            desc: true,
+        });
+        self
+    }
+    /// At most `limit` rows.
+    #[must_use]
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+    /// Skip the first `offset` rows.
+    #[must_use]
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = Some(offset);
+        self
+    }
+    /// Continue after a previous page.
+    #[must_use]
+    pub fn cursor(mut self, cursor: impl Into<String>) -> Self {
+        self.cursor = Some(cursor.into());
+        self
+    }
+
+    /// Checks names, limits and the filter tree, without knowing the schema.
+    ///
+    /// # Errors
+    ///
+    /// `(field path, message)` for the first problem found.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        crate::schema::validate_name(&self.schema).map_err(|m| ("params.schema".into(), m))?;
+        if let Some(limit) = self.limit {
+            if limit == 0 || limit > MAX_LIMIT {
+                return Err((
+                    "params.limit".into(),
+                    format!("limit {limit} is out of range 1..={MAX_LIMIT}"),
+                ));
+            }
+        }
+        if self.offset.is_some() && self.cursor.is_some() {
+            return Err((
+                "params.cursor".into(),
+                "give either offset or cursor, not both".into(),
+            ));
+        }
+        if let Some(filter) = &self.filter {
+            filter
+                .check_limits()
+                .map_err(|m| ("params.filter".to_string(), m))?;
+        }
+        Ok(())
+    }
+}
+
+/// The `query` result: one page of rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryResult {
+    /// The rows: objects with `id` and the requested fields.
+    pub rows: Vec<serde_json::Map<String, Value>>,
+    /// Pass this as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_json_shape() {
+        let f = and([eq("author", "alice"), not(prefix("title", "draft"))]);
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"op":"and","filters":[
+                {"op":"eq","field":"author","value":"alice"},
+                {"op":"not","filter":{"op":"prefix","field":"title","value":"draft"}}]})
+        );
+        assert_eq!(serde_json::from_value::<Filter>(json).unwrap(), f);
+    }
+
+    #[test]
+    fn filter_limits() {
+        let mut f = eq("a", 1);
+        for _ in 0..MAX_FILTER_DEPTH {
+            f = not(f);
+        }
+        assert!(f.check_limits().is_err());
+        let wide = or((0..MAX_FILTER_NODES).map(|i| eq("a", i as i64)));
+        assert!(wide.check_limits().is_err());
+        assert!(is_in("a", 0..(MAX_IN_VALUES as i64 + 1))
+            .check_limits()
+            .is_err());
+        assert!(and([eq("a", 1), is_in("b", [1, 2])]).check_limits().is_ok());
+    }
+
+    #[test]
+    fn unknown_filter_op_and_keys_are_refused() {
+        assert!(
+            serde_json::from_str::<Filter>(r#"{"op":"like","field":"a","value":"x"}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<Filter>(r#"{"op":"eq","field":"a","value":1,"x":2}"#).is_err()
+        );
+    }
+}
