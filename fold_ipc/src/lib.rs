@@ -13,6 +13,7 @@
 //! - [`schema`] and [`query`]: schema definitions, the filter tree and query parameters.
 //! - [`signing`]: the canonical bytes a request signature covers; sign and verify.
 //!   Pure functions, no I/O.
+//! - [`mux`]: the client side of a connection: many requests in flight, matched by `request_id`.
 //! - [`server`]: the server side of a connection (shared by the node and the daemon).
 //! - [`credentials`]: the credentials file the daemon hands each app.
 //! - [`version`]: protocol version constants and the rule for unknown versions.
@@ -23,6 +24,7 @@ pub mod credentials;
 pub mod error;
 pub mod frame;
 pub mod message;
+pub mod mux;
 pub mod operation;
 pub mod query;
 pub mod schema;

@@ -1,0 +1,113 @@
+//! Engine detection and connection.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use bollard::errors::Error as BollardError;
+use bollard::query_parameters::RemoveContainerOptionsBuilder;
+use bollard::Docker;
+
+use crate::util::block_on;
+
+/// Name of the environment variable that turns a missing engine into a test failure.
+pub const REQUIRE_DOCKER_ENV: &str = "FOLD_REQUIRE_DOCKER";
+
+/// Deadline for one short engine request (version, ping, inspect, remove).
+pub const ENGINE_TIMEOUT: Duration = Duration::from_secs(20);
+
+const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// The engine address used by this crate: `DOCKER_HOST` when set and not empty, else the
+/// default local socket.
+pub fn docker_host() -> String {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.trim().is_empty() => host,
+        _ => DEFAULT_DOCKER_HOST.to_owned(),
+    }
+}
+
+/// Connects to the engine at [`docker_host`] and negotiates the API version.
+///
+/// Negotiation matters: bollard speaks a newer API version by default than Docker 20.10
+/// (API 1.41) or Podman's compat API accept, and such engines reject every request that
+/// carries a newer version.
+pub async fn connect_docker() -> Result<Docker> {
+    let host = docker_host();
+    let docker = Docker::connect_with_host(&host)
+        .with_context(|| format!("connecting to the Docker engine at {host}"))?;
+    let docker = tokio::time::timeout(ENGINE_TIMEOUT, docker.negotiate_version())
+        .await
+        .map_err(|_| anyhow!("the Docker engine at {host} did not answer within 20 s"))?
+        .with_context(|| format!("asking the Docker engine at {host} for its version"))?;
+    tokio::time::timeout(ENGINE_TIMEOUT, docker.ping())
+        .await
+        .map_err(|_| anyhow!("the Docker engine at {host} did not answer a ping within 20 s"))?
+        .with_context(|| format!("pinging the Docker engine at {host}"))?;
+    Ok(docker)
+}
+
+/// Probes the engine once per process; the outcome is cached.
+fn engine_status() -> &'static Result<(), String> {
+    static STATUS: OnceLock<Result<(), String>> = OnceLock::new();
+    STATUS.get_or_init(|| {
+        block_on(|| async {
+            connect_docker().await?;
+            Ok(())
+        })
+        .map_err(|e| format!("{e:#}"))
+    })
+}
+
+/// Whether a Docker-compatible engine answers at [`docker_host`] (checked once per process).
+pub fn docker_available() -> bool {
+    engine_status().is_ok()
+}
+
+/// Gate for tests that need a real engine; call it first and return early on `false`.
+///
+/// Returns `true` when an engine answers. Otherwise, when `FOLD_REQUIRE_DOCKER=1` it panics
+/// with the reason (so CI cannot silently skip container tests); else it prints
+/// `SKIPPED: no docker engine` to stderr and returns `false`.
+///
+/// # Panics
+///
+/// When no engine answers and `FOLD_REQUIRE_DOCKER=1`.
+pub fn require_docker() -> bool {
+    match engine_status() {
+        Ok(()) => true,
+        Err(reason) => {
+            let required = std::env::var(REQUIRE_DOCKER_ENV).is_ok_and(|v| v.trim() == "1");
+            assert!(
+                !required,
+                "{REQUIRE_DOCKER_ENV}=1 but no Docker engine answers at {}: {reason}",
+                docker_host()
+            );
+            eprintln!(
+                "SKIPPED: no docker engine at {} ({reason}); set {REQUIRE_DOCKER_ENV}=1 to fail instead",
+                docker_host()
+            );
+            false
+        }
+    }
+}
+
+/// Force-removes a container (and its anonymous volumes); a container that is already gone
+/// (404) or already being removed (409) counts as removed.
+pub async fn remove_container_if_exists(docker: &Docker, name: &str) -> Result<()> {
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    let result = tokio::time::timeout(ENGINE_TIMEOUT, docker.remove_container(name, Some(options)))
+        .await
+        .map_err(|_| anyhow!("removing container {name}: no answer within 20 s"))?;
+    match result {
+        Ok(())
+        | Err(BollardError::DockerResponseServerError {
+            status_code: 404 | 409,
+            ..
+        }) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing container {name}")),
+    }
+}
