@@ -39,8 +39,8 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// Unknown keys are ignored, so a newer daemon can add some without breaking older apps.
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct CredentialsFile {
     v: u32,
     app_id: String,

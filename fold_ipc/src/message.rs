@@ -153,6 +153,12 @@ impl Request {
     /// A [`DecodeError`] carrying a `bad_request` error that names the field at fault, and
     /// the `request_id` if one could be read.
     pub fn decode(body: &[u8]) -> Result<Request, DecodeError> {
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(DecodeError {
+                request_id: None,
+                error: WireError::new(ErrorCode::BadRequest, "request must be a JSON object"),
+            });
+        }
         let raw: RawEnvelope<'_> = serde_json::from_slice(body).map_err(|e| DecodeError {
             request_id: None,
             error: WireError::new(

@@ -5,7 +5,7 @@
 //! task routes each response to the caller waiting for its `request_id`; a writer task sends
 //! requests, several per write when they queue up.
 
-use crate::error::WireError;
+use crate::error::{ErrorCode, WireError};
 use crate::frame::{encode_frame, read_frame, FrameError};
 use crate::message::{Request, Response};
 use std::collections::HashMap;
@@ -136,10 +136,18 @@ impl MuxConnection {
                     break CallError::Disconnected { sent: true };
                 };
                 let Some(id) = response.request_id.as_deref() else {
-                    // A connection-level error (e.g. too_large); the peer closes after it.
+                    // No id: an answer to a request the peer could not read. Only `too_large`
+                    // (and connection refusals) end the connection; others match no caller.
                     match response.error {
-                        Some(error) => break CallError::Refused(error),
-                        None => continue,
+                        Some(error)
+                            if matches!(
+                                error.code,
+                                ErrorCode::TooLarge | ErrorCode::RateLimited
+                            ) =>
+                        {
+                            break CallError::Refused(error)
+                        }
+                        _ => continue,
                     }
                 };
                 let waiter = reader_shared

@@ -349,14 +349,24 @@ fn to_value<T: Serialize>(value: &T) -> Value {
 fn no_params(params: Option<&RawValue>) -> Result<(), WireError> {
     match params {
         None => Ok(()),
-        Some(raw) => serde_json::from_str::<NoParams>(raw.get())
-            .map(|_| ())
-            .map_err(|_| WireError::bad_field("params", "this operation takes no params")),
+        Some(raw)
+            if raw.get().starts_with('{')
+                && serde_json::from_str::<NoParams>(raw.get()).is_ok() =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(WireError::bad_field(
+            "params",
+            "this operation takes no params",
+        )),
     }
 }
 
 fn params_of<T: DeserializeOwned>(params: Option<&RawValue>) -> Result<T, WireError> {
     let raw = params.ok_or_else(|| WireError::bad_field("params", "missing"))?;
+    if !raw.get().starts_with('{') {
+        return Err(WireError::bad_field("params", "must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_str(raw.get());
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();

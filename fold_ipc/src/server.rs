@@ -143,9 +143,10 @@ where
         };
         let handler = Arc::clone(&handler);
         let tx = tx.clone();
+        let max_frame = limits.max_frame;
         tasks.spawn(async move {
             let response = handler.handle(request).await;
-            let _ = tx.send(response.encode()).await;
+            let _ = tx.send(encode_capped(&response, max_frame)).await;
             drop(permit);
         });
     };
@@ -153,6 +154,20 @@ where
     drop(tx);
     let _ = writer.await;
     end
+}
+
+/// Encodes a response; one larger than the peer's frame cap becomes a `too_large` error,
+/// so the peer gets an answer instead of a frame it must refuse.
+fn encode_capped(response: &Response, max_frame: usize) -> Vec<u8> {
+    let body = response.encode();
+    if body.len() <= max_frame {
+        return body;
+    }
+    let error = WireError::new(
+        ErrorCode::TooLarge,
+        format!("the response is {} bytes, over the {max_frame}-byte frame cap; ask for fewer rows or fields", body.len()),
+    );
+    Response::error(response.request_id.clone(), error).encode()
 }
 
 /// Writes responses as they come, several per write when they queue up.

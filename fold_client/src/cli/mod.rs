@@ -1,0 +1,99 @@
+//! The CLI's commands. Every `app` command goes through the admin socket of the running
+//! daemon; `audit tail` and `app logs` read the files directly.
+
+mod app;
+mod audit;
+mod serve;
+
+pub use app::{app, AppCommand};
+pub use audit::{audit, AuditCommand};
+pub use serve::{serve, ServeArgs};
+
+use anyhow::{bail, Context as _, Result};
+use fold_client::admin::{self, AdminRequest};
+use fold_client::config::{Config, FileConfig, Overrides};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What every command knows from the global flags.
+#[derive(Debug)]
+pub struct Context {
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The config file, if any.
+    pub config_file: Option<PathBuf>,
+    /// JSON output.
+    pub json: bool,
+}
+
+impl Context {
+    /// Builds the validated config from the file and `over`.
+    pub fn config(&self, mut over: Overrides) -> Result<Config> {
+        let file = match &self.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                FileConfig::parse(&text, path)?
+            }
+            None => FileConfig::default(),
+        };
+        over.state_dir = Some(self.state_dir.clone());
+        Ok(Config::build(file, over, nix::unistd::geteuid().as_raw())?)
+    }
+
+    /// Sends an admin request to the running daemon; returns its result.
+    pub async fn admin(&self, request: &AdminRequest, timeout: Duration) -> Result<Value> {
+        let config = self.config(Overrides::default())?;
+        let response = match admin::call(&config.admin_socket, request, timeout).await {
+            Ok(r) => r,
+            Err(e) => bail!(
+                "cannot reach the fold_client daemon at {} ({e}); start it with `fold_client --state-dir {} serve`",
+                config.admin_socket.display(),
+                self.state_dir.display()
+            ),
+        };
+        if response.ok {
+            Ok(response.result)
+        } else {
+            bail!(
+                "{}",
+                response
+                    .error
+                    .unwrap_or_else(|| "the daemon refused the request".into())
+            )
+        }
+    }
+}
+
+/// Prints rows as an aligned table.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// A JSON value as plain text for a table cell.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}

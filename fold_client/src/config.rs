@@ -1,0 +1,453 @@
+//! Configuration, phase two: one validated [`Config`] built from the config file (TOML),
+//! and overrides the binary gathered from flags and environment.
+//!
+//! The library never reads argv or the environment: `main.rs` does, and hands the result
+//! here as [`Overrides`]. Defaults are `pub const`s so docs and tests can name them.
+
+use crate::sandbox::ResourceLimits;
+use fold_ipc::server::ConnectionLimits;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default timestamp window for signed requests: ±60 s.
+pub const DEFAULT_AUTH_WINDOW: Duration = Duration::from_secs(60);
+/// Default per-request timeout for node calls.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default number of connections one app may hold open at once.
+pub const DEFAULT_MAX_CONNECTIONS_PER_APP: usize = 64;
+/// Default number of nonces remembered per app.
+pub const DEFAULT_NONCE_CACHE: usize = 100_000;
+/// Default first uid of per-app uids (when the daemon runs as root).
+pub const DEFAULT_UID_BASE: u32 = 200_000;
+/// Default grace period between SIGTERM and SIGKILL when stopping an app.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
+/// Default size cap of an app's log file.
+pub const DEFAULT_LOG_CAP: u64 = 8 * 1024 * 1024;
+/// Default container image.
+pub const DEFAULT_IMAGE: &str = "alpine:latest";
+/// Default number of pooled connections to an external node.
+pub const DEFAULT_NODE_POOL: usize = 4;
+
+/// Where the data node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeTarget {
+    /// Run the node in-process, with its data in this directory.
+    Embedded(PathBuf),
+    /// An external node on a Unix socket.
+    Unix(PathBuf),
+    /// An external node on loopback TCP; requests carry the secret read from `secret_file`.
+    Tcp {
+        /// The node's address (loopback only).
+        addr: SocketAddr,
+        /// File holding the node secret.
+        secret_file: Option<PathBuf>,
+    },
+}
+
+impl NodeTarget {
+    /// Parses `unix:PATH`, `tcp:HOST:PORT` or `embedded`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] saying what form is expected.
+    pub fn parse(text: &str, state_dir: &Path) -> Result<NodeTarget, ConfigError> {
+        if text == "embedded" {
+            return Ok(NodeTarget::Embedded(state_dir.join("node")));
+        }
+        if let Some(path) = text.strip_prefix("unix:") {
+            return Ok(NodeTarget::Unix(PathBuf::from(path)));
+        }
+        if let Some(addr) = text.strip_prefix("tcp:") {
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|_| invalid("node", format!("{addr:?} is not HOST:PORT")))?;
+            if !addr.ip().is_loopback() {
+                return Err(invalid(
+                    "node",
+                    format!(
+                        "{addr} is not a loopback address; the node is only reachable on loopback"
+                    ),
+                ));
+            }
+            return Ok(NodeTarget::Tcp {
+                addr,
+                secret_file: None,
+            });
+        }
+        Err(invalid(
+            "node",
+            format!("{text:?}: expected `embedded`, `unix:PATH` or `tcp:127.0.0.1:PORT`"),
+        ))
+    }
+}
+
+/// Whose uid apps run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UidMode {
+    /// Each app gets its own uid, `base + n` (requires root).
+    PerApp {
+        /// First uid handed out.
+        base: u32,
+    },
+    /// Every app runs as the daemon's own uid (non-root daemons; tests).
+    Daemon,
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Root of the daemon's state: registry, app dirs, logs, audit, node data.
+    pub state_dir: PathBuf,
+    /// Root of the per-app socket directories.
+    pub socket_root: PathBuf,
+    /// The admin socket the CLI talks to.
+    pub admin_socket: PathBuf,
+    /// Where the node is.
+    pub node: NodeTarget,
+    /// Connections kept open to an external node.
+    pub node_pool: usize,
+    /// Timestamp window for signed requests.
+    pub auth_window: Duration,
+    /// Nonces remembered per app; when full, new requests are refused (`rate_limited`)
+    /// rather than a nonce still inside the window being forgotten.
+    pub nonce_cache: usize,
+    /// Authentication failures per app tolerated per `failure_window` before `rate_limited`.
+    pub failure_limit: u32,
+    /// See `failure_limit`.
+    pub failure_window: Duration,
+    /// Per-connection caps and timeouts on app sockets.
+    pub connection: ConnectionLimits,
+    /// Connections one app may hold open at once.
+    pub max_connections_per_app: usize,
+    /// Timeout for one node call.
+    pub request_timeout: Duration,
+    /// Whose uid apps run as.
+    pub uid_mode: UidMode,
+    /// Default resource limits for new apps.
+    pub default_limits: ResourceLimits,
+    /// Default container image for new apps.
+    pub default_image: String,
+    /// Grace between SIGTERM and SIGKILL when stopping an app.
+    pub stop_grace: Duration,
+    /// Size cap of each app's log file.
+    pub log_cap: u64,
+    /// The label value that marks this daemon's containers.
+    pub daemon_label: String,
+}
+
+impl Config {
+    /// The registry directory (one file per app).
+    pub fn registry_dir(&self) -> PathBuf {
+        self.state_dir.join("registry")
+    }
+    /// The directory holding app directories (binaries).
+    pub fn apps_dir(&self) -> PathBuf {
+        self.state_dir.join("apps")
+    }
+    /// The directory holding app logs.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+    /// The audit log file.
+    pub fn audit_path(&self) -> PathBuf {
+        self.state_dir.join("audit.jsonl")
+    }
+}
+
+/// The config file, as written by people. Every key is optional.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`Config::state_dir`].
+    pub state_dir: Option<PathBuf>,
+    /// See [`Config::socket_root`].
+    pub socket_root: Option<PathBuf>,
+    /// See [`Config::admin_socket`].
+    pub admin_socket: Option<PathBuf>,
+    /// `embedded`, `unix:PATH` or `tcp:127.0.0.1:PORT`.
+    pub node: Option<String>,
+    /// File holding the node secret for `tcp:` nodes.
+    pub node_secret_file: Option<PathBuf>,
+    /// See [`Config::node_pool`].
+    pub node_pool: Option<usize>,
+    /// Timestamp window in seconds.
+    pub auth_window_secs: Option<u64>,
+    /// See [`Config::nonce_cache`].
+    pub nonce_cache: Option<usize>,
+    /// See [`Config::failure_limit`].
+    pub failure_limit: Option<u32>,
+    /// Failure window in seconds.
+    pub failure_window_secs: Option<u64>,
+    /// Largest frame in bytes.
+    pub max_frame_bytes: Option<usize>,
+    /// Idle connection timeout in seconds.
+    pub idle_timeout_secs: Option<u64>,
+    /// See [`Config::max_connections_per_app`].
+    pub max_connections_per_app: Option<usize>,
+    /// Node call timeout in milliseconds.
+    pub request_timeout_ms: Option<u64>,
+    /// `per_app` (default when root) or `daemon`.
+    pub uid_mode: Option<String>,
+    /// First per-app uid.
+    pub uid_base: Option<u32>,
+    /// Default container image.
+    pub default_image: Option<String>,
+    /// Stop grace in milliseconds.
+    pub stop_grace_ms: Option<u64>,
+    /// Log cap in bytes.
+    pub log_cap_bytes: Option<u64>,
+    /// Label value for this daemon's containers.
+    pub daemon_label: Option<String>,
+}
+
+impl FileConfig {
+    /// Parses a config file's text.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::File`] naming the file and the TOML problem.
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Values from flags and environment; they win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--state-dir` / `FOLD_CLIENT_STATE_DIR`.
+    pub state_dir: Option<PathBuf>,
+    /// `--socket-root`.
+    pub socket_root: Option<PathBuf>,
+    /// `--node`.
+    pub node: Option<String>,
+    /// `--node-secret-file`.
+    pub node_secret_file: Option<PathBuf>,
+    /// `--uid-mode`.
+    pub uid_mode: Option<String>,
+}
+
+/// Why a configuration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be parsed.
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("config `{key}`: {message}")]
+    Invalid {
+        /// The key at fault.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Longest Unix socket path (sun_path is 108 bytes including the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+impl Config {
+    /// Merges file and overrides into a validated config. `euid` decides the default uid mode.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the key at fault.
+    pub fn build(file: FileConfig, over: Overrides, euid: u32) -> Result<Config, ConfigError> {
+        let state_dir = over.state_dir.or(file.state_dir).ok_or_else(|| {
+            invalid(
+                "state_dir",
+                "not set; pass --state-dir or set it in the config file",
+            )
+        })?;
+        if !state_dir.is_absolute() {
+            return Err(invalid(
+                "state_dir",
+                format!("{} is not an absolute path", state_dir.display()),
+            ));
+        }
+        let socket_root = over
+            .socket_root
+            .or(file.socket_root)
+            .unwrap_or_else(|| state_dir.join("sockets"));
+        let admin_socket = file
+            .admin_socket
+            .unwrap_or_else(|| state_dir.join("admin.sock"));
+        // <root>/<app_id>/<app_id>.sock with 16-byte app ids.
+        if socket_root.as_os_str().len() + 2 * 16 + 7 > MAX_SOCKET_PATH {
+            return Err(invalid(
+                "socket_root",
+                format!(
+                    "{} is too long for Unix socket paths",
+                    socket_root.display()
+                ),
+            ));
+        }
+        if admin_socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(invalid(
+                "admin_socket",
+                "path is too long for a Unix socket",
+            ));
+        }
+        let mut node = NodeTarget::parse(
+            over.node.or(file.node).as_deref().unwrap_or("embedded"),
+            &state_dir,
+        )?;
+        if let NodeTarget::Tcp { secret_file, .. } = &mut node {
+            *secret_file = over.node_secret_file.or(file.node_secret_file);
+        }
+        let uid_mode = match over.uid_mode.or(file.uid_mode).as_deref() {
+            None if euid == 0 => UidMode::PerApp {
+                base: file.uid_base.unwrap_or(DEFAULT_UID_BASE),
+            },
+            None | Some("daemon") => UidMode::Daemon,
+            Some("per_app") if euid == 0 => UidMode::PerApp {
+                base: file.uid_base.unwrap_or(DEFAULT_UID_BASE),
+            },
+            Some("per_app") => {
+                return Err(invalid(
+                    "uid_mode",
+                    "per_app needs the daemon to run as root",
+                ))
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "uid_mode",
+                    format!("{other:?}: expected per_app or daemon"),
+                ))
+            }
+        };
+        let connection = ConnectionLimits {
+            max_frame: positive(
+                "max_frame_bytes",
+                file.max_frame_bytes,
+                fold_ipc::frame::DEFAULT_MAX_FRAME,
+            )?,
+            idle_timeout: Duration::from_secs(positive(
+                "idle_timeout_secs",
+                file.idle_timeout_secs,
+                300,
+            )?),
+            ..ConnectionLimits::default()
+        };
+        Ok(Config {
+            node,
+            node_pool: positive("node_pool", file.node_pool, DEFAULT_NODE_POOL)?,
+            auth_window: Duration::from_secs(positive(
+                "auth_window_secs",
+                file.auth_window_secs,
+                DEFAULT_AUTH_WINDOW.as_secs(),
+            )?),
+            nonce_cache: positive("nonce_cache", file.nonce_cache, DEFAULT_NONCE_CACHE)?,
+            failure_limit: positive("failure_limit", file.failure_limit, 20)?,
+            failure_window: Duration::from_secs(positive(
+                "failure_window_secs",
+                file.failure_window_secs,
+                10,
+            )?),
+            connection,
+            max_connections_per_app: positive(
+                "max_connections_per_app",
+                file.max_connections_per_app,
+                DEFAULT_MAX_CONNECTIONS_PER_APP,
+            )?,
+            request_timeout: Duration::from_millis(positive(
+                "request_timeout_ms",
+                file.request_timeout_ms,
+                DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
+            )?),
+            uid_mode,
+            default_limits: ResourceLimits::default(),
+            default_image: file
+                .default_image
+                .unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
+            stop_grace: Duration::from_millis(
+                file.stop_grace_ms
+                    .unwrap_or(DEFAULT_STOP_GRACE.as_millis() as u64),
+            ),
+            log_cap: positive("log_cap_bytes", file.log_cap_bytes, DEFAULT_LOG_CAP)?,
+            daemon_label: file.daemon_label.unwrap_or_else(|| "default".to_string()),
+            state_dir,
+            socket_root,
+            admin_socket,
+        })
+    }
+}
+
+fn positive<T: PartialOrd + Default + Copy + std::fmt::Display>(
+    key: &'static str,
+    value: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    let value = value.unwrap_or(default);
+    if value <= T::default() {
+        return Err(invalid(key, format!("{value} must be greater than zero")));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(file: &str, over: Overrides, euid: u32) -> Result<Config, ConfigError> {
+        Config::build(FileConfig::parse(file, Path::new("t.toml"))?, over, euid)
+    }
+
+    #[test]
+    fn overrides_win_and_defaults_apply() {
+        let over = Overrides {
+            state_dir: Some("/srv/fold".into()),
+            ..Overrides::default()
+        };
+        let c = build(
+            "state_dir = \"/var/lib/fold\"\nauth_window_secs = 30\n",
+            over,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/srv/fold"));
+        assert_eq!(c.socket_root, PathBuf::from("/srv/fold/sockets"));
+        assert_eq!(c.auth_window, Duration::from_secs(30));
+        assert_eq!(c.node, NodeTarget::Embedded("/srv/fold/node".into()));
+        assert_eq!(c.uid_mode, UidMode::Daemon);
+        let root = build("state_dir = \"/x\"", Overrides::default(), 0).unwrap();
+        assert_eq!(
+            root.uid_mode,
+            UidMode::PerApp {
+                base: DEFAULT_UID_BASE
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = |text: &str| {
+            build(text, Overrides::default(), 1000)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("").contains("state_dir"));
+        assert!(err("state_dir = \"rel\"").contains("state_dir"));
+        assert!(err("state_dir = \"/x\"\nnode = \"tcp:10.0.0.1:5\"").contains("loopback"));
+        assert!(err("state_dir = \"/x\"\nnonce_cache = 0").contains("nonce_cache"));
+        assert!(err("state_dir = \"/x\"\nuid_mode = \"per_app\"").contains("root"));
+        assert!(err("state_dir = \"/x\"\nbogus = 1").contains("t.toml"));
+        assert!(err(&format!("state_dir = \"/{}\"", "d".repeat(100))).contains("socket_root"));
+    }
+}

@@ -1,0 +1,387 @@
+//! The running daemon: shared state, startup, app lifecycle (install, rotate, remove), and
+//! shutdown. `run(config, shutdown)` is the library's entry point.
+
+use crate::admin;
+use crate::audit::{now_ms, Audit};
+use crate::config::{Config, UidMode};
+use crate::fsutil;
+use crate::ipc::{self, AppRuntime, CREDENTIALS_FILE};
+use crate::proxy::NodeClient;
+use crate::registry::{App, InstallSpec, IssuedSecrets, Registry, RegistryError};
+use crate::supervisor::Supervisor;
+use fold_ipc::Credentials;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Daemon-wide state shared by every task.
+#[derive(Debug)]
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// Installed apps.
+    pub registry: Registry,
+    /// The node.
+    pub node: NodeClient,
+    /// The audit log.
+    pub audit: Audit,
+    /// Every spawned connection and listener task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Fires on shutdown.
+    pub shutdown: CancellationToken,
+    /// Running apps.
+    pub supervisor: Supervisor,
+    /// Per-app listener cancellation, by app id.
+    listeners: Mutex<HashMap<String, CancellationToken>>,
+    /// Per-app authentication state, by app id.
+    runtimes: Mutex<HashMap<String, Arc<AppRuntime>>>,
+    /// Whether files are chowned to app uids (daemon is root, per-app uids).
+    chown_to_app: bool,
+}
+
+/// Why the daemon or an admin action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Setting up the state directory, audit log or node failed.
+    #[error("{context}: {source}")]
+    Setup {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A registry change failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// An app's socket could not be bound.
+    #[error(transparent)]
+    Socket(#[from] ipc::SocketError),
+    /// Bad input to an admin action.
+    #[error("{0}")]
+    Invalid(String),
+    /// Launching or stopping failed.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+}
+
+fn setup(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let context = context.into();
+    move |e| DaemonError::Setup {
+        context,
+        source: Box::new(e),
+    }
+}
+
+/// What `app install` asks for.
+#[derive(Debug, Clone)]
+pub struct InstallRequest {
+    /// Registry fields.
+    pub spec: InstallSpec,
+    /// The binary to copy into the app's directory.
+    pub binary_path: PathBuf,
+}
+
+/// Runs the daemon until `shutdown` resolves: opens state, node and audit, serves every
+/// installed app's socket and the admin socket, then shuts down cleanly (sockets removed,
+/// running apps stopped, tasks awaited).
+///
+/// # Errors
+///
+/// Startup failures (state directory, audit log, node, admin socket).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let shared = start(config).await?;
+    shutdown.await;
+    stop(&shared).await;
+    Ok(())
+}
+
+/// Starts the daemon and returns its shared state (tests and `run` use this).
+///
+/// # Errors
+///
+/// See [`run`].
+pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
+    fsutil::private_dir(&config.state_dir, 0o700)
+        .map_err(setup("cannot create the state directory"))?;
+    for dir in [config.apps_dir(), config.logs_dir()] {
+        fsutil::private_dir(&dir, 0o700)
+            .map_err(setup(format!("cannot create {}", dir.display())))?;
+    }
+    fsutil::private_dir(&config.socket_root, 0o711)
+        .map_err(setup("cannot create the socket root"))?;
+    let (audit, _audit_task) = Audit::open(&config.audit_path())
+        .await
+        .map_err(setup("cannot open the audit log"))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    let egid = nix::unistd::getegid().as_raw();
+    let (registry, corrupt) = Registry::open(&config.registry_dir(), config.uid_mode, (euid, egid))
+        .map_err(setup("cannot open the registry"))?;
+    for entry in &corrupt {
+        tracing::error!(
+            "{entry}; this app is not served until the file is fixed or the app reinstalled"
+        );
+        audit
+            .event("-", None, "registry_corrupt", &entry.to_string())
+            .await;
+    }
+    let node = NodeClient::open(&config.node, config.node_pool, config.connection.max_frame)
+        .await
+        .map_err(|e| DaemonError::Setup {
+            context: "cannot set up the node".into(),
+            source: Box::new(e),
+        })?;
+    let chown_to_app = euid == 0 && matches!(config.uid_mode, UidMode::PerApp { .. });
+    let shared = Arc::new(Shared {
+        supervisor: Supervisor::new(&config),
+        config,
+        registry,
+        node,
+        audit,
+        tasks: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        listeners: Mutex::new(HashMap::new()),
+        runtimes: Mutex::new(HashMap::new()),
+        chown_to_app,
+    });
+    for app in shared.registry.list() {
+        if let Err(e) = serve_app(&shared, &app) {
+            tracing::error!(app = %app.name, "cannot serve app: {e}");
+            shared
+                .audit
+                .event(&app.id, Some(&app.name), "serve_failed", &e.to_string())
+                .await;
+        }
+    }
+    admin::serve(&shared).map_err(|e| DaemonError::Setup {
+        context: "cannot bind the admin socket".into(),
+        source: Box::new(e),
+    })?;
+    tracing::info!(state = %shared.config.state_dir.display(), apps = shared.registry.list().len(), "fold_client daemon started");
+    Ok(shared)
+}
+
+/// Stops serving: running apps are stopped, listeners cancelled (sockets removed),
+/// connections closed, tasks awaited (bounded).
+pub async fn stop(shared: &Arc<Shared>) {
+    shared.supervisor.stop_all(shared.config.stop_grace).await;
+    shared.shutdown.cancel();
+    for token in lock(&shared.listeners).values() {
+        token.cancel();
+    }
+    shared.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish within 10 s of shutdown");
+    }
+    let _ = std::fs::remove_file(&shared.config.admin_socket);
+    tracing::info!("fold_client daemon stopped");
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// The app's socket directory.
+    pub fn socket_dir(&self, app_id: &str) -> PathBuf {
+        self.config.socket_root.join(app_id)
+    }
+    /// The app's socket path.
+    pub fn socket_path(&self, app_id: &str) -> PathBuf {
+        self.socket_dir(app_id).join(format!("{app_id}.sock"))
+    }
+    /// The app's directory (its binary).
+    pub fn app_dir(&self, app_id: &str) -> PathBuf {
+        self.config.apps_dir().join(app_id)
+    }
+    /// The app's log file.
+    pub fn log_path(&self, app_id: &str) -> PathBuf {
+        self.config.logs_dir().join(format!("{app_id}.log"))
+    }
+    fn owner(&self, app: &App) -> Option<(u32, u32)> {
+        self.chown_to_app.then_some((app.uid, app.gid))
+    }
+}
+
+/// Binds the app's socket and starts serving it.
+fn serve_app(shared: &Arc<Shared>, app: &App) -> Result<(), DaemonError> {
+    let socket = ipc::bind_socket(&shared.socket_path(&app.id), shared.owner(app))?;
+    let runtime = Arc::clone(
+        lock(&shared.runtimes)
+            .entry(app.id.clone())
+            .or_insert_with(|| Arc::new(AppRuntime::new(&shared.config))),
+    );
+    let cancel = shared.shutdown.child_token();
+    if let Some(old) = lock(&shared.listeners).insert(app.id.clone(), cancel.clone()) {
+        old.cancel();
+    }
+    shared.tasks.spawn(ipc::serve_socket(
+        socket,
+        app.id.clone(),
+        app.uid,
+        runtime,
+        Arc::clone(shared),
+        cancel,
+    ));
+    Ok(())
+}
+
+fn write_credentials(
+    shared: &Shared,
+    app: &App,
+    secrets: &IssuedSecrets,
+) -> Result<(), DaemonError> {
+    let creds = Credentials {
+        app_id: app.id.clone(),
+        token: secrets.token.clone(),
+        signing_key: secrets.signing_key.clone(),
+        version: fold_ipc::version::CURRENT,
+    };
+    let dir = shared.socket_dir(&app.id);
+    fsutil::private_dir(&dir, 0o700).map_err(setup("cannot create the app's socket directory"))?;
+    let path = dir.join(CREDENTIALS_FILE);
+    fsutil::write_atomic(&path, creds.to_json().as_bytes(), 0o600)
+        .map_err(setup("cannot write the credentials file"))?;
+    if let Some((uid, gid)) = shared.owner(app) {
+        fsutil::chown(&dir, uid, gid)
+            .map_err(setup("cannot hand the socket directory to the app"))?;
+        fsutil::chown(&path, uid, gid)
+            .map_err(setup("cannot hand the credentials file to the app"))?;
+    }
+    Ok(())
+}
+
+fn copy_binary(shared: &Shared, app: &App, source: &Path) -> Result<(), DaemonError> {
+    let dir = shared.app_dir(&app.id);
+    fsutil::private_dir(&dir, 0o755).map_err(setup("cannot create the app directory"))?;
+    let target = dir.join(&app.binary);
+    std::fs::copy(source, &target).map_err(setup(format!(
+        "cannot copy {} into the app directory",
+        source.display()
+    )))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
+        .map_err(setup("cannot make the binary executable"))?;
+    Ok(())
+}
+
+/// Installs an app and starts serving its socket at once.
+///
+/// # Errors
+///
+/// Bad name or binary, name taken, or a file could not be written (then nothing is left).
+pub async fn install(
+    shared: &Arc<Shared>,
+    request: InstallRequest,
+) -> Result<Arc<App>, DaemonError> {
+    let meta = std::fs::metadata(&request.binary_path).map_err(|e| {
+        DaemonError::Invalid(format!(
+            "cannot read binary {}: {e}",
+            request.binary_path.display()
+        ))
+    })?;
+    if !meta.is_file() {
+        return Err(DaemonError::Invalid(format!(
+            "{} is not a file",
+            request.binary_path.display()
+        )));
+    }
+    let (app, secrets) = shared.registry.install(request.spec, now_ms())?;
+    let result = copy_binary(shared, &app, &request.binary_path)
+        .and_then(|()| write_credentials(shared, &app, &secrets))
+        .and_then(|()| serve_app(shared, &app));
+    if let Err(e) = result {
+        let _ = shared.registry.remove(&app.id);
+        cleanup_files(shared, &app.id);
+        return Err(e);
+    }
+    let grants: Vec<_> = app.grants.iter().map(ToString::to_string).collect();
+    let detail = format!(
+        "uid {} auth {} grants [{}]",
+        app.uid,
+        app.auth_mode.as_str(),
+        grants.join(", ")
+    );
+    shared
+        .audit
+        .event(&app.id, Some(&app.name), "install", &detail)
+        .await;
+    Ok(app)
+}
+
+/// Issues new secrets; the old token and key are refused from the next request on.
+///
+/// # Errors
+///
+/// Unknown app, or the new credentials could not be written.
+pub async fn rotate(shared: &Arc<Shared>, name: &str) -> Result<Arc<App>, DaemonError> {
+    let (app, secrets) = shared.registry.rotate(name)?;
+    write_credentials(shared, &app, &secrets)?;
+    shared
+        .audit
+        .event(
+            &app.id,
+            Some(&app.name),
+            "rotate",
+            &format!("generation {}", app.generation),
+        )
+        .await;
+    Ok(app)
+}
+
+/// Stops the app if it runs, removes it from the registry, stops serving its socket and
+/// deletes its files. Open connections are refused from their next request on.
+///
+/// # Errors
+///
+/// Unknown app, or its registry file could not be removed.
+pub async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Arc<App>, DaemonError> {
+    let app = shared.registry.find(name)?;
+    let _ = shared
+        .supervisor
+        .stop(&app.id, shared.config.stop_grace)
+        .await;
+    let app = shared.registry.remove(&app.id)?;
+    if let Some(token) = lock(&shared.listeners).remove(&app.id) {
+        token.cancel();
+    }
+    lock(&shared.runtimes).remove(&app.id);
+    cleanup_files(shared, &app.id);
+    shared
+        .audit
+        .event(&app.id, Some(&app.name), "remove", "")
+        .await;
+    Ok(app)
+}
+
+fn cleanup_files(shared: &Shared, app_id: &str) {
+    let _ = std::fs::remove_dir_all(shared.socket_dir(app_id));
+    let _ = std::fs::remove_dir_all(shared.app_dir(app_id));
+}
+
+/// Replaces the app's grants.
+///
+/// # Errors
+///
+/// Unknown app, or the entry could not be saved.
+pub async fn set_grants(
+    shared: &Arc<Shared>,
+    name: &str,
+    change: impl FnOnce(&mut Vec<crate::policy::Grant>),
+) -> Result<Arc<App>, DaemonError> {
+    let app = shared
+        .registry
+        .update(name, |app| change(&mut app.grants))?;
+    let grants: Vec<_> = app.grants.iter().map(ToString::to_string).collect();
+    shared
+        .audit
+        .event(&app.id, Some(&app.name), "grants", &grants.join(", "))
+        .await;
+    Ok(app)
+}

@@ -1,0 +1,216 @@
+//! One app request, from decoded envelope to response: authenticate, check grants, proxy,
+//! audit. Transport concerns (framing, timeouts, concurrency) are `fold_ipc::server`'s.
+
+use crate::audit::{now_ms, RequestRecord, Verdict};
+use crate::auth::{self, Authenticated, FailureLimiter, NonceCache};
+use crate::daemon::Shared;
+use crate::policy;
+use fold_ipc::operation::SchemaList;
+use fold_ipc::server::Handler;
+use fold_ipc::{ErrorCode, Operation, Request, Response, WireError};
+use serde_json::value::RawValue;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+/// Per-app authentication state, shared by all of the app's connections.
+#[derive(Debug)]
+pub struct AppRuntime {
+    /// Nonces seen inside the window.
+    pub nonces: Mutex<NonceCache>,
+    /// Recent authentication failures.
+    pub failures: Mutex<FailureLimiter>,
+}
+
+impl AppRuntime {
+    /// Fresh state sized by the daemon's config.
+    pub fn new(config: &crate::config::Config) -> AppRuntime {
+        AppRuntime {
+            nonces: Mutex::new(NonceCache::new(config.nonce_cache)),
+            failures: Mutex::new(FailureLimiter::new(
+                config.failure_limit,
+                config.failure_window,
+            )),
+        }
+    }
+}
+
+/// Answers requests arriving on one app's socket.
+#[derive(Debug)]
+pub struct AppHandler {
+    /// The app this socket belongs to; requests must be for it.
+    pub app_id: String,
+    /// The app's authentication state.
+    pub runtime: Arc<AppRuntime>,
+    /// Daemon-wide state.
+    pub shared: Arc<Shared>,
+}
+
+/// A refusal: the wire error and the audit reason.
+struct Denial {
+    error: WireError,
+    reason: &'static str,
+}
+
+impl Denial {
+    fn new(code: ErrorCode, message: impl Into<String>, reason: &'static str) -> Denial {
+        Denial {
+            error: WireError::new(code, message),
+            reason,
+        }
+    }
+}
+
+impl Handler for AppHandler {
+    async fn handle(&self, request: Request) -> Response {
+        let started = Instant::now();
+        let app = self.shared.registry.get(&self.app_id);
+        let mut auth_kind = None;
+        let mut schema = None;
+        let outcome = match &app {
+            None => Err(Denial::new(
+                ErrorCode::Unauthenticated,
+                "this app is no longer installed",
+                "app_removed",
+            )),
+            Some(app) => {
+                self.process(&request, app, &mut auth_kind, &mut schema)
+                    .await
+            }
+        };
+        let (verdict, code, reason, response) = match outcome {
+            Ok(Ok(result)) => (
+                Verdict::Allow,
+                None,
+                None,
+                Response::ok_raw(request.request_id.clone(), result),
+            ),
+            Ok(Err(node_error)) => {
+                let code = node_error.code;
+                (
+                    Verdict::Allow,
+                    Some(code),
+                    None,
+                    Response::error(Some(request.request_id.clone()), node_error),
+                )
+            }
+            Err(denial) => {
+                let code = denial.error.code;
+                (
+                    Verdict::Deny,
+                    Some(code),
+                    Some(denial.reason),
+                    Response::error(Some(request.request_id.clone()), denial.error),
+                )
+            }
+        };
+        self.shared
+            .audit
+            .request(&RequestRecord {
+                app_id: &self.app_id,
+                app_name: app.as_deref().map(|a| a.name.as_str()),
+                request_id: &request.request_id,
+                operation: &request.operation,
+                schema: schema.as_deref(),
+                verdict,
+                code: code.map(ErrorCode::as_str),
+                reason,
+                auth: auth_kind.map(|k| match k {
+                    Authenticated::Signed => "signed",
+                    Authenticated::Unsigned => "unsigned",
+                }),
+                latency_us: started.elapsed().as_micros() as u64,
+            })
+            .await;
+        response
+    }
+}
+
+impl AppHandler {
+    /// `Err` is a daemon refusal; `Ok(Err)` is the node's own error (an allowed request).
+    async fn process(
+        &self,
+        request: &Request,
+        app: &crate::registry::App,
+        auth_kind: &mut Option<Authenticated>,
+        schema: &mut Option<String>,
+    ) -> Result<Result<Box<RawValue>, WireError>, Denial> {
+        let now = now_ms();
+        let config = &self.shared.config;
+        if !lock(&self.runtime.failures).allows(now) {
+            let e = auth::AuthError::RateLimited;
+            return Err(Denial {
+                error: e.to_wire(),
+                reason: e.reason(),
+            });
+        }
+        let checked = auth::verify(request, app).and_then(|kind| {
+            if kind == Authenticated::Signed {
+                auth::check_freshness(
+                    request,
+                    now,
+                    config.auth_window,
+                    &mut lock(&self.runtime.nonces),
+                )?;
+            }
+            Ok(kind)
+        });
+        let kind = match checked {
+            Ok(kind) => kind,
+            Err(e) => {
+                lock(&self.runtime.failures).record_failure(now);
+                return Err(Denial {
+                    error: e.to_wire(),
+                    reason: e.reason(),
+                });
+            }
+        };
+        *auth_kind = Some(kind);
+        let op = request.operation().map_err(|error| Denial {
+            error,
+            reason: "bad_request",
+        })?;
+        *schema = op.schema().map(str::to_string);
+        if !policy::allows(&app.grants, &op) {
+            let target = op.schema().unwrap_or("*");
+            return Err(Denial::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "app {} is not granted {} on schema {target:?}; an operator can grant it with `fold_client app grant {} {}:{target}`",
+                    app.name,
+                    op.name(),
+                    app.name,
+                    op.name()
+                ),
+                "not_granted",
+            ));
+        }
+        let is_list = matches!(op, Operation::ListSchemas);
+        let result = self
+            .shared
+            .node
+            .call(&app.id, op, config.request_timeout)
+            .await;
+        Ok(if is_list {
+            result.and_then(|raw| filter_schemas(&raw, &app.grants))
+        } else {
+            result
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Keeps only the schemas the app holds a grant on.
+fn filter_schemas(raw: &RawValue, grants: &[policy::Grant]) -> Result<Box<RawValue>, WireError> {
+    let mut list: SchemaList = serde_json::from_str(raw.get()).map_err(|e| {
+        WireError::new(
+            ErrorCode::Internal,
+            format!("unexpected list_schemas result from the node: {e}"),
+        )
+    })?;
+    list.schemas.retain(|s| policy::visible(grants, s));
+    serde_json::value::to_raw_value(&list)
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+}

@@ -1,0 +1,35 @@
+//! `fold_client`: the FoldClient host daemon.
+//!
+//! It gives each installed app an identity (id, token, ed25519 key), a private Unix socket,
+//! and a place to run (a hardened container, or the host in dev mode); it authenticates every
+//! request the app sends and forwards it to the data node only within the app's grants.
+//!
+//! # Layout
+//!
+//! Modules follow a request:
+//! - [`config`]: the validated [`Config`](config::Config) (phase two of the configuration).
+//! - [`registry`]: installed apps, their uids, token hashes and public keys.
+//! - [`ipc`]: per-app sockets, the peer check, and the request handler.
+//! - [`auth`]: token, signature, timestamp and nonce checks; pure.
+//! - [`policy`]: grants; deny by default.
+//! - [`proxy`]: the only way to the node (embedded or external).
+//! - [`audit`]: one JSON line per decision and lifecycle event.
+//! - [`sandbox`]: where apps run (direct dev mode; fake for tests), behind one trait.
+//! - [`supervisor`]: launching, stopping and tracking apps.
+//! - [`admin`]: the admin socket the CLI uses.
+//! - [`daemon`]: startup, app lifecycle, shutdown; [`run`] is the entry point.
+
+pub mod admin;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod daemon;
+pub mod fsutil;
+pub mod ipc;
+pub mod policy;
+pub mod proxy;
+pub mod registry;
+pub mod sandbox;
+pub mod supervisor;
+
+pub use daemon::{run, DaemonError};

@@ -1,0 +1,80 @@
+//! `fold_client`: run the daemon (`serve`) or drive it (`app ...`, `audit ...`).
+//!
+//! Phase one of the configuration: clap parses argv and environment here, then
+//! `Config::build` validates and merges them with the config file.
+
+mod cli;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// FoldClient host daemon and admin CLI.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fold_client",
+    version,
+    about = "Run third-party apps against your data node, sandboxed"
+)]
+struct Args {
+    /// State directory: registry, app binaries, sockets, logs, audit, node data.
+    #[arg(long, global = true, env = "FOLD_CLIENT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Config file (TOML).
+    #[arg(long, global = true, env = "FOLD_CLIENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground until SIGINT or SIGTERM.
+    Serve(cli::ServeArgs),
+    /// Install, inspect, launch and stop apps.
+    #[command(subcommand)]
+    App(cli::AppCommand),
+    /// Read the audit log.
+    #[command(subcommand)]
+    Audit(cli::AuditCommand),
+}
+
+fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/fold_client");
+    }
+    match std::env::var_os("XDG_STATE_HOME").or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state").into_os_string())
+    }) {
+        Some(base) => PathBuf::from(base).join("fold_client"),
+        None => PathBuf::from("/tmp/fold_client"),
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let state_dir = match args.state_dir.clone() {
+        Some(dir) => std::path::absolute(dir).context("cannot resolve --state-dir")?,
+        None => default_state_dir(),
+    };
+    let ctx = cli::Context {
+        state_dir,
+        config_file: args.config.clone(),
+        json: args.json,
+    };
+    let code = runtime.block_on(async {
+        match args.command {
+            Command::Serve(serve) => cli::serve(&ctx, serve).await.map(|()| 0),
+            Command::App(cmd) => cli::app(&ctx, cmd).await,
+            Command::Audit(cmd) => cli::audit(&ctx, cmd).await.map(|()| 0),
+        }
+    })?;
+    std::process::exit(code);
+}

@@ -1,0 +1,263 @@
+//! The only way to the node: a typed operation in, the node's result or error out.
+//!
+//! The node is either embedded (in-process, the default) or external, reached over a
+//! small pool of multiplexed connections. An external node that is down gives
+//! `node_unavailable`; the pool reconnects on the next call, so service resumes by itself.
+
+use crate::config::NodeTarget;
+use fold_ipc::mux::{CallError, MuxConnection};
+use fold_ipc::{ErrorCode, Operation, Request, WireError};
+use serde_json::value::RawValue;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long connecting to an external node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The node, embedded or external.
+#[derive(Debug)]
+pub enum NodeClient {
+    /// In-process.
+    Embedded(fold_node::Node),
+    /// Over a socket.
+    Remote(RemoteNode),
+}
+
+/// Why the node could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The embedded node could not open its data.
+    #[error("cannot open the embedded node: {0}")]
+    Embedded(String),
+    /// The node secret file could not be read.
+    #[error("cannot read the node secret {path}: {source}")]
+    Secret {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl NodeClient {
+    /// Opens the embedded node or prepares the pool for an external one (which is connected
+    /// lazily, so the daemon starts even while the node is down).
+    ///
+    /// # Errors
+    ///
+    /// The embedded node cannot be opened, or the secret file cannot be read.
+    pub async fn open(
+        target: &NodeTarget,
+        pool: usize,
+        max_frame: usize,
+    ) -> Result<NodeClient, ProxyError> {
+        Ok(match target {
+            NodeTarget::Embedded(dir) => NodeClient::Embedded(
+                fold_node::Node::open(dir.clone())
+                    .map_err(|e| ProxyError::Embedded(e.to_string()))?,
+            ),
+            NodeTarget::Unix(path) => NodeClient::Remote(RemoteNode::new(
+                Address::Unix(path.clone()),
+                None,
+                pool,
+                max_frame,
+            )),
+            NodeTarget::Tcp { addr, secret_file } => {
+                let secret = match secret_file {
+                    Some(path) => Some(
+                        crate::fsutil::read_capped(path, 4096)
+                            .map_err(|source| ProxyError::Secret {
+                                path: path.clone(),
+                                source,
+                            })?
+                            .trim()
+                            .to_string(),
+                    ),
+                    None => None,
+                };
+                NodeClient::Remote(RemoteNode::new(
+                    Address::Tcp(*addr),
+                    secret,
+                    pool,
+                    max_frame,
+                ))
+            }
+        })
+    }
+
+    /// Runs `op` on the node on behalf of `writer` (the app id, recorded as provenance).
+    ///
+    /// # Errors
+    ///
+    /// The node's error, `node_unavailable` when it cannot be reached, `timeout` when it
+    /// does not answer in time.
+    pub async fn call(
+        &self,
+        writer: &str,
+        op: Operation,
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, WireError> {
+        match self {
+            NodeClient::Embedded(node) => {
+                match tokio::time::timeout(timeout, node.execute(Some(writer), op)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(timeout_error(timeout)),
+                }
+            }
+            NodeClient::Remote(remote) => remote.call(writer, &op, timeout).await,
+        }
+    }
+}
+
+fn timeout_error(timeout: Duration) -> WireError {
+    WireError::new(ErrorCode::Timeout, format!("the node did not answer within {timeout:?}; the request may or may not have been applied"))
+}
+
+/// Where an external node listens.
+#[derive(Debug, Clone)]
+pub enum Address {
+    /// A Unix socket.
+    Unix(PathBuf),
+    /// Loopback TCP.
+    Tcp(std::net::SocketAddr),
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+            Address::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+/// A pool of multiplexed connections to an external node.
+pub struct RemoteNode {
+    address: Address,
+    secret: Option<String>,
+    slots: Vec<tokio::sync::Mutex<Option<Arc<MuxConnection>>>>,
+    next_slot: AtomicUsize,
+    next_id: AtomicU64,
+    max_frame: usize,
+}
+
+impl std::fmt::Debug for RemoteNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteNode")
+            .field("address", &self.address)
+            .field("slots", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteNode {
+    fn new(address: Address, secret: Option<String>, pool: usize, max_frame: usize) -> RemoteNode {
+        RemoteNode {
+            address,
+            secret,
+            slots: (0..pool.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next_slot: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            max_frame,
+        }
+    }
+
+    async fn connection(&self, slot: usize) -> Result<Arc<MuxConnection>, WireError> {
+        let mut guard = self.slots[slot].lock().await;
+        if let Some(conn) = guard.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(conn));
+        }
+        let unavailable = |e: String| {
+            WireError::new(
+                ErrorCode::NodeUnavailable,
+                format!("the data node at {} is unreachable: {e}", self.address),
+            )
+        };
+        let conn = match &self.address {
+            Address::Unix(path) => {
+                let stream =
+                    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
+                        .await
+                        .map_err(|_| unavailable("connect timed out".into()))?
+                        .map_err(|e| unavailable(e.to_string()))?;
+                MuxConnection::new(stream, self.max_frame)
+            }
+            Address::Tcp(addr) => {
+                let stream =
+                    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                        .await
+                        .map_err(|_| unavailable("connect timed out".into()))?
+                        .map_err(|e| unavailable(e.to_string()))?;
+                let _ = stream.set_nodelay(true);
+                MuxConnection::new(stream, self.max_frame)
+            }
+        };
+        let conn = Arc::new(conn);
+        *guard = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    async fn call(
+        &self,
+        writer: &str,
+        op: &Operation,
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, WireError> {
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut request = Request::unsigned(
+            format!("d{}", self.next_id.fetch_add(1, Ordering::Relaxed)),
+            Some(writer.to_string()),
+            op,
+        );
+        request.token.clone_from(&self.secret);
+        // One retry, only when the request certainly did not leave (a stale pooled connection).
+        for attempt in 0..2 {
+            let conn = self.connection(slot).await?;
+            match conn.call(&request, timeout).await {
+                Ok(response) => return into_raw(response),
+                Err(CallError::Disconnected { sent: false }) if attempt == 0 => continue,
+                Err(err) => return Err(call_error(err, &self.address, timeout)),
+            }
+        }
+        Err(WireError::new(
+            ErrorCode::NodeUnavailable,
+            format!("the data node at {} closed the connection", self.address),
+        ))
+    }
+}
+
+fn into_raw(response: fold_ipc::Response) -> Result<Box<RawValue>, WireError> {
+    if response.success {
+        Ok(response.result.unwrap_or_default())
+    } else {
+        Err(response.error.unwrap_or_else(|| {
+            WireError::new(ErrorCode::Internal, "the node failed without an error")
+        }))
+    }
+}
+
+fn call_error(err: CallError, address: &Address, timeout: Duration) -> WireError {
+    match err {
+        CallError::Timeout(_) => timeout_error(timeout),
+        CallError::Disconnected { sent } => WireError::new(
+            ErrorCode::NodeUnavailable,
+            if sent {
+                format!("lost the connection to the data node at {address}; the request may have been applied")
+            } else {
+                format!("the data node at {address} is unreachable; the request was not applied")
+            },
+        ),
+        CallError::TooLarge(n) => WireError::new(
+            ErrorCode::TooLarge,
+            format!("request of {n} bytes is too large for the node"),
+        ),
+        CallError::DuplicateId(_) => {
+            WireError::new(ErrorCode::Internal, "duplicate node request id")
+        }
+        CallError::Refused(e) => e,
+    }
+}

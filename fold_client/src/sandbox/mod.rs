@@ -1,0 +1,229 @@
+//! Sandboxes: where and how an app's binary runs.
+//!
+//! Every backend implements [`Sandbox`]: `direct` (dev mode: a host process, NOT
+//! sandboxed), `docker` (hardened containers; the only file that imports bollard), and
+//! `fake` (records calls, for unit tests of the logic around it).
+
+pub mod direct;
+pub mod fake;
+pub mod logfile;
+
+use futures::future::BoxFuture;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which backend runs an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SandboxKind {
+    /// A host process: dev mode, not sandboxed.
+    Direct,
+    /// A hardened Docker container.
+    Docker,
+    /// The recording fake used in unit tests.
+    Fake,
+}
+
+impl SandboxKind {
+    /// Lowercase name, as shown by `app ps`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxKind::Direct => "direct",
+            SandboxKind::Docker => "docker",
+            SandboxKind::Fake => "fake",
+        }
+    }
+}
+
+/// Resource limits for one app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceLimits {
+    /// Memory limit in bytes (containers: memory = memory+swap, so no swap).
+    pub memory_bytes: u64,
+    /// CPU share in billionths of a core (1_000_000_000 = one core).
+    pub nano_cpus: u64,
+    /// Most processes/threads the app may have.
+    pub pids: u64,
+    /// Most open files.
+    pub nofile: u64,
+    /// Size of the app's `/tmp` tmpfs in bytes (containers only).
+    pub tmpfs_bytes: u64,
+}
+
+impl Default for ResourceLimits {
+    fn default() -> Self {
+        ResourceLimits {
+            memory_bytes: 256 * 1024 * 1024,
+            nano_cpus: 1_000_000_000,
+            pids: 64,
+            nofile: 1024,
+            tmpfs_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Everything a backend needs to start one app.
+#[derive(Clone)]
+pub struct LaunchSpec {
+    /// The app's id (`FOLD_CLIENT_APP_ID`).
+    pub app_id: String,
+    /// The app's human name.
+    pub app_name: String,
+    /// Host directory holding the app's binary (mounted at `/app` in containers; the cwd
+    /// in direct mode).
+    pub app_dir: PathBuf,
+    /// The binary's file name inside `app_dir`.
+    pub binary: String,
+    /// Arguments passed to the binary.
+    pub args: Vec<String>,
+    /// Host directory holding the app's socket and credentials file.
+    pub socket_dir: PathBuf,
+    /// File name of the credentials file inside `socket_dir`.
+    pub credentials_file: String,
+    /// Uid and gid the app runs as. Direct mode switches to them only when the daemon is
+    /// root; containers always use them.
+    pub uid: u32,
+    /// See `uid`.
+    pub gid: u32,
+    /// Resource limits.
+    pub limits: ResourceLimits,
+    /// Container image (containers only).
+    pub image: String,
+    /// A named network the app is granted; `None` means no network at all.
+    pub network: Option<String>,
+    /// Where the app's stdout and stderr go.
+    pub log_path: PathBuf,
+    /// Largest size of the log file in bytes; older output is rotated out.
+    pub log_cap: u64,
+    /// The app's token, passed as `FOLD_CLIENT_APP_TOKEN` in direct mode only, for
+    /// reference-era apps. Never placed in a container's environment.
+    pub legacy_token: Option<String>,
+}
+
+impl fmt::Debug for LaunchSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LaunchSpec")
+            .field("app_id", &self.app_id)
+            .field("app_name", &self.app_name)
+            .field("app_dir", &self.app_dir)
+            .field("binary", &self.binary)
+            .field("args", &self.args)
+            .field("socket_dir", &self.socket_dir)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("limits", &self.limits)
+            .field("image", &self.image)
+            .field("network", &self.network)
+            .field("log_path", &self.log_path)
+            .field(
+                "legacy_token",
+                &self.legacy_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state of one app's run, as `app ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppState {
+    /// Being started.
+    Starting,
+    /// Running; `pid` is the host pid where known.
+    Running {
+        /// Host pid of the app's main process.
+        pid: Option<u32>,
+    },
+    /// Exited by itself with this code (or killed by signal: 128 + signal).
+    Exited {
+        /// Exit code.
+        code: i32,
+    },
+    /// Killed for exceeding its memory limit.
+    OomKilled,
+    /// Waiting to be restarted by the restart policy.
+    Restarting,
+    /// Stopped on request.
+    Stopped,
+    /// Could not be started or supervised.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl AppState {
+    /// Whether the app is (still) running or about to.
+    pub fn is_live(&self) -> bool {
+        matches!(
+            self,
+            AppState::Starting | AppState::Running { .. } | AppState::Restarting
+        )
+    }
+}
+
+impl fmt::Display for AppState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppState::Starting => f.write_str("starting"),
+            AppState::Running { .. } => f.write_str("running"),
+            AppState::Exited { code } => write!(f, "exited({code})"),
+            AppState::OomKilled => f.write_str("oom_killed"),
+            AppState::Restarting => f.write_str("restarting"),
+            AppState::Stopped => f.write_str("stopped"),
+            AppState::Failed { reason } => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
+/// Why a sandbox operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The app is already running in this backend.
+    #[error("app {0} is already running")]
+    AlreadyRunning(String),
+    /// The app is not running in this backend.
+    #[error("app {0} is not running")]
+    NotRunning(String),
+    /// The binary could not be started.
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        /// The binary's path.
+        binary: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The log file could not be opened or written.
+    #[error("cannot write log {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Anything else from the backend (engine errors, signals).
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// A place apps run. Methods return boxed futures so the trait stays object-safe and the
+/// daemon can hold `Arc<dyn Sandbox>` per backend.
+pub trait Sandbox: Send + Sync + fmt::Debug {
+    /// Which backend this is.
+    fn kind(&self) -> SandboxKind;
+
+    /// Starts the app described by `spec`; returns once it is running (or failed to start).
+    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<AppState, SandboxError>>;
+
+    /// Stops the app: SIGTERM, then SIGKILL after `grace`. Returns the final state.
+    fn stop<'a>(
+        &'a self,
+        app_id: &'a str,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<AppState, SandboxError>>;
+
+    /// The app's current state in this backend, if it was ever launched here.
+    fn state(&self, app_id: &str) -> Option<AppState>;
+
+    /// Resolves when the app is no longer live (exited, killed or stopped), with its state.
+    fn wait<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, Option<AppState>>;
+}

@@ -1,0 +1,166 @@
+//! Shared helpers: a real daemon (embedded node) on a temp dir, installs through the real
+//! admin socket, and a raw signing client with full control over each field.
+
+use fold_client::admin::{self, AdminRequest};
+use fold_client::config::{Config, FileConfig, Overrides};
+use fold_client::daemon::{self, Shared};
+use fold_ipc::mux::MuxConnection;
+use fold_ipc::signing::sign_request;
+use fold_ipc::{Credentials, Operation, Request, Response};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct TestDaemon {
+    pub shared: Arc<Shared>,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+}
+
+/// A config for a daemon in `dir`; `extra` is appended to the TOML (e.g. `node = "unix:..."`).
+pub fn config_in(dir: &Path, extra: &str) -> Config {
+    let text = format!("uid_mode = \"daemon\"\n{extra}");
+    let file = FileConfig::parse(&text, Path::new("test.toml")).unwrap();
+    let over = Overrides {
+        state_dir: Some(dir.join("state")),
+        ..Overrides::default()
+    };
+    Config::build(file, over, nix::unistd::geteuid().as_raw()).unwrap()
+}
+
+pub async fn start_daemon(extra: &str) -> TestDaemon {
+    let dir = tempfile::Builder::new()
+        .prefix("fc")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let config = config_in(dir.path(), extra);
+    let shared = daemon::start(config.clone()).await.unwrap();
+    TestDaemon {
+        shared,
+        config,
+        dir,
+    }
+}
+
+impl TestDaemon {
+    pub async fn admin(&self, request: AdminRequest) -> Result<serde_json::Value, String> {
+        let r = admin::call(&self.config.admin_socket, &request, TIMEOUT)
+            .await
+            .unwrap();
+        if r.ok {
+            Ok(r.result)
+        } else {
+            Err(r.error.unwrap_or_default())
+        }
+    }
+
+    /// Installs an app with `grants` (auth "signed" unless `auth` is given); returns its
+    /// credentials, read from the credentials file the daemon wrote.
+    pub async fn install(&self, name: &str, grants: &[&str], auth: Option<&str>) -> Credentials {
+        let view = self
+            .admin(AdminRequest::Install {
+                name: name.into(),
+                binary: PathBuf::from("/bin/true"),
+                grants: grants.iter().map(ToString::to_string).collect(),
+                image: None,
+                auth: auth.map(str::to_string),
+                network: None,
+                memory: None,
+                cpus: None,
+                pids: None,
+            })
+            .await
+            .unwrap();
+        let creds_path = PathBuf::from(view["credentials"].as_str().unwrap());
+        Credentials::load(&creds_path).unwrap()
+    }
+
+    pub fn socket(&self, app_id: &str) -> PathBuf {
+        self.shared.socket_path(app_id)
+    }
+
+    pub async fn connect(&self, creds: &Credentials) -> Conn {
+        Conn::connect(&self.socket(&creds.app_id), creds.clone()).await
+    }
+
+    pub async fn audit_lines(&self) -> Vec<serde_json::Value> {
+        self.shared.audit.flush().await;
+        std::fs::read_to_string(self.config.audit_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub async fn stop(self) -> tempfile::TempDir {
+        daemon::stop(&self.shared).await;
+        self.dir
+    }
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+/// A raw client: builds signed requests that tests may tamper with before sending.
+pub struct Conn {
+    pub mux: MuxConnection,
+    pub creds: Credentials,
+}
+
+pub fn now_ms() -> u64 {
+    fold_client::audit::now_ms()
+}
+
+impl Conn {
+    pub async fn connect(path: &Path, creds: Credentials) -> Conn {
+        let stream = tokio::net::UnixStream::connect(path).await.unwrap();
+        Conn {
+            mux: MuxConnection::new(stream, fold_ipc::frame::DEFAULT_MAX_FRAME),
+            creds,
+        }
+    }
+
+    /// A correctly signed request for `op`.
+    pub fn signed(&self, op: &Operation) -> Request {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut r = Request::unsigned(format!("t{n}"), Some(self.creds.app_id.clone()), op);
+        r.token = Some(self.creds.token.clone());
+        r.timestamp = Some(now_ms());
+        r.nonce = Some(format!(
+            "{:032x}",
+            u128::from(n) << 64 | u128::from(rand_u64())
+        ));
+        sign_request(&mut r, &self.creds.signing_key).unwrap();
+        r
+    }
+
+    pub async fn send(&self, request: &Request) -> Response {
+        self.mux.call(request, TIMEOUT).await.unwrap()
+    }
+
+    pub async fn call(&self, op: &Operation) -> Response {
+        self.send(&self.signed(op)).await
+    }
+
+    /// Calls and expects success; returns the result as JSON.
+    pub async fn ok(&self, op: &Operation) -> serde_json::Value {
+        let r = self.call(op).await;
+        assert!(r.success, "{op:?} failed: {:?}", r.error);
+        serde_json::from_str(r.result.as_ref().unwrap().get()).unwrap()
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(NEXT.load(Ordering::Relaxed));
+    h.finish()
+}
+
+/// The error code of a failed response.
+pub fn code(r: &Response) -> fold_ipc::ErrorCode {
+    assert!(!r.success, "expected a failure, got {:?}", r.result);
+    r.error.as_ref().unwrap().code
+}

@@ -1,0 +1,139 @@
+//! The client's connection to its socket: opened on demand, reopened with backoff after the
+//! daemon restarts, never used to resend a request that may already have arrived.
+
+use super::error::{Error, Result};
+use crate::message::{Request, Response};
+use crate::mux::{CallError, MuxConnection};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::net::UnixStream;
+use tokio::time::Instant;
+
+/// How often a request that was certainly not sent (the connection was found closed just as
+/// it was handed over) is tried on a fresh connection before giving up.
+const NOT_SENT_ATTEMPTS: usize = 3;
+
+/// Exponential backoff between connection attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    /// Wait after the first failed attempt.
+    pub(crate) initial: Duration,
+    /// Longest wait between two attempts.
+    pub(crate) max: Duration,
+}
+
+/// One socket path and the connection to it, if one is open.
+#[derive(Debug)]
+pub(crate) struct Link {
+    path: PathBuf,
+    max_frame: usize,
+    backoff: Backoff,
+    /// The open connection; `None` before the first call and after a failed reconnect.
+    current: Mutex<Option<Arc<MuxConnection>>>,
+    /// Held while connecting, so concurrent callers wait for one reconnect instead of each
+    /// opening their own.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Link {
+    pub(crate) fn new(path: PathBuf, max_frame: usize, backoff: Backoff) -> Link {
+        Link {
+            path,
+            max_frame,
+            backoff,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether a connection is open right now.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.open_connection().is_some()
+    }
+
+    fn open_connection(&self) -> Option<Arc<MuxConnection>> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|conn| !conn.is_closed())
+            .cloned()
+    }
+
+    /// Sends `request` and waits for its response until `deadline`.
+    ///
+    /// A request is sent at most once on a connection where it may have arrived: if the
+    /// connection closes with it in flight the caller gets `Disconnected { sent: true }`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] (with `sent` saying whether it may have arrived),
+    /// [`Error::Timeout`], or [`Error::Protocol`] for a request over the frame cap.
+    pub(crate) async fn call(&self, request: &Request, deadline: Instant) -> Result<Response> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let conn = self.connection(deadline).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match conn.call(request, remaining).await {
+                Err(CallError::Disconnected { sent: false })
+                    if attempts < NOT_SENT_ATTEMPTS && Instant::now() < deadline => {}
+                other => return other.map_err(Error::from),
+            }
+        }
+    }
+
+    /// The open connection, or a new one made with backoff until `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] with `sent: false`, naming the socket and the last failure,
+    /// when no connection could be made in time.
+    pub(crate) async fn connection(&self, deadline: Instant) -> Result<Arc<MuxConnection>> {
+        if let Some(conn) = self.open_connection() {
+            return Ok(conn);
+        }
+        let Ok(_guard) = tokio::time::timeout_at(deadline, self.connecting.lock()).await else {
+            return Err(self.unreachable("another call was still connecting", 0));
+        };
+        // Someone else may have reconnected while this call waited for the lock.
+        if let Some(conn) = self.open_connection() {
+            return Ok(conn);
+        }
+        let mut wait = self.backoff.initial;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let failure = match tokio::time::timeout_at(deadline, UnixStream::connect(&self.path))
+                .await
+            {
+                Ok(Ok(stream)) => {
+                    let conn = Arc::new(MuxConnection::new(stream, self.max_frame));
+                    *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(Arc::clone(&conn));
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "connecting took too long".to_string(),
+            };
+            let now = Instant::now();
+            if now + wait >= deadline {
+                return Err(self.unreachable(&failure, attempts));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(self.backoff.max);
+        }
+    }
+
+    fn unreachable(&self, failure: &str, attempts: usize) -> Error {
+        Error::not_connected(format!(
+            "cannot connect to {}: {failure} ({attempts} attempts); the request was not sent",
+            self.path.display()
+        ))
+    }
+}
