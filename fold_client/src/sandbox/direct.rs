@@ -441,6 +441,18 @@ mod tests {
         }
     }
 
+    /// Waits (up to 1 s: a killed process takes a moment to die) until no pid is alive.
+    fn assert_gone(pids: &[String]) {
+        let start = Instant::now();
+        while pids.iter().any(|p| alive(p)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "still alive: {pids:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Whether `pid` is a live (non-zombie) process.
     fn alive(pid: &str) -> bool {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -530,7 +542,7 @@ mod tests {
             "{took:?}"
         );
         assert_eq!(sbx.state("app1"), Some(AppState::Stopped));
-        assert!(!alive(&bg), "background child {bg} survived");
+        assert_gone(&[bg]);
         assert!(matches!(
             sbx.stop("app1", Duration::ZERO).await,
             Err(SandboxError::NotRunning(_))
@@ -558,14 +570,7 @@ mod tests {
                 pids.push(rt.block_on(logged(&spec, "bg")));
             }
             drop(rt);
-            let start = Instant::now();
-            while pids.iter().any(|p| alive(p)) {
-                assert!(
-                    start.elapsed() < Duration::from_secs(1),
-                    "outlived runtime: {pids:?}"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            assert_gone(&pids);
         }
     }
 

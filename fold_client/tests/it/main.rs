@@ -5,3 +5,6 @@ mod auth;
 mod lifecycle;
 mod operations;
 mod support;
+mod node;
+mod peer;
+mod secrets;
