@@ -16,10 +16,15 @@
 //! - [`mux`]: the client side of a connection: many requests in flight, matched by `request_id`.
 //! - [`server`]: the server side of a connection (shared by the node and the daemon).
 //! - [`credentials`]: the credentials file the daemon hands each app.
+//! - [`client`]: the app-side client ([`Client`], async, and [`client::blocking::Client`]),
+//!   built on [`mux`], [`signing`] and [`credentials`].
 //! - [`version`]: protocol version constants and the rule for unknown versions.
 //!
 //! The byte-level specification, with known-answer vectors, is `docs/protocol.md`.
 
+#![warn(missing_docs)]
+
+pub mod client;
 pub mod credentials;
 pub mod error;
 pub mod frame;
@@ -31,6 +36,7 @@ pub mod schema;
 pub mod server;
 pub mod signing;
 
+pub use client::{Client, ClientBuilder};
 pub use credentials::Credentials;
 pub use error::{ErrorCode, WireError};
 pub use message::{Request, Response};

@@ -4,6 +4,10 @@
 //! `<path>.1` (replacing an older one) and starts a new file, so an app's output costs at
 //! most about twice the cap on disk. Output is written whole lines at a time, so stdout
 //! and stderr pumped into one [`LogFile`] interleave by line, never mid-line.
+//!
+//! Format: app lines as `<label>: <bytes>` (e.g. `stdout: hello`; no prefix for an empty
+//! label), daemon lines as `=== <text> ===`. Writes are plain blocking file writes of at
+//! most one read chunk, under a std mutex that is never held across an await.
 
 use super::SandboxError;
 use std::fs::{DirBuilder, File, OpenOptions};
@@ -185,7 +189,7 @@ pub async fn pump<R: AsyncRead + Unpin>(mut reader: R, log: &LogFile, label: &st
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                tracing::debug!(stream = label, error = %e, "app output stream ended with an error");
+                tracing::debug!(stream = label, error = %e, "app output ended with an error");
                 break;
             }
         };

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Clone)]
 pub(crate) enum Auth {
     /// The normal case: token plus an ed25519 signature on every request.
-    Signed(Credentials),
+    Signed(Box<Credentials>),
     /// Dev mode for apps installed with `auth = "token"`: the token alone, no signature.
     TokenOnly {
         /// The app's id.
@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn signed_requests_verify_and_are_fresh() {
-        let auth = Auth::Signed(creds());
+        let auth = Auth::Signed(Box::new(creds()));
         let params = RawValue::from_string(r#"{"name":"post"}"#.into()).unwrap();
         let a = auth.request("r-1".into(), "get_schema", Some(params));
         let b = auth.request("r-2".into(), "ping", None);
@@ -177,10 +177,10 @@ mod tests {
         assert_eq!(req.token.as_deref(), Some("sekrit-token"));
         assert_eq!(req.v, Some(1));
         assert!(!format!("{auth:?}").contains("sekrit"));
-        let signed = Auth::Signed(creds());
+        let signed = Auth::Signed(Box::new(creds()));
         assert!(!format!("{signed:?}").contains(&"tok".repeat(10)));
         assert!(signed.differs_from(&auth));
-        assert!(!signed.differs_from(&Auth::Signed(creds())));
+        assert!(!signed.differs_from(&Auth::Signed(Box::new(creds()))));
     }
 
     #[test]

@@ -71,7 +71,11 @@ impl fmt::Debug for ClientBuilder {
 impl ClientBuilder {
     /// A client for the socket at `socket_path`, signing with `credentials`.
     pub fn new(socket_path: impl Into<PathBuf>, credentials: Credentials) -> ClientBuilder {
-        ClientBuilder::with_auth(socket_path.into(), Auth::Signed(credentials), None)
+        ClientBuilder::with_auth(
+            socket_path.into(),
+            Auth::Signed(Box::new(credentials)),
+            None,
+        )
     }
 
     /// A client signing with the credentials in the file at `path`. After an
@@ -89,7 +93,7 @@ impl ClientBuilder {
         let credentials = load_credentials(&path)?;
         Ok(ClientBuilder::with_auth(
             socket_path.into(),
-            Auth::Signed(credentials),
+            Auth::Signed(Box::new(credentials)),
             Some(path),
         ))
     }
@@ -166,9 +170,8 @@ impl ClientBuilder {
 
         if let Some(path) = get(ENV_CREDENTIALS) {
             let path = PathBuf::from(path);
-            let credentials = load_credentials(&path).map_err(|e| {
-                Error::config(format!("{ENV_CREDENTIALS}: {}", e.message()))
-            })?;
+            let credentials = load_credentials(&path)
+                .map_err(|e| Error::config(format!("{ENV_CREDENTIALS}: {}", e.message())))?;
             if credentials.app_id != app_id {
                 return Err(Error::config(format!(
                     "{ENV_CREDENTIALS} names {}, which holds the credentials of app {:?}, \
@@ -179,7 +182,7 @@ impl ClientBuilder {
             }
             return Ok(ClientBuilder::with_auth(
                 socket_path,
-                Auth::Signed(credentials),
+                Auth::Signed(Box::new(credentials)),
                 Some(path),
             ));
         }
@@ -340,7 +343,10 @@ mod tests {
             (ENV_SOCKET_DIR, "/s"),
             (ENV_CREDENTIALS, path.to_str().unwrap()),
         ])));
-        assert!(msg.contains("\"other\"") && msg.contains(ENV_APP_ID), "{msg}");
+        assert!(
+            msg.contains("\"other\"") && msg.contains(ENV_APP_ID),
+            "{msg}"
+        );
         assert!(!msg.contains(&"t".repeat(64)));
     }
 

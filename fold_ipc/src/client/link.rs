@@ -4,6 +4,9 @@
 use super::error::{Error, Result};
 use crate::message::{Request, Response};
 use crate::mux::{CallError, MuxConnection};
+use nix::errno::Errno;
+use nix::sys::socket::{recv, MsgFlags};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -30,7 +33,7 @@ pub(crate) struct Link {
     max_frame: usize,
     backoff: Backoff,
     /// The open connection; `None` before the first call and after a failed reconnect.
-    current: Mutex<Option<Arc<MuxConnection>>>,
+    current: Mutex<Option<Open>>,
     /// Held while connecting, so concurrent callers wait for one reconnect instead of each
     /// opening their own.
     connecting: tokio::sync::Mutex<()>,
@@ -61,8 +64,8 @@ impl Link {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .filter(|conn| !conn.is_closed())
-            .cloned()
+            .filter(|open| open.is_alive())
+            .map(|open| Arc::clone(&open.mux))
     }
 
     /// Sends `request` and waits for its response until `deadline`.
@@ -99,7 +102,11 @@ impl Link {
             return Ok(conn);
         }
         let Ok(_guard) = tokio::time::timeout_at(deadline, self.connecting.lock()).await else {
-            return Err(self.unreachable("another call was still connecting", 0));
+            return Err(Error::not_connected(format!(
+                "cannot connect to {}: another call's attempt to connect outlasted this call's \
+                 timeout; the request was not sent",
+                self.path.display()
+            )));
         };
         // Someone else may have reconnected while this call waited for the lock.
         if let Some(conn) = self.open_connection() {
@@ -109,18 +116,20 @@ impl Link {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let failure = match tokio::time::timeout_at(deadline, UnixStream::connect(&self.path))
-                .await
-            {
-                Ok(Ok(stream)) => {
-                    let conn = Arc::new(MuxConnection::new(stream, self.max_frame));
-                    *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(Arc::clone(&conn));
-                    return Ok(conn);
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "connecting took too long".to_string(),
-            };
+            let failure =
+                match tokio::time::timeout_at(deadline, UnixStream::connect(&self.path)).await {
+                    Ok(Ok(stream)) => {
+                        let probe = stream.as_fd().try_clone_to_owned().ok();
+                        let mux = Arc::new(MuxConnection::new(stream, self.max_frame));
+                        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Open {
+                            mux: Arc::clone(&mux),
+                            probe,
+                        });
+                        return Ok(mux);
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "connecting took too long".to_string(),
+                };
             let now = Instant::now();
             if now + wait >= deadline {
                 return Err(self.unreachable(&failure, attempts));
@@ -135,5 +144,43 @@ impl Link {
             "cannot connect to {}: {failure} ({attempts} attempts); the request was not sent",
             self.path.display()
         ))
+    }
+}
+
+/// An open connection, with a duplicate of its socket to check the peer is still there.
+#[derive(Debug)]
+struct Open {
+    mux: Arc<MuxConnection>,
+    /// Dropped with the connection, so it never keeps a replaced socket open.
+    probe: Option<OwnedFd>,
+}
+
+impl Open {
+    /// Whether requests can still go out on this connection.
+    ///
+    /// The mux notices a closed peer when its reader task next runs, which on a busy or
+    /// single-threaded runtime can be after the next request was handed over, making that
+    /// request look "maybe sent". A non-blocking peek at the socket sees the daemon's close
+    /// (end of stream, or a reset) at once, so a connection closed by a restart or an idle
+    /// timeout is replaced before anything is sent on it.
+    fn is_alive(&self) -> bool {
+        if self.mux.is_closed() {
+            return false;
+        }
+        let Some(fd) = &self.probe else {
+            return true;
+        };
+        let mut byte = [0u8; 1];
+        match recv(
+            fd.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            // Responses waiting to be read, or nothing yet: the peer is there.
+            Ok(n) if n > 0 => true,
+            Err(Errno::EAGAIN | Errno::EINTR) => true,
+            // End of stream, or the connection was reset.
+            Ok(_) | Err(_) => false,
+        }
     }
 }
