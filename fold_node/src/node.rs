@@ -1,0 +1,334 @@
+//! [`Node`]: the in-process API. The socket server and the daemon's embedded mode both
+//! call [`Node::execute`].
+
+use crate::catalog::{self, Catalog};
+use crate::error::{bad_field, NodeError};
+use crate::history;
+use crate::query;
+use crate::store::{self, Durability};
+use crate::writer::{WriteOp, WriterHandle};
+use fold_ipc::operation::{check_record_id, Mutation, Pong, SchemaList};
+use fold_ipc::query::Query;
+use fold_ipc::schema::validate_name;
+use fold_ipc::{Operation, WireError};
+use rusqlite::Connection;
+use serde_json::value::{to_raw_value, RawValue};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// The writer recorded for requests that carry no `app_id` (admin commands, direct
+/// clients of the node).
+pub const DEFAULT_IDENTITY: &str = "node";
+
+/// Read connections kept open by default; also the number of reads run at once.
+pub const DEFAULT_READERS: usize = 4;
+
+/// How to open a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Where the database lives; created with mode 0700 if missing, refused if other users
+    /// can reach it.
+    pub data_dir: PathBuf,
+    /// The writer recorded in provenance and history when a request has no `app_id`.
+    pub identity: String,
+    /// How hard each commit works to survive failures.
+    pub durability: Durability,
+    /// Read connections, i.e. how many reads run concurrently (at least 1).
+    pub readers: usize,
+}
+
+impl NodeConfig {
+    /// The defaults for a node in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            identity: DEFAULT_IDENTITY.to_string(),
+            durability: Durability::default(),
+            readers: DEFAULT_READERS,
+        }
+    }
+}
+
+/// An open data node. Cheap to clone: clones share the same database, writer and read
+/// connections. The writer thread stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: NodeConfig,
+    db_path: PathBuf,
+    catalog: Arc<Catalog>,
+    writer: WriterHandle,
+    idle_readers: Mutex<Vec<Connection>>,
+    read_permits: Arc<Semaphore>,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("data_dir", &self.inner.config.data_dir)
+            .field("identity", &self.inner.config.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens (creating if needed) the node in `data_dir` with default settings.
+    ///
+    /// # Errors
+    ///
+    /// See [`Node::open_with`].
+    pub fn open(data_dir: impl Into<PathBuf>) -> Result<Node, NodeError> {
+        Node::open_with(NodeConfig::new(data_dir))
+    }
+
+    /// Opens (creating if needed) a node.
+    ///
+    /// Blocks briefly: it opens the database and checks its layout. Several nodes (or
+    /// admin commands) may open the same directory; SQLite's WAL mode serialises their
+    /// writes and lets reads run beside them.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::InsecureDir`] when the directory is open to other users,
+    /// [`NodeError::Io`] when it cannot be created, [`NodeError::Sqlite`] or
+    /// [`NodeError::UnsupportedLayout`] when the database cannot be opened.
+    pub fn open_with(config: NodeConfig) -> Result<Node, NodeError> {
+        let db_path = store::prepare_db_file(&config.data_dir)?;
+        let conn = store::open(&db_path, config.durability, true)?;
+        let catalog = Arc::new(Catalog::default());
+        let writer = WriterHandle::start(conn, Arc::clone(&catalog))?;
+        let readers = config.readers.max(1);
+        Ok(Node {
+            inner: Arc::new(Inner {
+                db_path,
+                catalog,
+                writer,
+                idle_readers: Mutex::new(Vec::with_capacity(readers)),
+                read_permits: Arc::new(Semaphore::new(readers)),
+                config,
+            }),
+        })
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.config.data_dir
+    }
+
+    /// The writer recorded for requests without an app id.
+    pub fn identity(&self) -> &str {
+        &self.inner.config.identity
+    }
+
+    /// Runs one operation. `writer` is the app the request is made for (the request's
+    /// `app_id`); it is recorded as the author of writes. `None` records the node's own
+    /// identity.
+    ///
+    /// The result is the operation's result JSON, as sent in a response's `result`:
+    /// [`Pong`], [`SchemaList`], a schema definition, `{"deleted": true, "records": n}`,
+    /// a [`QueryResult`](fold_ipc::query::QueryResult), a
+    /// [`MutationResult`](fold_ipc::operation::MutationResult) or a
+    /// [`HistoryResult`](fold_ipc::operation::HistoryResult).
+    ///
+    /// A write is answered only after it has committed. Reads run concurrently on a pool
+    /// of connections; writes are serialised (and committed in groups) by one writer.
+    ///
+    /// # Errors
+    ///
+    /// The [`WireError`] to send: `bad_request` naming the field at fault, `not_found`,
+    /// `conflict`, or `internal` when the node itself failed (logged in full).
+    pub async fn execute(
+        &self,
+        writer: Option<&str>,
+        op: Operation,
+    ) -> Result<Box<RawValue>, WireError> {
+        self.dispatch(writer, op)
+            .await
+            .map_err(NodeError::into_wire)
+    }
+
+    /// SQLite's plan for a query, one line per step: what `EXPLAIN QUERY PLAN` says about
+    /// the statement [`Node::execute`] would run. For people checking that an indexed
+    /// field's index is used.
+    ///
+    /// # Errors
+    ///
+    /// As for a query.
+    pub async fn explain(&self, query: Query) -> Result<Vec<String>, WireError> {
+        let run = async {
+            check_query(&query)?;
+            self.read(move |conn, catalog| query::explain(conn, catalog, &query))
+                .await
+        };
+        run.await.map_err(NodeError::into_wire)
+    }
+
+    /// Refreshes the query planner's statistics (a sampled `ANALYZE`), so that it picks
+    /// the right index for range filters. The writer does this on its own as the database
+    /// grows; call it after a bulk load to have good plans at once.
+    ///
+    /// # Errors
+    ///
+    /// `internal` when SQLite fails.
+    pub async fn analyze(&self) -> Result<(), WireError> {
+        let writer = self.inner.config.identity.clone();
+        self.inner
+            .writer
+            .write(WriteOp::Analyze, writer)
+            .await
+            .map(drop)
+            .map_err(NodeError::into_wire)
+    }
+
+    async fn dispatch(
+        &self,
+        writer: Option<&str>,
+        op: Operation,
+    ) -> Result<Box<RawValue>, NodeError> {
+        let write = |op: WriteOp| {
+            let writer = writer.unwrap_or(&self.inner.config.identity).to_string();
+            self.inner.writer.write(op, writer)
+        };
+        match op {
+            Operation::Ping => encode(&Pong {
+                pong: true,
+                version: fold_ipc::version::CURRENT,
+            }),
+            Operation::ListSchemas => {
+                let schemas = self.read(|conn, _| catalog::list(conn)).await?;
+                encode(&SchemaList { schemas })
+            }
+            Operation::GetSchema { name } => {
+                check_name("params.name", &name)?;
+                let schema = self.read(move |conn, c| c.lookup(conn, &name)).await?;
+                encode(&schema.def)
+            }
+            Operation::CreateSchema(def) => {
+                def.validate()
+                    .map_err(|(f, m)| bad_field(format!("params.{f}"), m))?;
+                write(WriteOp::CreateSchema(def)).await
+            }
+            Operation::DeleteSchema { name, force } => {
+                check_name("params.name", &name)?;
+                write(WriteOp::DeleteSchema { name, force }).await
+            }
+            Operation::Query(q) => {
+                check_query(&q)?;
+                self.read(move |conn, catalog| query::run(conn, catalog, &q))
+                    .await
+            }
+            Operation::Mutation(m) => {
+                check_name("params.schema", m.schema())?;
+                if let Mutation::Update { id, .. } | Mutation::Delete { id, .. } = &m {
+                    check_record_id(id)?;
+                }
+                write(WriteOp::Mutation(m)).await
+            }
+            Operation::History { schema, id } => {
+                check_name("params.schema", &schema)?;
+                check_record_id(&id)?;
+                let h = self
+                    .read(move |conn, c| history::history(conn, c, &schema, &id))
+                    .await?;
+                encode(&h)
+            }
+        }
+    }
+
+    /// Runs `f` on a read connection, in a read transaction.
+    ///
+    /// Most reads take microseconds, less than a hop to the blocking pool costs (two thread
+    /// wake-ups: tens of microseconds on a small VM). So a read first runs in place on the
+    /// async worker with a budget of [`INLINE_READ_BUDGET`]; SQLite's progress handler
+    /// interrupts it when the budget is spent, and it runs again, unbounded, on the
+    /// blocking pool. The executor is never held for longer than the budget. At most
+    /// `readers` reads run at once.
+    async fn read<T, F>(&self, f: F) -> Result<T, NodeError>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection, &Catalog) -> Result<T, NodeError> + Send + Sync + 'static,
+    {
+        let permit = Arc::clone(&self.inner.read_permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| NodeError::Closed)?;
+        match self.inner.with_reader(Some(INLINE_READ_BUDGET), &f) {
+            Err(e) if is_interrupt(&e) => {}
+            done => return done,
+        }
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let result = inner.with_reader(None, &f);
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|_| NodeError::Closed)?
+    }
+}
+
+/// How long a read may run on an async worker before it is moved to the blocking pool.
+pub const INLINE_READ_BUDGET: Duration = Duration::from_micros(100);
+
+/// SQLite virtual-machine steps between two checks of the read budget.
+const BUDGET_CHECK_OPS: i32 = 1000;
+
+fn is_interrupt(e: &NodeError) -> bool {
+    matches!(e, NodeError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+        if f.code == rusqlite::ErrorCode::OperationInterrupted)
+}
+
+impl Inner {
+    /// Runs `f` on an idle read connection (opening one if none is idle), interrupted
+    /// once `budget` has passed.
+    fn with_reader<T>(
+        &self,
+        budget: Option<Duration>,
+        f: impl FnOnce(&Connection, &Catalog) -> Result<T, NodeError>,
+    ) -> Result<T, NodeError> {
+        let idle = self
+            .idle_readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => store::open(&self.db_path, self.config.durability, false)?,
+        };
+        match budget {
+            Some(budget) => {
+                let deadline = Instant::now() + budget;
+                conn.progress_handler(BUDGET_CHECK_OPS, Some(move || Instant::now() > deadline));
+            }
+            None => conn.progress_handler(0, None::<fn() -> bool>),
+        }
+        let result = match conn.transaction() {
+            // Dropping the transaction ends it; a read has nothing to commit.
+            Ok(tx) => f(&tx, &self.catalog),
+            Err(e) => Err(e.into()),
+        };
+        self.idle_readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+        result
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Box<RawValue>, NodeError> {
+    to_raw_value(value).map_err(|e| NodeError::Corrupt(format!("cannot encode result: {e}")))
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), NodeError> {
+    validate_name(name).map_err(|m| bad_field(field, m))
+}
+
+fn check_query(q: &Query) -> Result<(), NodeError> {
+    q.validate().map_err(|(f, m)| bad_field(f, m))
+}

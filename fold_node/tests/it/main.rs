@@ -1,0 +1,11 @@
+//! Integration tests for `fold_node`, over a real socket (and, for `crash` and `cli`, the
+//! real binary).
+
+mod cli;
+mod crash;
+mod history;
+mod query;
+mod records;
+mod schemas;
+mod support;
+mod transport;
