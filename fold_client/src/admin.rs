@@ -5,13 +5,17 @@
 //! These types cross a socket, but only between the `fold_client` binary and itself, so they
 //! live here rather than in `fold_ipc` (which is the app-facing contract).
 
-use crate::daemon::{self, DaemonError, InstallRequest, Shared};
+mod apps;
+
+pub use apps::app_view;
+
+use crate::daemon::{DaemonError, Shared};
+use crate::ipc::AppSocket;
 use crate::policy::Grant;
-use crate::registry::{App, AuthMode, InstallSpec};
-use crate::sandbox::ResourceLimits;
+use apps::execute;
 use fold_ipc::frame::{read_frame, write_frame};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,7 +92,7 @@ pub enum AdminRequest {
         /// Name or id.
         app: String,
     },
-    /// Start the app.
+    /// Start the app with the daemon's default restart policy and lifetime.
     Launch {
         /// Name or id.
         app: String,
@@ -98,6 +102,45 @@ pub enum AdminRequest {
         /// Arguments for the binary.
         #[serde(default)]
         args: Vec<String>,
+    },
+    /// Start the app with explicit supervision options (absent ones: daemon defaults).
+    LaunchWith {
+        /// Name or id.
+        app: String,
+        /// Run on the host, NOT sandboxed.
+        #[serde(default)]
+        direct: bool,
+        /// Arguments for the binary.
+        #[serde(default)]
+        args: Vec<String>,
+        /// Image for this launch instead of the app's.
+        #[serde(default)]
+        image: Option<String>,
+        /// `never` or `on-failure`.
+        #[serde(default)]
+        restart: Option<String>,
+        /// Most restarts in a row after failures.
+        #[serde(default)]
+        max_restarts: Option<u32>,
+        /// Hard limit on the run time, ms.
+        #[serde(default)]
+        max_lifetime_ms: Option<u64>,
+    },
+    /// Run the app once: start, wait at most `timeout_ms`, stop, remove; answers when done.
+    Run {
+        /// Name or id.
+        app: String,
+        /// Run on the host, NOT sandboxed.
+        #[serde(default)]
+        direct: bool,
+        /// Arguments for the binary.
+        #[serde(default)]
+        args: Vec<String>,
+        /// Image for this run instead of the app's.
+        #[serde(default)]
+        image: Option<String>,
+        /// Kill it after this long, ms.
+        timeout_ms: u64,
     },
     /// Stop the app.
     Stop {
@@ -137,12 +180,28 @@ pub struct AdminResponse {
 ///
 /// The socket cannot be bound (for instance another daemon serves this state directory).
 pub fn serve(shared: &Arc<Shared>) -> Result<(), crate::ipc::SocketError> {
-    let path = &shared.config.admin_socket;
-    let socket = crate::ipc::bind_socket(path, None)?;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-    let shared2 = Arc::clone(shared);
-    shared.tasks.spawn(accept_loop(socket.listener, shared2));
+    let socket = bind(&shared.config)?;
+    spawn(shared, socket);
     Ok(())
+}
+
+/// Binds the admin socket (0600) without serving it yet. Binding first is how a second
+/// daemon on the same state directory finds out, before it touches anything else.
+///
+/// # Errors
+///
+/// The socket cannot be bound, or a live daemon answers on it.
+pub fn bind(config: &crate::config::Config) -> Result<AppSocket, crate::ipc::SocketError> {
+    let path = &config.admin_socket;
+    let socket = crate::ipc::bind_socket(path, None, None)?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    Ok(socket)
+}
+
+/// Starts serving a socket from [`bind`].
+pub fn spawn(shared: &Arc<Shared>, socket: AppSocket) {
+    let owned = Arc::clone(shared);
+    shared.tasks.spawn(accept_loop(socket.listener, owned));
 }
 
 async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
@@ -229,6 +288,33 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a size like 256m, 1g or 65536"))
 }
 
+/// Parses a duration such as `30s`, `500ms`, `5m`, `1h` or plain seconds (`2.5`).
+///
+/// # Errors
+///
+/// A message naming the bad value.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let bad = || format!("{text:?} is not a duration like 30s, 500ms, 5m or 1h");
+    let (digits, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => t.split_at(i),
+        None => (t.as_str(), "s"),
+    };
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    let value: f64 = digits.parse().map_err(|_| bad())?;
+    let secs = value * scale;
+    if !(secs > 0.0 && secs < 1e9) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 fn parse_grants(grants: &[String]) -> Result<Vec<Grant>, DaemonError> {
     grants
         .iter()
@@ -253,131 +339,6 @@ fn binary_name(path: &std::path::Path) -> Result<String, DaemonError> {
         )));
     }
     Ok(name.to_string())
-}
-
-/// The JSON view of an app (no secrets).
-pub fn app_view(shared: &Shared, app: &App) -> Value {
-    let (sandbox, state) = match shared.supervisor.state(&app.id) {
-        Some((kind, state)) => (Some(kind.as_str()), state.to_string()),
-        None => (None, "not running".to_string()),
-    };
-    json!({
-        "id": app.id,
-        "name": app.name,
-        "uid": app.uid,
-        "gid": app.gid,
-        "grants": app.grants.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "auth": app.auth_mode.as_str(),
-        "binary": app.binary,
-        "image": app.image.clone().unwrap_or_else(|| shared.config.default_image.clone()),
-        "network": app.network,
-        "limits": {
-            "memory_bytes": app.limits.memory_bytes,
-            "nano_cpus": app.limits.nano_cpus,
-            "pids": app.limits.pids,
-            "nofile": app.limits.nofile,
-            "tmpfs_bytes": app.limits.tmpfs_bytes,
-        },
-        "generation": app.generation,
-        "created_ms": app.created_ms,
-        "socket": shared.socket_path(&app.id),
-        "credentials": shared.socket_dir(&app.id).join(crate::ipc::CREDENTIALS_FILE),
-        "app_dir": shared.app_dir(&app.id),
-        "log": shared.log_path(&app.id),
-        "sandbox": sandbox,
-        "state": state,
-    })
-}
-
-async fn execute(shared: &Arc<Shared>, request: AdminRequest) -> Result<Value, DaemonError> {
-    let registry = &shared.registry;
-    Ok(match request {
-        AdminRequest::Status => json!({
-            "state_dir": shared.config.state_dir,
-            "socket_root": shared.config.socket_root,
-            "apps": registry.list().len(),
-            "node": format!("{:?}", shared.config.node),
-            "audit": shared.config.audit_path(),
-            "pid": std::process::id(),
-        }),
-        AdminRequest::Install { name, binary, grants, image, auth, network, memory, cpus, pids } => {
-            let mut limits = ResourceLimits { ..shared.config.default_limits };
-            if let Some(m) = memory {
-                limits.memory_bytes = parse_size(&m).map_err(DaemonError::Invalid)?;
-            }
-            if let Some(c) = cpus {
-                if !(c > 0.0 && c <= 1024.0) {
-                    return Err(DaemonError::Invalid(format!("--cpus {c} must be between 0 and 1024")));
-                }
-                limits.nano_cpus = (c * 1e9) as u64;
-            }
-            if let Some(p) = pids {
-                limits.pids = p.max(1);
-            }
-            let auth_mode = match auth.as_deref() {
-                None => AuthMode::Signed,
-                Some(a) => AuthMode::parse(a).ok_or_else(|| DaemonError::Invalid(format!("--auth {a:?}: expected signed or token")))?,
-            };
-            let spec = InstallSpec { name, binary: binary_name(&binary)?, grants: parse_grants(&grants)?, auth_mode, image, network, limits };
-            let app = daemon::install(shared, InstallRequest { spec, binary_path: binary }).await?;
-            app_view(shared, &app)
-        }
-        AdminRequest::List => Value::Array(registry.list().iter().map(|a| app_view(shared, a)).collect()),
-        AdminRequest::Show { app } => app_view(shared, &*registry.find(&app)?),
-        AdminRequest::Grant { app, grants } => {
-            let add = parse_grants(&grants)?;
-            let app = daemon::set_grants(shared, &app, |g| {
-                for grant in add {
-                    if !g.contains(&grant) {
-                        g.push(grant);
-                    }
-                }
-            })
-            .await?;
-            app_view(shared, &app)
-        }
-        AdminRequest::Ungrant { app, grants } => {
-            let drop = parse_grants(&grants)?;
-            let app = daemon::set_grants(shared, &app, |g| g.retain(|x| !drop.contains(x))).await?;
-            app_view(shared, &app)
-        }
-        AdminRequest::Rotate { app } => app_view(shared, &*daemon::rotate(shared, &app).await?),
-        AdminRequest::Remove { app } => {
-            let app = daemon::remove(shared, &app).await?;
-            json!({"id": app.id, "name": app.name, "removed": true})
-        }
-        AdminRequest::Launch { app, direct, args } => {
-            let app = registry.find(&app)?;
-            let (kind, state) = shared.supervisor.launch(shared, &app, direct, args).await?;
-            let sandboxed = kind != crate::sandbox::SandboxKind::Direct;
-            let detail = if sandboxed { kind.as_str().to_string() } else { "direct: NOT SANDBOXED".to_string() };
-            shared.audit.event(&app.id, Some(&app.name), "launch", &detail).await;
-            json!({"id": app.id, "name": app.name, "sandbox": kind.as_str(), "sandboxed": sandboxed, "state": state.to_string(), "log": shared.log_path(&app.id)})
-        }
-        AdminRequest::Stop { app, grace_ms } => {
-            let app = registry.find(&app)?;
-            let grace = grace_ms.map_or(shared.config.stop_grace, Duration::from_millis);
-            let state = shared.supervisor.stop(&app.id, grace).await?;
-            shared.audit.event(&app.id, Some(&app.name), "stop", &state.to_string()).await;
-            json!({"id": app.id, "name": app.name, "state": state.to_string()})
-        }
-        AdminRequest::Wait { app, timeout_ms } => {
-            let app = registry.find(&app)?;
-            let state = tokio::time::timeout(Duration::from_millis(timeout_ms), shared.supervisor.wait(&app.id)).await;
-            let state = match state {
-                Ok(state) => state.map_or_else(|| "not running".to_string(), |s| s.to_string()),
-                Err(_) => return Err(DaemonError::Invalid(format!("app {} still running after {timeout_ms} ms", app.name))),
-            };
-            json!({"id": app.id, "name": app.name, "state": state})
-        }
-        AdminRequest::Ps => Value::Array(
-            registry
-                .list()
-                .iter()
-                .filter_map(|a| shared.supervisor.state(&a.id).map(|(kind, s)| json!({"id": a.id, "name": a.name, "sandbox": kind.as_str(), "state": s.to_string()})))
-                .collect(),
-        ),
-    })
 }
 
 /// Sends one admin request (used by the CLI).
@@ -421,5 +382,17 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("2.5").unwrap(), Duration::from_millis(2500));
+        for bad in ["", "0", "-1s", "5 parsecs", "1d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! here as [`Overrides`]. Defaults are `pub const`s so docs and tests can name them.
 
 use crate::sandbox::ResourceLimits;
+use crate::supervisor::RestartPolicy;
 use fold_ipc::server::ConnectionLimits;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -29,6 +30,18 @@ pub const DEFAULT_LOG_CAP: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_IMAGE: &str = "alpine:latest";
 /// Default number of pooled connections to an external node.
 pub const DEFAULT_NODE_POOL: usize = 4;
+/// Default Docker engine address (`DOCKER_HOST` overrides it).
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+/// Default deadline of one Docker engine request (inspect, create, start, kill, remove).
+pub const DEFAULT_ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default deadline of one image pull.
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default per-container writable-layer limit, applied only where the engine supports it.
+pub const DEFAULT_STORAGE_LIMIT: u64 = 1024 * 1024 * 1024;
+/// Default number of restarts after failures before the daemon gives up on an app.
+pub const DEFAULT_MAX_RESTARTS: u32 = 3;
+/// Default delay before the first restart; it doubles with each further restart.
+pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Where the data node is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,8 +146,25 @@ pub struct Config {
     pub stop_grace: Duration,
     /// Size cap of each app's log file.
     pub log_cap: u64,
-    /// The label value that marks this daemon's containers.
+    /// The label value that marks this daemon's containers (`io.foldclient.daemon`). By
+    /// default derived from the state directory, so two daemons with different state
+    /// directories never see each other's containers, and a restarted daemon adopts its own.
     pub daemon_label: String,
+    /// The Docker engine address (`unix://...`, `tcp://...`); `DOCKER_HOST` when set.
+    pub docker_host: String,
+    /// Deadline of one engine request.
+    pub engine_timeout: Duration,
+    /// Deadline of one image pull.
+    pub pull_timeout: Duration,
+    /// Writable-layer limit per container (`storage_opt size`), used only where the engine
+    /// supports it; `None` never asks for one.
+    pub storage_limit: Option<u64>,
+    /// What happens when an app exits on its own (default for launches).
+    pub restart: RestartPolicy,
+    /// Delay before the first restart; doubles per restart, at most 30 s.
+    pub restart_backoff: Duration,
+    /// Default maximum lifetime of a launched app; `None` for no limit.
+    pub max_lifetime: Option<Duration>,
 }
 
 impl Config {
@@ -184,6 +214,10 @@ pub struct FileConfig {
     pub max_frame_bytes: Option<usize>,
     /// Idle connection timeout in seconds.
     pub idle_timeout_secs: Option<u64>,
+    /// Seconds a frame may take to arrive once its first byte has.
+    pub read_timeout_secs: Option<u64>,
+    /// Seconds writing responses to a connection may take before it is dropped.
+    pub write_timeout_secs: Option<u64>,
     /// See [`Config::max_connections_per_app`].
     pub max_connections_per_app: Option<usize>,
     /// Node call timeout in milliseconds.
@@ -200,6 +234,22 @@ pub struct FileConfig {
     pub log_cap_bytes: Option<u64>,
     /// Label value for this daemon's containers.
     pub daemon_label: Option<String>,
+    /// Docker engine address (`DOCKER_HOST` wins).
+    pub docker_host: Option<String>,
+    /// Engine request deadline in seconds.
+    pub engine_timeout_secs: Option<u64>,
+    /// Image pull deadline in seconds.
+    pub pull_timeout_secs: Option<u64>,
+    /// Container writable-layer limit in bytes (0: never ask for one).
+    pub storage_limit_bytes: Option<u64>,
+    /// `on-failure` (default) or `never`.
+    pub restart: Option<String>,
+    /// Restarts after failures before giving up (0: never restart).
+    pub max_restarts: Option<u32>,
+    /// First restart delay in milliseconds.
+    pub restart_backoff_ms: Option<u64>,
+    /// Default maximum app lifetime in seconds.
+    pub max_lifetime_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -229,6 +279,8 @@ pub struct Overrides {
     pub node_secret_file: Option<PathBuf>,
     /// `--uid-mode`.
     pub uid_mode: Option<String>,
+    /// `--docker-host` / `DOCKER_HOST`.
+    pub docker_host: Option<String>,
 }
 
 /// Why a configuration is refused.
@@ -343,6 +395,16 @@ impl Config {
                 file.idle_timeout_secs,
                 300,
             )?),
+            read_timeout: Duration::from_secs(positive(
+                "read_timeout_secs",
+                file.read_timeout_secs,
+                10,
+            )?),
+            write_timeout: Duration::from_secs(positive(
+                "write_timeout_secs",
+                file.write_timeout_secs,
+                10,
+            )?),
             ..ConnectionLimits::default()
         };
         Ok(Config {
@@ -381,12 +443,88 @@ impl Config {
                     .unwrap_or(DEFAULT_STOP_GRACE.as_millis() as u64),
             ),
             log_cap: positive("log_cap_bytes", file.log_cap_bytes, DEFAULT_LOG_CAP)?,
-            daemon_label: file.daemon_label.unwrap_or_else(|| "default".to_string()),
+            daemon_label: match file.daemon_label {
+                Some(label) => check_label(label)?,
+                None => default_label(&state_dir),
+            },
+            docker_host: docker_host(over.docker_host.or(file.docker_host))?,
+            engine_timeout: Duration::from_secs(positive(
+                "engine_timeout_secs",
+                file.engine_timeout_secs,
+                DEFAULT_ENGINE_TIMEOUT.as_secs(),
+            )?),
+            pull_timeout: Duration::from_secs(positive(
+                "pull_timeout_secs",
+                file.pull_timeout_secs,
+                DEFAULT_PULL_TIMEOUT.as_secs(),
+            )?),
+            storage_limit: match file.storage_limit_bytes {
+                Some(0) => None,
+                Some(n) => Some(n),
+                None => Some(DEFAULT_STORAGE_LIMIT),
+            },
+            restart: restart_policy(
+                file.restart.as_deref(),
+                file.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
+            )?,
+            restart_backoff: Duration::from_millis(positive(
+                "restart_backoff_ms",
+                file.restart_backoff_ms,
+                DEFAULT_RESTART_BACKOFF.as_millis() as u64,
+            )?),
+            max_lifetime: match file.max_lifetime_secs {
+                Some(0) => return Err(invalid("max_lifetime_secs", "must be greater than zero")),
+                other => other.map(Duration::from_secs),
+            },
             state_dir,
             socket_root,
             admin_socket,
         })
     }
+}
+
+/// The default label: `sd-` and 12 hex digits of the SHA-256 of the state directory, so
+/// each state directory (each daemon) has its own and keeps it across restarts.
+fn default_label(state_dir: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    format!("sd-{}", &hex::encode(digest)[..12])
+}
+
+fn check_label(label: String) -> Result<String, ConfigError> {
+    let ok = !label.is_empty()
+        && label.len() <= 64
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(label)
+    } else {
+        Err(invalid(
+            "daemon_label",
+            format!("{label:?}: use 1-64 of [A-Za-z0-9._-]"),
+        ))
+    }
+}
+
+fn docker_host(host: Option<String>) -> Result<String, ConfigError> {
+    let host = host
+        .filter(|h| !h.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string());
+    let known = ["unix://", "tcp://", "http://", "https://"];
+    if known.iter().any(|p| host.starts_with(p)) {
+        Ok(host)
+    } else {
+        Err(invalid(
+            "docker_host",
+            format!("{host:?}: expected unix:///path/to/docker.sock or tcp://HOST:PORT"),
+        ))
+    }
+}
+
+fn restart_policy(text: Option<&str>, max_restarts: u32) -> Result<RestartPolicy, ConfigError> {
+    RestartPolicy::parse(text.unwrap_or("on-failure"), max_restarts)
+        .map_err(|message| invalid("restart", message))
 }
 
 fn positive<T: PartialOrd + Default + Copy + std::fmt::Display>(
@@ -449,5 +587,46 @@ mod tests {
         assert!(err("state_dir = \"/x\"\nuid_mode = \"per_app\"").contains("root"));
         assert!(err("state_dir = \"/x\"\nbogus = 1").contains("t.toml"));
         assert!(err(&format!("state_dir = \"/{}\"", "d".repeat(100))).contains("socket_root"));
+        assert!(err("state_dir = \"/x\"\ndaemon_label = \"a=b\"").contains("daemon_label"));
+        assert!(
+            err("state_dir = \"/x\"\ndocker_host = \"/var/run/d.sock\"").contains("docker_host")
+        );
+        assert!(err("state_dir = \"/x\"\nrestart = \"always\"").contains("restart"));
+    }
+
+    #[test]
+    fn container_settings_have_defaults() {
+        let over = |dir: &str| Overrides {
+            state_dir: Some(dir.into()),
+            ..Overrides::default()
+        };
+        let a = build("", over("/srv/a"), 0).unwrap();
+        let a2 = build("", over("/srv/a"), 0).unwrap();
+        let b = build("", over("/srv/b"), 0).unwrap();
+        assert_eq!(a.daemon_label, a2.daemon_label, "stable across restarts");
+        assert_ne!(a.daemon_label, b.daemon_label, "distinct per state dir");
+        assert!(a.daemon_label.starts_with("sd-"));
+        assert_eq!(a.docker_host, DEFAULT_DOCKER_HOST);
+        assert_eq!(a.storage_limit, Some(DEFAULT_STORAGE_LIMIT));
+        assert_eq!(
+            a.restart,
+            RestartPolicy::OnFailure {
+                max_restarts: DEFAULT_MAX_RESTARTS
+            }
+        );
+        let c = build(
+            "restart = \"never\"\nstorage_limit_bytes = 0\nmax_lifetime_secs = 60\ndaemon_label = \"ci-1\"",
+            Overrides {
+                docker_host: Some("tcp://127.0.0.1:2375".into()),
+                ..over("/srv/c")
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(c.restart, RestartPolicy::Never);
+        assert_eq!(c.storage_limit, None);
+        assert_eq!(c.max_lifetime, Some(Duration::from_secs(60)));
+        assert_eq!(c.daemon_label, "ci-1");
+        assert_eq!(c.docker_host, "tcp://127.0.0.1:2375");
     }
 }

@@ -35,6 +35,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Running apps.
     pub supervisor: Supervisor,
+    /// Where requests spend their time (see `fold_bench`).
+    pub metrics: crate::metrics::Metrics,
     /// Per-app listener cancellation, by app id.
     listeners: Mutex<HashMap<String, CancellationToken>>,
     /// Per-app authentication state, by app id.
@@ -105,14 +107,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 ///
 /// See [`run`].
 pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
-    fsutil::private_dir(&config.state_dir, 0o700)
+    // With per-app uids, apps must be able to traverse (never list) the state directory to
+    // reach their own binary and socket directory; everything inside stays private.
+    let per_app =
+        nix::unistd::geteuid().is_root() && matches!(config.uid_mode, UidMode::PerApp { .. });
+    let traversable = if per_app { 0o711 } else { 0o700 };
+    fsutil::private_dir(&config.state_dir, traversable)
         .map_err(setup("cannot create the state directory"))?;
-    for dir in [config.apps_dir(), config.logs_dir()] {
-        fsutil::private_dir(&dir, 0o700)
+    for (dir, mode) in [(config.apps_dir(), traversable), (config.logs_dir(), 0o700)] {
+        fsutil::private_dir(&dir, mode)
             .map_err(setup(format!("cannot create {}", dir.display())))?;
     }
     fsutil::private_dir(&config.socket_root, 0o711)
         .map_err(setup("cannot create the socket root"))?;
+    // The admin socket first: a second daemon on this state directory stops here, before it
+    // touches the audit log, the node's data or the first one's containers.
+    let admin_socket = admin::bind(&config).map_err(|e| DaemonError::Setup {
+        context: "cannot bind the admin socket".into(),
+        source: Box::new(e),
+    })?;
     let (audit, _audit_task) = Audit::open(&config.audit_path())
         .await
         .map_err(setup("cannot open the audit log"))?;
@@ -137,6 +150,7 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
     let chown_to_app = euid == 0 && matches!(config.uid_mode, UidMode::PerApp { .. });
     let shared = Arc::new(Shared {
         supervisor: Supervisor::new(&config),
+        metrics: crate::metrics::Metrics::default(),
         config,
         registry,
         node,
@@ -147,6 +161,9 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
         runtimes: Mutex::new(HashMap::new()),
         chown_to_app,
     });
+    // Containers left running by an earlier run of this daemon (same label) are adopted
+    // before the sockets are re-bound, so the peer check knows their containers.
+    shared.supervisor.adopt(&shared).await;
     for app in shared.registry.list() {
         if let Err(e) = serve_app(&shared, &app) {
             tracing::error!(app = %app.name, "cannot serve app: {e}");
@@ -156,10 +173,7 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
                 .await;
         }
     }
-    admin::serve(&shared).map_err(|e| DaemonError::Setup {
-        context: "cannot bind the admin socket".into(),
-        source: Box::new(e),
-    })?;
+    admin::spawn(&shared, admin_socket);
     tracing::info!(state = %shared.config.state_dir.display(), apps = shared.registry.list().len(), "fold_client daemon started");
     Ok(shared)
 }
@@ -180,6 +194,8 @@ pub async fn stop(shared: &Arc<Shared>) {
         tracing::warn!("some connections did not finish within 10 s of shutdown");
     }
     let _ = std::fs::remove_file(&shared.config.admin_socket);
+    // The audit writer gathers lines for a few milliseconds; write them before the runtime ends.
+    shared.audit.flush().await;
     tracing::info!("fold_client daemon stopped");
 }
 
@@ -211,7 +227,7 @@ impl Shared {
 
 /// Binds the app's socket and starts serving it.
 fn serve_app(shared: &Arc<Shared>, app: &App) -> Result<(), DaemonError> {
-    let socket = ipc::bind_socket(&shared.socket_path(&app.id), shared.owner(app))?;
+    let socket = ipc::bind_socket(&shared.socket_path(&app.id), Some(0o700), shared.owner(app))?;
     let runtime = Arc::clone(
         lock(&shared.runtimes)
             .entry(app.id.clone())

@@ -14,8 +14,11 @@
 //! - [`policy`]: grants; deny by default.
 //! - [`proxy`]: the only way to the node (embedded or external).
 //! - [`audit`]: one JSON line per decision and lifecycle event.
-//! - [`sandbox`]: where apps run (direct dev mode; fake for tests), behind one trait.
-//! - [`supervisor`]: launching, stopping and tracking apps.
+//! - [`metrics`]: where each request's time goes (counters per stage).
+//! - [`sandbox`]: where apps run, behind one trait: hardened Docker containers, the host in
+//!   dev mode (`direct`, NOT sandboxed), and a recording fake for unit tests.
+//! - [`supervisor`]: launching, stopping, restarting and tracking apps; adoption after a
+//!   daemon restart.
 //! - [`admin`]: the admin socket the CLI uses.
 //! - [`daemon`]: startup, app lifecycle, shutdown; [`run`] is the entry point.
 
@@ -26,6 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod fsutil;
 pub mod ipc;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod registry;

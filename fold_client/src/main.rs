@@ -40,6 +40,8 @@ enum Command {
     /// Read the audit log.
     #[command(subcommand)]
     Audit(cli::AuditCommand),
+    /// Check the host and the Docker engine; print each problem with its fix.
+    Doctor,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -74,6 +76,7 @@ fn main() -> Result<()> {
             Command::Serve(serve) => cli::serve(&ctx, serve).await.map(|()| 0),
             Command::App(cmd) => cli::app(&ctx, cmd).await,
             Command::Audit(cmd) => cli::audit(&ctx, cmd).await.map(|()| 0),
+            Command::Doctor => cli::doctor(&ctx).await,
         }
     })?;
     std::process::exit(code);

@@ -80,20 +80,26 @@ where
         });
     }
     let len = len as usize;
-    let mut body = vec![0u8; len];
-    let mut filled = 0;
-    while filled < len {
-        let n = reader.read(&mut body[filled..]).await?;
-        if n == 0 {
+    // The buffer grows with the bytes that actually arrive (doubling, never past `len`), so
+    // a peer that announces a large frame and sends little of it costs little memory.
+    let mut body = Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY));
+    let mut limited = reader.take(len as u64);
+    while body.len() < len {
+        if body.len() == body.capacity() {
+            body.reserve_exact(body.capacity().min(len - body.len()));
+        }
+        if limited.read_buf(&mut body).await? == 0 {
             return Err(FrameError::Truncated {
                 expected: len,
-                got: filled,
+                got: body.len(),
             });
         }
-        filled += n;
     }
     Ok(Some(body))
 }
+
+/// Capacity a frame body starts with; it doubles as bytes arrive.
+const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 
 /// Writes one frame (header and body) and flushes.
 ///
@@ -199,6 +205,31 @@ mod tests {
         assert!(matches!(
             write_frame(&mut a, b"0123456789", 9).await,
             Err(FrameError::TooLarge { len: 10, max: 9 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_first_buffer_arrives_whole() {
+        // 300 KB through a 4 KiB pipe: the buffer grows several times while bytes trickle in.
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut a, mut b) = duplex(4096);
+        let sent = body.clone();
+        let writer = tokio::spawn(async move {
+            write_frame(&mut a, &sent, DEFAULT_MAX_FRAME).await.unwrap();
+            a.write_all(&[0, 0]).await.unwrap();
+        });
+        let got = read_frame(&mut b, DEFAULT_MAX_FRAME)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, body);
+        writer.await.unwrap();
+        assert!(matches!(
+            read_frame(&mut b, DEFAULT_MAX_FRAME).await,
+            Err(FrameError::Truncated {
+                expected: 4,
+                got: 2
+            })
         ));
     }
 

@@ -645,6 +645,22 @@ mod tests {
         check_err("ping", Some(r#"{"x":1}"#), "params");
     }
 
+    /// Found by the `request_parser` fuzz target: a float parsed from an app's params must
+    /// come back unchanged through `params_json` (serde_json's `float_roundtrip`), or the
+    /// node stores a number one ulp away from what the app sent.
+    #[test]
+    fn fuzz_regression_floats_round_trip_exactly() {
+        let params = r#"{"schema":"post","action":"create","data":{"t":1700077777777777777777777777777777777777777777777777777777777777777700000,"u":1.700077777777778e72,"v":1.7000777777777778e72,"w":5e-324,"x":1.7976931348623157e308,"y":0.1}}"#;
+        let op = Operation::parse("mutation", Some(&raw(params))).unwrap();
+        round_trip(&op);
+        let Operation::Mutation(Mutation::Create { data, .. }) = &op else {
+            panic!("{op:?}")
+        };
+        assert_eq!(data["u"].as_f64(), Some(1.700077777777778e72));
+        assert_eq!(data["v"].as_f64(), Some(1.7000777777777778e72));
+        assert_eq!(data["w"].as_f64(), Some(5e-324));
+    }
+
     #[test]
     fn ping_accepts_null_or_empty_params() {
         assert_eq!(

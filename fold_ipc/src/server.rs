@@ -13,9 +13,12 @@ use crate::error::{ErrorCode, WireError};
 use crate::frame::{encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME};
 use crate::message::{Request, Response};
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
@@ -24,6 +27,128 @@ use tokio::task::JoinSet;
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request. Never fails: every failure is an error [`Response`].
     fn handle(&self, request: Request) -> impl Future<Output = Response> + Send;
+
+    /// Where the connection records its stage timings ([`ServerStats`]); `None` (the
+    /// default) records nothing. Asked once per connection.
+    fn stats(&self) -> Option<Arc<ServerStats>> {
+        None
+    }
+}
+
+/// Time spent in each transport stage of [`serve_connection`], summed over requests, in
+/// nanoseconds. Lock-free counters: a handful of clock reads and relaxed atomic adds per
+/// request. Read with [`ServerStats::snapshot`]; subtract two snapshots for an interval.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    frames: AtomicU64,
+    read_ns: AtomicU64,
+    decode_ns: AtomicU64,
+    dispatch_ns: AtomicU64,
+    handle_ns: AtomicU64,
+    encode_ns: AtomicU64,
+    queue_ns: AtomicU64,
+    write_ns: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// A reading of [`ServerStats`]: totals since the connection server started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Requests decoded and handed to the handler.
+    pub frames: u64,
+    /// Inside the socket's `read` calls (the system calls, and their `EAGAIN`s).
+    pub read_ns: u64,
+    /// From the frame being complete to the envelope decoded ([`Request::decode`]).
+    pub decode_ns: u64,
+    /// From decoded to the handler task running (spawn and scheduling).
+    pub dispatch_ns: u64,
+    /// Inside [`Handler::handle`].
+    pub handle_ns: u64,
+    /// Encoding the response.
+    pub encode_ns: u64,
+    /// From the response being queued to the writer task taking it.
+    pub queue_ns: u64,
+    /// Writing batches of responses to the socket (`write` and flush).
+    pub write_ns: u64,
+    /// Batches written (several responses may share one write).
+    pub writes: u64,
+}
+
+impl StatsSnapshot {
+    /// The counts accumulated between `earlier` and `self`.
+    pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            frames: self.frames.saturating_sub(earlier.frames),
+            read_ns: self.read_ns.saturating_sub(earlier.read_ns),
+            decode_ns: self.decode_ns.saturating_sub(earlier.decode_ns),
+            dispatch_ns: self.dispatch_ns.saturating_sub(earlier.dispatch_ns),
+            handle_ns: self.handle_ns.saturating_sub(earlier.handle_ns),
+            encode_ns: self.encode_ns.saturating_sub(earlier.encode_ns),
+            queue_ns: self.queue_ns.saturating_sub(earlier.queue_ns),
+            write_ns: self.write_ns.saturating_sub(earlier.write_ns),
+            writes: self.writes.saturating_sub(earlier.writes),
+        }
+    }
+}
+
+impl ServerStats {
+    /// The current totals.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            frames: get(&self.frames),
+            read_ns: get(&self.read_ns),
+            decode_ns: get(&self.decode_ns),
+            dispatch_ns: get(&self.dispatch_ns),
+            handle_ns: get(&self.handle_ns),
+            encode_ns: get(&self.encode_ns),
+            queue_ns: get(&self.queue_ns),
+            write_ns: get(&self.write_ns),
+            writes: get(&self.writes),
+        }
+    }
+}
+
+/// Adds the time since `since` to `counter`.
+fn add_elapsed(counter: &AtomicU64, since: Instant) -> Instant {
+    let now = Instant::now();
+    let ns = u64::try_from(now.duration_since(since).as_nanos()).unwrap_or(u64::MAX);
+    counter.fetch_add(ns, Ordering::Relaxed);
+    now
+}
+
+/// The socket's read half, timing each read (the `read` system calls) when stats are kept.
+struct TimedRead<R> {
+    inner: R,
+    stats: Option<Arc<ServerStats>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for TimedRead<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let Some(stats) = self.stats.clone() else {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        };
+        let started = Instant::now();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        add_elapsed(&stats.read_ns, started);
+        result
+    }
+}
+
+/// A response on its way to the writer task, with when it was queued (when timed).
+struct Outgoing {
+    body: Vec<u8>,
+    queued: Option<Instant>,
+}
+
+impl Outgoing {
+    fn untimed(body: Vec<u8>) -> Outgoing {
+        Outgoing { body, queued: None }
+    }
 }
 
 /// Caps and timeouts for one connection.
@@ -85,9 +210,13 @@ where
     H: Handler,
 {
     let (read_half, write_half) = tokio::io::split(stream);
-    let mut reader = BufReader::new(read_half);
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight.max(1) * 2);
-    let writer = tokio::spawn(write_responses(write_half, rx, limits));
+    let stats = handler.stats();
+    let mut reader = BufReader::new(TimedRead {
+        inner: read_half,
+        stats: stats.clone(),
+    });
+    let (tx, rx) = mpsc::channel::<Outgoing>(limits.max_in_flight.max(1) * 2);
+    let writer = tokio::spawn(write_responses(write_half, rx, limits, stats.clone()));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
@@ -122,16 +251,20 @@ where
                     ErrorCode::TooLarge,
                     format!("frame of {len} bytes exceeds the maximum of {max} bytes; closing the connection"),
                 );
-                let _ = tx.send(Response::error(None, error).encode()).await;
+                let _ = tx
+                    .send(Outgoing::untimed(Response::error(None, error).encode()))
+                    .await;
                 break ConnectionEnd::TooLarge;
             }
             Err(FrameError::Truncated { .. }) => break ConnectionEnd::Truncated,
             Err(FrameError::Io(e)) => break ConnectionEnd::Io(e.to_string()),
         };
+        let read_done = stats.as_ref().map(|_| Instant::now());
         let request = match Request::decode(&body) {
             Ok(request) => request,
             Err(err) => {
-                if tx.send(Response::from(err).encode()).await.is_err() {
+                let answer = Outgoing::untimed(Response::from(err).encode());
+                if tx.send(answer).await.is_err() {
                     break ConnectionEnd::Io("writer stopped".into());
                 }
                 continue;
@@ -141,12 +274,38 @@ where
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             break ConnectionEnd::Shutdown;
         };
+        let decoded = match (&stats, read_done) {
+            (Some(stats), Some(t)) => {
+                stats.frames.fetch_add(1, Ordering::Relaxed);
+                Some(add_elapsed(&stats.decode_ns, t))
+            }
+            _ => None,
+        };
         let handler = Arc::clone(&handler);
         let tx = tx.clone();
         let max_frame = limits.max_frame;
+        let stats = stats.clone();
         tasks.spawn(async move {
+            let Some(stats) = stats.zip(decoded) else {
+                let response = handler.handle(request).await;
+                let _ = tx
+                    .send(Outgoing::untimed(encode_capped(&response, max_frame)))
+                    .await;
+                drop(permit);
+                return;
+            };
+            let (stats, decoded) = stats;
+            let started = add_elapsed(&stats.dispatch_ns, decoded);
             let response = handler.handle(request).await;
-            let _ = tx.send(encode_capped(&response, max_frame)).await;
+            let handled = add_elapsed(&stats.handle_ns, started);
+            let body = encode_capped(&response, max_frame);
+            let queued = add_elapsed(&stats.encode_ns, handled);
+            let _ = tx
+                .send(Outgoing {
+                    body,
+                    queued: Some(queued),
+                })
+                .await;
             drop(permit);
         });
     };
@@ -173,19 +332,30 @@ fn encode_capped(response: &Response, max_frame: usize) -> Vec<u8> {
 /// Writes responses as they come, several per write when they queue up.
 async fn write_responses<W: AsyncWrite + Unpin>(
     mut writer: W,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Outgoing>,
     limits: ConnectionLimits,
+    stats: Option<Arc<ServerStats>>,
 ) {
     let mut batch = Vec::new();
-    while let Some(body) = rx.recv().await {
+    while let Some(first) = rx.recv().await {
         batch.clear();
-        push_frame(&mut batch, &body);
+        let took = |out: &Outgoing| {
+            if let (Some(stats), Some(queued)) = (&stats, out.queued) {
+                add_elapsed(&stats.queue_ns, queued);
+            }
+        };
+        took(&first);
+        push_frame(&mut batch, &first.body);
         while batch.len() < 64 * 1024 {
             match rx.try_recv() {
-                Ok(body) => push_frame(&mut batch, &body),
+                Ok(out) => {
+                    took(&out);
+                    push_frame(&mut batch, &out.body);
+                }
                 Err(_) => break,
             }
         }
+        let started = stats.as_ref().map(|_| Instant::now());
         let write = async {
             writer.write_all(&batch).await?;
             writer.flush().await
@@ -194,6 +364,10 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             Ok(Ok(())) => {}
             // The peer is gone or not reading: stop; the reader side ends on its own.
             _ => break,
+        }
+        if let (Some(stats), Some(started)) = (&stats, started) {
+            add_elapsed(&stats.write_ns, started);
+            stats.writes.fetch_add(1, Ordering::Relaxed);
         }
     }
     let _ = writer.shutdown().await;
@@ -295,6 +469,36 @@ mod tests {
         send(&mut c, r#"{"v":1,"request_id":"fast","operation":"ping"}"#).await;
         assert_eq!(recv(&mut c).await.request_id.as_deref(), Some("fast"));
         assert_eq!(recv(&mut c).await.request_id.as_deref(), Some("slow"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_in_flight_limit_pauses_reading() {
+        let (mut c, _task) = start(ConnectionLimits {
+            max_in_flight: 2,
+            ..ConnectionLimits::default()
+        });
+        let started = tokio::time::Instant::now();
+        for id in ["a", "b", "c"] {
+            send(
+                &mut c,
+                &format!(
+                    r#"{{"v":1,"request_id":"{id}","operation":"get_schema","params":{{"name":"s300"}}}}"#
+                ),
+            )
+            .await;
+        }
+        send(&mut c, r#"{"v":1,"request_id":"ping","operation":"ping"}"#).await;
+        // Two slow requests fill the limit: the third, and the ping behind it, are not even
+        // read until one of them finishes.
+        let mut answered = Vec::new();
+        for _ in 0..4 {
+            let id = recv(&mut c).await.request_id.unwrap();
+            answered.push((id, started.elapsed().as_millis()));
+        }
+        let at = |id: &str| answered.iter().find(|(i, _)| i == id).unwrap().1;
+        assert!(at("ping") >= 300, "{answered:?}");
+        assert!(at("c") >= 600, "{answered:?}");
+        assert!(at("a") < 600 && at("b") < 600, "{answered:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,7 +7,8 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of one ordinary admin request.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `app` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -74,16 +75,47 @@ pub enum AppCommand {
         /// Name or id.
         app: String,
     },
-    /// Start the app.
+    /// Start the app in a hardened container (or on the host with `--direct`), supervised:
+    /// restarted on failure (bounded, with backoff) unless `--restart never`.
     Launch {
         /// Name or id.
         app: String,
         /// Dev mode: run on the host, NOT sandboxed.
         #[arg(long)]
         direct: bool,
-        /// Wait for the app to exit and return its exit status.
+        /// Wait for the app to end and return its exit status.
         #[arg(long)]
         wait: bool,
+        /// Container image for this launch instead of the app's.
+        #[arg(long)]
+        image: Option<String>,
+        /// `on-failure` (default) or `never`.
+        #[arg(long)]
+        restart: Option<String>,
+        /// Most restarts in a row after failures.
+        #[arg(long)]
+        max_restarts: Option<u32>,
+        /// Kill the app (no restart) once it has run this long, e.g. 1h or 90s.
+        #[arg(long)]
+        max_lifetime: Option<String>,
+        /// Arguments for the app.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the app once as a job: stream its output, kill it at the timeout, return its exit
+    /// code (124 when it timed out), remove its container.
+    Run {
+        /// Name or id.
+        app: String,
+        /// Kill the app after this long, e.g. 30s, 5m.
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+        /// Dev mode: run on the host, NOT sandboxed.
+        #[arg(long)]
+        direct: bool,
+        /// Container image for this run instead of the app's.
+        #[arg(long)]
+        image: Option<String>,
         /// Arguments for the app.
         #[arg(last = true)]
         args: Vec<String>,
@@ -96,7 +128,8 @@ pub enum AppCommand {
         #[arg(long)]
         grace: Option<f64>,
     },
-    /// States of launched apps.
+    /// States of launched apps: starting, running, exited(code), oom_killed, restarting,
+    /// stopped, failed.
     Ps,
     /// Print the app's log.
     Logs {
@@ -146,8 +179,43 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
             app,
             direct,
             wait,
+            image,
+            restart,
+            max_restarts,
+            max_lifetime,
             args,
-        } => return launch(ctx, app, direct, wait, args).await,
+        } => {
+            let max_lifetime_ms = match max_lifetime {
+                Some(text) => Some(millis(&text)?),
+                None => None,
+            };
+            let request = AdminRequest::LaunchWith {
+                app,
+                direct,
+                args,
+                image,
+                restart,
+                max_restarts,
+                max_lifetime_ms,
+            };
+            return super::run::launch(ctx, request, wait).await;
+        }
+        AppCommand::Run {
+            app,
+            timeout,
+            direct,
+            image,
+            args,
+        } => {
+            let request = AdminRequest::Run {
+                app,
+                direct,
+                args,
+                image,
+                timeout_ms: millis(&timeout)?,
+            };
+            return super::run::run(ctx, request).await;
+        }
         AppCommand::Stop { app, grace } => AdminRequest::Stop {
             app,
             grace_ms: grace.map(|g| (g * 1000.0) as u64),
@@ -156,39 +224,59 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
         AppCommand::Logs { app, follow } => return logs(ctx, &app, follow).await.map(|()| 0),
     };
     let list = matches!(request, AdminRequest::List | AdminRequest::Ps);
+    let ps = matches!(request, AdminRequest::Ps);
     let result = ctx.admin(&request, ADMIN_TIMEOUT).await?;
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else if list {
-        print_list(&result);
+        print_list(&result, ps);
     } else {
         print_object(&result);
+    }
+    for w in result["warnings"].as_array().into_iter().flatten() {
+        eprintln!("WARNING: {}", text(w));
     }
     Ok(0)
 }
 
-fn print_list(result: &Value) {
+fn millis(text: &str) -> Result<u64> {
+    let d = fold_client::admin::parse_duration(text).map_err(anyhow::Error::msg)?;
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn print_list(result: &Value, ps: bool) {
+    let keys: &[&str] = if ps {
+        &[
+            "name",
+            "id",
+            "state",
+            "sandbox",
+            "restarts",
+            "container",
+            "note",
+        ]
+    } else {
+        &["name", "id", "state", "sandbox", "grants"]
+    };
     let rows: Vec<Vec<String>> = result
         .as_array()
         .map(|items| {
             items
                 .iter()
-                .map(|a| {
-                    ["name", "id", "state", "sandbox", "grants"]
-                        .iter()
-                        .map(|k| text(&a[*k]))
-                        .collect()
-                })
+                .map(|a| keys.iter().map(|k| text(&a[*k])).collect())
                 .collect()
         })
         .unwrap_or_default();
-    table(&["NAME", "ID", "STATE", "SANDBOX", "GRANTS"], &rows);
+    let headers: Vec<String> = keys.iter().map(|k| k.to_ascii_uppercase()).collect();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    table(&headers, &rows);
 }
 
 fn print_object(result: &Value) {
     if let Some(map) = result.as_object() {
         let width = map.keys().map(String::len).max().unwrap_or(0);
-        for (k, v) in map {
+        // Warnings go to stderr, after the object.
+        for (k, v) in map.iter().filter(|(k, _)| *k != "warnings") {
             let shown = if v.is_object() {
                 v.to_string()
             } else {
@@ -197,71 +285,6 @@ fn print_object(result: &Value) {
             println!("{k:<width$}  {shown}");
         }
     }
-}
-
-async fn launch(
-    ctx: &Context,
-    app: String,
-    direct: bool,
-    wait: bool,
-    args: Vec<String>,
-) -> Result<i32> {
-    if direct {
-        eprintln!("WARNING: --direct runs {app} on this host, NOT SANDBOXED (dev mode)");
-    }
-    let result = ctx
-        .admin(
-            &AdminRequest::Launch {
-                app: app.clone(),
-                direct,
-                args,
-            },
-            ADMIN_TIMEOUT,
-        )
-        .await?;
-    if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        let sandbox = if result["sandboxed"] == Value::Bool(true) {
-            text(&result["sandbox"])
-        } else {
-            "direct (NOT SANDBOXED)".into()
-        };
-        println!(
-            "launched {} ({}) in {sandbox}; log: {}",
-            text(&result["name"]),
-            text(&result["id"]),
-            text(&result["log"])
-        );
-    }
-    if !wait {
-        return Ok(0);
-    }
-    let done = ctx
-        .admin(
-            &AdminRequest::Wait {
-                app,
-                timeout_ms: 24 * 3600 * 1000,
-            },
-            Duration::from_secs(24 * 3600),
-        )
-        .await?;
-    let state = text(&done["state"]);
-    if !ctx.json {
-        println!("{} {state}", text(&done["name"]));
-    }
-    Ok(exit_code(&state))
-}
-
-/// `exited(3)` -> 3; `stopped` -> 0 ... anything else abnormal -> 1.
-fn exit_code(state: &str) -> i32 {
-    if let Some(code) = state
-        .strip_prefix("exited(")
-        .and_then(|s| s.strip_suffix(')'))
-    {
-        return code.parse().unwrap_or(1);
-    }
-    i32::from(state != "stopped")
 }
 
 async fn logs(ctx: &Context, app: &str, follow: bool) -> Result<()> {

@@ -1,12 +1,16 @@
 //! The CLI's commands. Every `app` command goes through the admin socket of the running
-//! daemon; `audit tail` and `app logs` read the files directly.
+//! daemon; `audit tail` and `app logs` read the files directly; `doctor` asks the engine
+//! and looks at the host itself. `DOCKER_HOST` names the engine (for the daemon and the CLI).
 
 mod app;
 mod audit;
+mod doctor;
+mod run;
 mod serve;
 
 pub use app::{app, AppCommand};
 pub use audit::{audit, AuditCommand};
+pub use doctor::doctor;
 pub use serve::{serve, ServeArgs};
 
 use anyhow::{bail, Context as _, Result};
@@ -39,6 +43,11 @@ impl Context {
             None => FileConfig::default(),
         };
         over.state_dir = Some(self.state_dir.clone());
+        if over.docker_host.is_none() {
+            over.docker_host = std::env::var("DOCKER_HOST")
+                .ok()
+                .filter(|h| !h.trim().is_empty());
+        }
         Ok(Config::build(file, over, nix::unistd::geteuid().as_raw())?)
     }
 

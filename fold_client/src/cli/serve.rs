@@ -20,6 +20,9 @@ pub struct ServeArgs {
     /// `per_app` (each app its own uid; needs root) or `daemon` (apps run as the daemon's uid).
     #[arg(long)]
     uid_mode: Option<String>,
+    /// Docker engine address, e.g. unix:///var/run/docker.sock or tcp://127.0.0.1:2375.
+    #[arg(long, env = "DOCKER_HOST")]
+    docker_host: Option<String>,
     /// Log filter, e.g. `info` or `fold_client=debug`.
     #[arg(long, env = "FOLD_CLIENT_LOG", default_value = "info")]
     log: String,
@@ -38,13 +41,16 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
         node: args.node,
         node_secret_file: args.node_secret_file,
         uid_mode: args.uid_mode,
+        docker_host: args.docker_host.filter(|h| !h.trim().is_empty()),
         ..Overrides::default()
     })?;
     eprintln!(
-        "fold_client: state {}, sockets {}, admin {}",
+        "fold_client: state {}, sockets {}, admin {}, engine {} (label {})",
         config.state_dir.display(),
         config.socket_root.display(),
-        config.admin_socket.display()
+        config.admin_socket.display(),
+        config.docker_host,
+        config.daemon_label
     );
     fold_client::run(config, shutdown_signal()).await?;
     Ok(())

@@ -4,9 +4,10 @@
 use crate::audit::{now_ms, RequestRecord, Verdict};
 use crate::auth::{self, Authenticated, FailureLimiter, NonceCache};
 use crate::daemon::Shared;
+use crate::metrics::Stage;
 use crate::policy;
 use fold_ipc::operation::SchemaList;
-use fold_ipc::server::Handler;
+use fold_ipc::server::{Handler, ServerStats};
 use fold_ipc::{ErrorCode, Operation, Request, Response, WireError};
 use serde_json::value::RawValue;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -61,6 +62,10 @@ impl Denial {
 }
 
 impl Handler for AppHandler {
+    fn stats(&self) -> Option<Arc<ServerStats>> {
+        Some(self.shared.metrics.transport())
+    }
+
     async fn handle(&self, request: Request) -> Response {
         let started = Instant::now();
         let app = self.shared.registry.get(&self.app_id);
@@ -73,10 +78,11 @@ impl Handler for AppHandler {
                 "app_removed",
             )),
             Some(app) => {
-                self.process(&request, app, &mut auth_kind, &mut schema)
+                self.process(&request, app, started, &mut auth_kind, &mut schema)
                     .await
             }
         };
+        let audit_started = Instant::now();
         let (verdict, code, reason, response) = match outcome {
             Ok(Ok(result)) => (
                 Verdict::Allow,
@@ -121,16 +127,20 @@ impl Handler for AppHandler {
                 latency_us: started.elapsed().as_micros() as u64,
             })
             .await;
+        self.shared.metrics.add(Stage::Audit, audit_started);
+        self.shared.metrics.answered();
         response
     }
 }
 
 impl AppHandler {
     /// `Err` is a daemon refusal; `Ok(Err)` is the node's own error (an allowed request).
+    /// Stage times are counted from `started`.
     async fn process(
         &self,
         request: &Request,
         app: &crate::registry::App,
+        started: Instant,
         auth_kind: &mut Option<Authenticated>,
         schema: &mut Option<String>,
     ) -> Result<Result<Box<RawValue>, WireError>, Denial> {
@@ -165,6 +175,8 @@ impl AppHandler {
             }
         };
         *auth_kind = Some(kind);
+        let metrics = &self.shared.metrics;
+        let authenticated = metrics.add(Stage::Auth, started);
         let op = request.operation().map_err(|error| Denial {
             error,
             reason: "bad_request",
@@ -185,11 +197,13 @@ impl AppHandler {
             ));
         }
         let is_list = matches!(op, Operation::ListSchemas);
+        let allowed = metrics.add(Stage::Policy, authenticated);
         let result = self
             .shared
             .node
             .call(&app.id, op, config.request_timeout)
             .await;
+        metrics.add(Stage::Node, allowed);
         Ok(if is_list {
             result.and_then(|raw| filter_schemas(&raw, &app.grants))
         } else {

@@ -3,6 +3,7 @@
 use super::handler::{AppHandler, AppRuntime};
 use crate::daemon::Shared;
 use crate::fsutil;
+use crate::supervisor::PeerRule;
 use fold_ipc::frame::encode_frame;
 use fold_ipc::server::serve_connection;
 use fold_ipc::{ErrorCode, Response, WireError};
@@ -42,14 +43,20 @@ pub struct AppSocket {
     pub path: PathBuf,
 }
 
-/// Binds `path` with mode 0600 and, when `owner` is given, that owner; the parent directory
-/// is created 0700 with the same owner. A stale socket file (nobody answering) is replaced;
-/// a live one is left alone.
+/// Binds `path` with mode 0600 and, when `owner` is given, that owner. With `dir_mode`, the
+/// parent directory is created (or reset) with that mode and the same owner; without it, the
+/// parent must exist and is left as it is (the admin socket lives in the state directory,
+/// whose mode the daemon manages). A stale socket file (nobody answering) is replaced; a live
+/// one is left alone.
 ///
 /// # Errors
 ///
 /// [`SocketError::InUse`] when a live process answers on `path`, else [`SocketError::Io`].
-pub fn bind_socket(path: &Path, owner: Option<(u32, u32)>) -> Result<AppSocket, SocketError> {
+pub fn bind_socket(
+    path: &Path,
+    dir_mode: Option<u32>,
+    owner: Option<(u32, u32)>,
+) -> Result<AppSocket, SocketError> {
     let io = |source: std::io::Error| SocketError::Io {
         path: path.to_path_buf(),
         source,
@@ -57,9 +64,11 @@ pub fn bind_socket(path: &Path, owner: Option<(u32, u32)>) -> Result<AppSocket, 
     let dir = path
         .parent()
         .ok_or_else(|| io(std::io::Error::other("socket path has no directory")))?;
-    fsutil::private_dir(dir, 0o700).map_err(io)?;
-    if let Some((uid, gid)) = owner {
-        fsutil::chown(dir, uid, gid).map_err(io)?;
+    if let Some(mode) = dir_mode {
+        fsutil::private_dir(dir, mode).map_err(io)?;
+        if let Some((uid, gid)) = owner {
+            fsutil::chown(dir, uid, gid).map_err(io)?;
+        }
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => return Err(SocketError::InUse(path.to_path_buf())),
@@ -119,11 +128,19 @@ pub async fn serve_socket(
                 continue;
             }
         };
-        let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
+        let cred = stream.peer_cred().ok();
+        let peer_uid = cred.map(|c| c.uid());
         if peer_uid != Some(uid) {
             let detail = format!(
                 "peer uid {peer_uid:?} is not the app's uid {uid}; connection closed unread"
             );
+            shared
+                .audit
+                .event(&app_id, None, "peer_rejected", &detail)
+                .await;
+            continue;
+        }
+        if let Err(detail) = container_check(&shared, &app_id, cred.and_then(|c| c.pid())) {
             shared
                 .audit
                 .event(&app_id, None, "peer_rejected", &detail)
@@ -148,6 +165,42 @@ pub async fn serve_socket(
     let _ = std::fs::remove_file(&socket.path);
 }
 
+/// For an app placed in a container, the peer must be a process of that container: its
+/// `/proc/<pid>/cgroup` (the host pid from `SO_PEERCRED`) names the container's id. Apps
+/// in direct mode are checked by uid only.
+fn container_check(shared: &Shared, app_id: &str, pid: Option<i32>) -> Result<(), String> {
+    let id =
+        match shared.supervisor.peer_rule(app_id) {
+            PeerRule::Uid => return Ok(()),
+            PeerRule::Nobody => return Err(
+                "the app was placed in a container that is not running; connection closed unread"
+                    .into(),
+            ),
+            PeerRule::Container(id) => id,
+        };
+    let short = &id[..id.len().min(12)];
+    let pid = pid.ok_or_else(|| format!("peer pid unknown; the app runs in container {short}"))?;
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("cannot read the cgroup of peer pid {pid}: {e}"))?;
+    if cgroup_names(&cgroup, &id) {
+        Ok(())
+    } else {
+        Err(format!(
+            "peer pid {pid} is not in the app's container {short}; connection closed unread"
+        ))
+    }
+}
+
+/// Whether a `/proc/<pid>/cgroup` text places the process in the container with this full
+/// id (cgroup v1 `.../docker/<id>`, v2 `.../docker-<id>.scope`).
+pub fn cgroup_names(cgroup: &str, container_id: &str) -> bool {
+    container_id.len() >= 12
+        && cgroup
+            .lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|path| path.contains(container_id))
+}
+
 async fn refuse(mut stream: UnixStream, limit: usize) {
     let error = WireError::new(
         ErrorCode::RateLimited,
@@ -156,5 +209,24 @@ async fn refuse(mut stream: UnixStream, limit: usize) {
     if let Ok(frame) = encode_frame(&Response::error(None, error).encode(), usize::MAX) {
         let _ =
             tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&frame)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cgroup_names;
+
+    #[test]
+    fn cgroup_paths_name_their_container() {
+        let id = "3f0c9a9b1d2e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a";
+        let v1 = format!("12:memory:/docker/{id}\n11:pids:/docker/{id}\n0::/\n");
+        let v2 = format!("0::/system.slice/docker-{id}.scope\n");
+        assert!(cgroup_names(&v1, id));
+        assert!(cgroup_names(&v2, id));
+        assert!(!cgroup_names(
+            "12:memory:/user.slice\n0::/user.slice/session-1.scope\n",
+            id
+        ));
+        assert!(!cgroup_names(&v1, ""), "an empty id matches nothing");
     }
 }

@@ -207,8 +207,7 @@ fn dropping_the_runtime_kills_the_app_group() {
 
 #[tokio::test]
 async fn nofile_limit_and_uid_are_applied() {
-    let (_tmp, spec) =
-        app("echo nofile=$(ulimit -n) uid=$(id -u) gid=$(id -g) groups=$(id -G)");
+    let (_tmp, spec) = app("echo nofile=$(ulimit -n) uid=$(id -u) gid=$(id -g) groups=$(id -G)");
     let (_, log) = run(&spec).await;
     assert!(log.contains("stdout: nofile=256 "), "{log}");
     if nix::unistd::geteuid().is_root() {

@@ -5,6 +5,7 @@
 //! `fake` (records calls, for unit tests of the logic around it).
 
 pub mod direct;
+pub mod docker;
 pub mod fake;
 pub mod logfile;
 

@@ -1,10 +1,15 @@
 //! fold_client integration tests: a real daemon with a real node on temp dirs, real Unix
 //! sockets, the real admin socket.
 
+mod abuse;
 mod auth;
+mod docker;
+mod examples;
+mod faults;
+mod hostile;
 mod lifecycle;
-mod operations;
-mod support;
 mod node;
+mod operations;
 mod peer;
 mod secrets;
+mod support;

@@ -13,15 +13,23 @@ async fn run_node(data: &Path, path: &Path) -> (oneshot::Sender<()>, tokio::task
     let node = fold_node::Node::open(data.to_path_buf()).unwrap();
     let listener = fold_node::bind_unix(path).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(fold_node::serve(fold_node::Listener::Unix(listener), node, ConnectionLimits::default(), async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(fold_node::serve(
+        fold_node::Listener::Unix(listener),
+        node,
+        ConnectionLimits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     (stop, task)
 }
 
 #[tokio::test]
 async fn node_down_gives_node_unavailable_and_service_resumes_by_itself() {
-    let outer = tempfile::Builder::new().prefix("fn").tempdir_in("/tmp").unwrap();
+    let outer = tempfile::Builder::new()
+        .prefix("fn")
+        .tempdir_in("/tmp")
+        .unwrap();
     let data = outer.path().join("data");
     let sock = outer.path().join("node/node.sock");
     let (stop, task) = run_node(&data, &sock).await;
@@ -52,11 +60,21 @@ async fn node_down_gives_node_unavailable_and_service_resumes_by_itself() {
     task.await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let r = c.call(&Operation::ListSchemas).await;
-    assert_eq!(code(&r), ErrorCode::NodeUnavailable, "while the node is down");
+    assert_eq!(
+        code(&r),
+        ErrorCode::NodeUnavailable,
+        "while the node is down"
+    );
     let (_stop, _task) = run_node(&data, &sock).await;
     let (ok, unavailable, other) = load.await.unwrap();
-    assert!(unavailable > 0 && ok > 0 && other == 0, "ok {ok}, unavailable {unavailable}, other {other}");
-    assert!(c.call(&Operation::ListSchemas).await.success, "recovered without a daemon restart");
+    assert!(
+        unavailable > 0 && ok > 0 && other == 0,
+        "ok {ok}, unavailable {unavailable}, other {other}"
+    );
+    assert!(
+        c.call(&Operation::ListSchemas).await.success,
+        "recovered without a daemon restart"
+    );
     d.stop().await;
 }
 
@@ -85,16 +103,27 @@ impl Handler for SlowForOne {
 
 #[tokio::test]
 async fn a_slow_app_does_not_slow_another() {
-    let outer = tempfile::Builder::new().prefix("fs").tempdir_in("/tmp").unwrap();
+    let outer = tempfile::Builder::new()
+        .prefix("fs")
+        .tempdir_in("/tmp")
+        .unwrap();
     let sock: PathBuf = outer.path().join("node.sock");
     let listener = tokio::net::UnixListener::bind(&sock).unwrap();
     let d = start_daemon(&format!("node = \"unix:{}\"", sock.display())).await;
     let slow = d.install("slow", &["*:*"], None).await;
     let fast = d.install("fast", &["*:*"], None).await;
-    let handler = Arc::new(SlowForOne { node: fold_node::Node::open(outer.path().join("data")).unwrap(), slow_app: slow.app_id.clone() });
+    let handler = Arc::new(SlowForOne {
+        node: fold_node::Node::open(outer.path().join("data")).unwrap(),
+        slow_app: slow.app_id.clone(),
+    });
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve_connection(stream, Arc::clone(&handler), ConnectionLimits::default(), std::future::pending()));
+            tokio::spawn(serve_connection(
+                stream,
+                Arc::clone(&handler),
+                ConnectionLimits::default(),
+                std::future::pending(),
+            ));
         }
     });
 
@@ -120,9 +149,15 @@ async fn a_slow_app_does_not_slow_another() {
     }
     let beside_slow = started.elapsed();
     let slow_done = pending.iter().filter(|t| t.is_finished()).count();
-    assert_eq!(slow_done, 0, "the slow app's requests were still pending while the fast app was served");
+    assert_eq!(
+        slow_done, 0,
+        "the slow app's requests were still pending while the fast app was served"
+    );
     // The fast app finished 20 round trips long before a single slow answer (2 s) came back.
-    assert!(beside_slow < Duration::from_secs(1), "fast app alone {alone:?}, beside the slow app {beside_slow:?}");
+    assert!(
+        beside_slow < Duration::from_secs(1),
+        "fast app alone {alone:?}, beside the slow app {beside_slow:?}"
+    );
     for t in pending {
         assert!(t.await.unwrap().success);
     }

@@ -1,0 +1,514 @@
+//! Parts 3 and 4: launching an app until its first request is answered, against
+//! `docker run --rm` of the same static binary with the same hardening; and stopping an app
+//! that ignores SIGTERM.
+//!
+//! The daemon runs in this process (per-app uids, its own container label), so the bench
+//! sees the moment it answers the app's first request ([`Metrics::requests`] goes up). The
+//! launch is the real CLI (`fold_client app launch`), a process of its own as `docker run`
+//! is.
+//!
+//! [`Metrics::requests`]: fold_client::metrics::Metrics::requests
+
+use crate::report::{Row, Verdict};
+use crate::rt::{admin_call, install};
+use crate::stats::{num, ratio, Summary};
+use crate::Options;
+use anyhow::{bail, Context as _, Result};
+use fold_client::admin::AdminRequest;
+use fold_client::config::{Config, FileConfig, Overrides};
+use fold_client::daemon::{self, Shared};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The `fold_client` binary next to this one, built first when missing (never during a
+/// smoke run, which may run under `cargo test` holding the build lock).
+pub fn fold_client_binary(o: &Options) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let sibling = exe.parent()?.join("fold_client");
+    if sibling.is_file() {
+        return Some(sibling);
+    }
+    if o.smoke {
+        return None;
+    }
+    let release = exe.parent()?.ends_with("release");
+    eprintln!("fold_bench: building fold_client (cargo build -p fold_client)");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "fold_client", "--bin", "fold_client"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let ok = cmd.status().is_ok_and(|s| s.success());
+    (ok && sibling.is_file()).then_some(sibling)
+}
+
+/// Whether an engine answers, and the static test app and base image if so.
+pub fn docker_setup(o: &Options) -> Result<(PathBuf, String), String> {
+    if !o.docker {
+        return Err(if o.smoke {
+            "skipped in --smoke".into()
+        } else {
+            "--no-docker".into()
+        });
+    }
+    if !fold_testkit::docker_available() {
+        return Err("Docker backend unavailable (no engine answers)".into());
+    }
+    let image = fold_testkit::ensure_base_image()
+        .map_err(|e| format!("Docker backend unavailable (base image: {e:#})"))?;
+    let app = fold_testkit::build_static_binary("example-test_app", "test_app")
+        .map_err(|e| format!("static test app could not be built: {e:#}"))?;
+    Ok((app, image))
+}
+
+/// A daemon in this process for launches: per-app uids when root, its own label.
+pub struct LaunchDaemon {
+    /// Its state.
+    pub shared: Arc<Shared>,
+    /// Its config.
+    pub config: Config,
+    /// The config file (for the CLI).
+    pub config_file: PathBuf,
+    /// The state directory (for the CLI).
+    pub state_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for LaunchDaemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchDaemon")
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The config text of a bench daemon that launches apps.
+pub fn launch_config_text(label: &str, uid_base: u32) -> String {
+    let uid_mode = if nix::unistd::geteuid().is_root() {
+        "per_app"
+    } else {
+        "daemon"
+    };
+    format!(
+        "uid_mode = \"{uid_mode}\"\nuid_base = {uid_base}\ndaemon_label = \"{label}\"\n\
+         stop_grace_ms = 2000\n"
+    )
+}
+
+impl LaunchDaemon {
+    async fn start(tag: &str) -> Result<LaunchDaemon> {
+        let dir = tempfile::Builder::new().prefix("fbl").tempdir_in("/tmp")?;
+        let state_dir = dir.path().join("state");
+        let label = format!("fold-bench-{tag}-{}", std::process::id());
+        let uid_base = 700_000 + (std::process::id() % 1000) * 100;
+        let text = launch_config_text(&label, uid_base);
+        let config_file = dir.path().join("fold_client.toml");
+        std::fs::write(&config_file, &text)?;
+        let file = FileConfig::parse(&text, &config_file)?;
+        let over = Overrides {
+            state_dir: Some(state_dir.clone()),
+            docker_host: Some(fold_testkit::docker_host()),
+            ..Overrides::default()
+        };
+        let config = Config::build(file, over, nix::unistd::geteuid().as_raw())?;
+        let shared = daemon::start(config.clone()).await?;
+        Ok(LaunchDaemon {
+            shared,
+            config,
+            config_file,
+            state_dir,
+            _dir: dir,
+        })
+    }
+}
+
+/// Waits (polling every 200 µs) until the daemon has answered more than `before` requests.
+fn wait_answer(shared: &Shared, before: u64, within: Duration) -> Result<Instant> {
+    let deadline = Instant::now() + within;
+    loop {
+        if shared.metrics.requests() > before {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("no request answered within {within:?}");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// `docker run --rm` with the flags the Docker backend gives the app's container.
+fn docker_run_command(
+    shared: &Shared,
+    app: &fold_client::registry::App,
+    image: &str,
+    args: &[&str],
+) -> Command {
+    let l = &app.limits;
+    let socket_dir = shared.socket_dir(&app.id);
+    let mut cmd = Command::new("docker");
+    cmd.args(["run", "--rm", "--network", "none", "--read-only"])
+        .args([
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--init",
+        ])
+        .args(["--user", &format!("{}:{}", app.uid, app.gid)])
+        .args(["--memory", &l.memory_bytes.to_string()])
+        .args(["--memory-swap", &l.memory_bytes.to_string()])
+        .args(["--cpus", &format!("{}", l.nano_cpus as f64 / 1e9)])
+        .args(["--pids-limit", &l.pids.to_string()])
+        .args(["--ulimit", &format!("nofile={0}:{0}", l.nofile)])
+        .args([
+            "--tmpfs",
+            &format!(
+                "/tmp:rw,noexec,nosuid,nodev,size={},uid={},gid={}",
+                l.tmpfs_bytes, app.uid, app.gid
+            ),
+        ])
+        .args([
+            "--mount",
+            &format!(
+                "type=bind,src={},dst=/app,readonly",
+                shared.app_dir(&app.id).display()
+            ),
+        ])
+        .args([
+            "--mount",
+            &format!(
+                "type=bind,src={},dst=/tmp/fold_client_sockets,readonly",
+                socket_dir.display()
+            ),
+        ])
+        .args(["-w", "/app", "--log-driver", "json-file"])
+        .args(["--log-opt", "max-size=8m", "--log-opt", "max-file=1"])
+        .args(["--stop-timeout", "2", "--label", "io.foldclient.bench=1"])
+        .args(["-e", &format!("FOLD_CLIENT_APP_ID={}", app.id)])
+        .args(["-e", "FOLD_CLIENT_SOCKET_DIR=/tmp/fold_client_sockets"])
+        .args([
+            "-e",
+            "FOLD_CLIENT_CREDENTIALS=/tmp/fold_client_sockets/credentials.json",
+        ])
+        .args(["-e", "FOLD_CLIENT_SANDBOX=docker"])
+        .args(["--entrypoint", &format!("/app/{}", app.binary)])
+        .arg(image)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// The CLI, pointed at `d`.
+fn cli(bin: &Path, d: &LaunchDaemon, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--state-dir")
+        .arg(&d.state_dir)
+        .arg("--config")
+        .arg(&d.config_file)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn wait_stopped(runtime: &tokio::runtime::Runtime, d: &LaunchDaemon, app: &str) -> Result<()> {
+    runtime.block_on(admin_call(
+        &d.config.admin_socket,
+        AdminRequest::Wait {
+            app: app.into(),
+            timeout_ms: 60_000,
+        },
+    ))?;
+    Ok(())
+}
+
+/// Launch samples: (`app launch` → first answer, `docker run` → first answer, `docker run`
+/// → returned), in ms.
+struct LaunchSamples {
+    launch: Vec<f64>,
+    docker_answer: Vec<f64>,
+    docker_total: Vec<f64>,
+}
+
+fn measure_launch(
+    runtime: &tokio::runtime::Runtime,
+    d: &LaunchDaemon,
+    cli_bin: &Path,
+    image: &str,
+    runs: usize,
+) -> Result<LaunchSamples> {
+    let launched = d
+        .shared
+        .registry
+        .find("launched")
+        .context("app `launched`")?;
+    let plain = d.shared.registry.find("plain").context("app `plain`")?;
+    let mut s = LaunchSamples {
+        launch: Vec::new(),
+        docker_answer: Vec::new(),
+        docker_total: Vec::new(),
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    // One unrecorded run of each first: image and binary in the page cache.
+    for i in 0..=runs {
+        let record = i > 0;
+        let launch_first = i % 2 == 0;
+        for which in [launch_first, !launch_first] {
+            let before = d.shared.metrics.requests();
+            if which {
+                let started = Instant::now();
+                let out = cli(
+                    cli_bin,
+                    d,
+                    &[
+                        "app",
+                        "launch",
+                        "launched",
+                        "--restart",
+                        "never",
+                        "--",
+                        "query",
+                    ],
+                )
+                .spawn()?;
+                let answered = wait_answer(&d.shared, before, Duration::from_secs(60))?;
+                let out = out.wait_with_output()?;
+                if !out.status.success() {
+                    bail!(
+                        "app launch failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                if record {
+                    s.launch.push(ms(answered - started));
+                }
+                wait_stopped(runtime, d, &launched.name)?;
+            } else {
+                let started = Instant::now();
+                let child = docker_run_command(&d.shared, &plain, image, &["query"]).spawn()?;
+                let answered = wait_answer(&d.shared, before, Duration::from_secs(60))?;
+                let status = child.wait_with_output()?.status;
+                let done = Instant::now();
+                if !status.success() {
+                    bail!("docker run failed: {status}");
+                }
+                if record {
+                    s.docker_answer.push(ms(answered - started));
+                    s.docker_total.push(ms(done - started));
+                }
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// Stop times (ms) of an app that ignores SIGTERM, grace 2 s.
+fn measure_stop(
+    runtime: &tokio::runtime::Runtime,
+    d: &LaunchDaemon,
+    app: &str,
+    direct: bool,
+    runs: usize,
+) -> Result<Vec<f64>> {
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let before = d.shared.metrics.requests();
+        runtime.block_on(admin_call(
+            &d.config.admin_socket,
+            AdminRequest::LaunchWith {
+                app: app.into(),
+                direct,
+                args: ["ignore-term", "query", "sleep", "3600"]
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                image: None,
+                restart: Some("never".into()),
+                max_restarts: None,
+                max_lifetime_ms: None,
+            },
+        ))?;
+        // Its first answer means `ignore-term` (the step before) is in force.
+        wait_answer(&d.shared, before, Duration::from_secs(60))?;
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        runtime.block_on(admin_call(
+            &d.config.admin_socket,
+            AdminRequest::Stop {
+                app: app.into(),
+                grace_ms: Some(2000),
+            },
+        ))?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        wait_stopped(runtime, d, app)?;
+    }
+    Ok(times)
+}
+
+/// The direct backend's stop time with an app ignoring SIGTERM, from a `/bin/sh` script
+/// (for smoke runs, which have no static test app).
+fn measure_stop_sh(
+    runtime: &tokio::runtime::Runtime,
+    d: &LaunchDaemon,
+    runs: usize,
+) -> Result<Vec<f64>> {
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        runtime.block_on(admin_call(
+            &d.config.admin_socket,
+            AdminRequest::LaunchWith {
+                app: "stubborn".into(),
+                direct: true,
+                args: vec![
+                    "-c".into(),
+                    "trap '' TERM; while :; do sleep 1; done".into(),
+                ],
+                image: None,
+                restart: Some("never".into()),
+                max_restarts: None,
+                max_lifetime_ms: None,
+            },
+        ))?;
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        runtime.block_on(admin_call(
+            &d.config.admin_socket,
+            AdminRequest::Stop {
+                app: "stubborn".into(),
+                grace_ms: Some(2000),
+            },
+        ))?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        wait_stopped(runtime, d, "stubborn")?;
+    }
+    Ok(times)
+}
+
+const LAUNCH_ROW: &str = "3. launch: `fold_client app launch` until the app's first request is answered vs `docker run --rm` of the same static binary with the same hardening (returned)";
+const LAUNCH_SIDE_ROW: &str =
+    "3. launch vs `docker run --rm` until the same app's first request is answered";
+const STOP_DOCKER_ROW: &str =
+    "4. stop an app that ignores SIGTERM, grace 2 s, until gone: Docker backend";
+const STOP_DIRECT_ROW: &str = "4. the same, direct backend (dev mode)";
+
+/// Runs parts 3 and 4; every failure becomes a "not measured" row saying why.
+pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
+    let (launch_runs, stop_runs) = if o.smoke { (2, 1) } else { (20, 5) };
+    let d = match runtime.block_on(LaunchDaemon::start("launch")) {
+        Ok(d) => d,
+        Err(e) => {
+            let why = format!("daemon failed to start: {e:#}");
+            return [
+                LAUNCH_ROW,
+                LAUNCH_SIDE_ROW,
+                STOP_DOCKER_ROW,
+                STOP_DIRECT_ROW,
+            ]
+            .iter()
+            .map(|r| Row::missing(*r, &why))
+            .collect();
+        }
+    };
+    let mut rows = Vec::new();
+    let docker = docker_setup(o);
+    let cli_bin = fold_client_binary(o);
+    match (&docker, &cli_bin) {
+        (Ok((app, image)), Some(cli_bin)) => {
+            eprintln!("fold_bench: launch: {launch_runs} runs each, alternating");
+            let result = (|| {
+                let socket = &d.config.admin_socket;
+                for name in ["launched", "plain", "stopper"] {
+                    runtime.block_on(install(socket, name, app, &["*:post"], Some(image)))?;
+                }
+                measure_launch(runtime, &d, cli_bin, image, launch_runs)
+            })();
+            match result {
+                Ok(s) => {
+                    let (l, a, t) = (
+                        Summary::of(&s.launch),
+                        Summary::of(&s.docker_answer),
+                        Summary::of(&s.docker_total),
+                    );
+                    rows.push(Row::new(
+                        LAUNCH_ROW,
+                        l.brief("ms"),
+                        format!("docker run --rm {}", t.brief("ms")),
+                        ratio(l.p50 / t.p50),
+                        "≤ 1.0x",
+                        Verdict::goal(l.p50 / t.p50 <= 1.0),
+                    ));
+                    rows.push(Row::new(
+                        LAUNCH_SIDE_ROW,
+                        format!("p50 {} ms", num(l.p50)),
+                        format!("docker run --rm, first answer {}", a.brief("ms")),
+                        ratio(l.p50 / a.p50),
+                        "",
+                        Verdict::Context,
+                    ));
+                }
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    rows.push(Row::missing(LAUNCH_ROW, &why));
+                    rows.push(Row::missing(LAUNCH_SIDE_ROW, &why));
+                }
+            }
+            eprintln!("fold_bench: stop: {stop_runs} runs per backend");
+            let grace_goal = 2200.0;
+            for (row, direct) in [(STOP_DOCKER_ROW, false), (STOP_DIRECT_ROW, true)] {
+                match measure_stop(runtime, &d, "stopper", direct, stop_runs) {
+                    Ok(t) => {
+                        let s = Summary::of(&t);
+                        rows.push(Row::new(
+                            row,
+                            s.brief("ms"),
+                            "grace 2,000 ms",
+                            ratio(s.max / 2000.0),
+                            "max ≤ 2,200 ms",
+                            Verdict::goal(s.max <= grace_goal),
+                        ));
+                    }
+                    Err(e) => rows.push(Row::missing(row, format!("{e:#}"))),
+                }
+            }
+        }
+        (docker, _) => {
+            let why = match (docker, &cli_bin) {
+                (Err(why), _) => why.clone(),
+                (Ok(_), None) => "no fold_client binary (cargo build -p fold_client)".into(),
+                _ => String::new(),
+            };
+            rows.push(Row::missing(LAUNCH_ROW, &why));
+            rows.push(Row::missing(LAUNCH_SIDE_ROW, &why));
+            rows.push(Row::missing(STOP_DOCKER_ROW, &why));
+            let sh = runtime
+                .block_on(install(
+                    &d.config.admin_socket,
+                    "stubborn",
+                    Path::new("/bin/sh"),
+                    &[],
+                    None,
+                ))
+                .and_then(|_| measure_stop_sh(runtime, &d, stop_runs));
+            match sh {
+                Ok(t) => {
+                    let s = Summary::of(&t);
+                    rows.push(Row::new(
+                        format!("{STOP_DIRECT_ROW}, `sh` trapping SIGTERM"),
+                        s.brief("ms"),
+                        "grace 2,000 ms",
+                        ratio(s.max / 2000.0),
+                        "max ≤ 2,200 ms",
+                        Verdict::goal(s.max <= 2200.0),
+                    ));
+                }
+                Err(e) => rows.push(Row::missing(STOP_DIRECT_ROW, format!("{e:#}"))),
+            }
+        }
+    }
+    runtime.block_on(daemon::stop(&d.shared));
+    rows
+}

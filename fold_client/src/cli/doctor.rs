@@ -1,0 +1,262 @@
+//! `fold_client doctor`: checks the host and the engine, and says how to fix each problem.
+
+use super::{table, text, Context};
+use anyhow::Result;
+use fold_client::admin::AdminRequest;
+use fold_client::config::{Config, Overrides, UidMode};
+use fold_client::sandbox::docker::{self, EngineReport, StorageSupport};
+use serde::Serialize;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Serialize)]
+struct Check {
+    check: &'static str,
+    status: &'static str,
+    detail: String,
+    fix: Option<String>,
+}
+
+fn ok(check: &'static str, detail: impl Into<String>) -> Check {
+    Check {
+        check,
+        status: "ok",
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn problem(
+    check: &'static str,
+    status: &'static str,
+    detail: impl Into<String>,
+    fix: impl Into<String>,
+) -> Check {
+    Check {
+        check,
+        status,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+/// Runs every check; exit code 1 when any failed.
+pub async fn doctor(ctx: &Context) -> Result<i32> {
+    let config = ctx.config(Overrides::default())?;
+    let mut checks = Vec::new();
+    // The daemon, if running, knows the installed apps' images.
+    let apps = ctx
+        .admin(&AdminRequest::List, Duration::from_secs(5))
+        .await
+        .ok();
+    checks.push(match &apps {
+        Some(_) => ok(
+            "daemon",
+            format!("answers on {}", config.admin_socket.display()),
+        ),
+        None => problem(
+            "daemon",
+            "warn",
+            format!("not answering on {}", config.admin_socket.display()),
+            format!(
+                "start it: fold_client --state-dir {} serve",
+                config.state_dir.display()
+            ),
+        ),
+    });
+    let mut images = vec![config.default_image.clone()];
+    for app in apps
+        .iter()
+        .flat_map(|a| a.as_array().cloned().unwrap_or_default())
+    {
+        let image = text(&app["image"]);
+        if !images.contains(&image) {
+            images.push(image);
+        }
+    }
+    let report = docker::engine_report(&config.docker_host, config.engine_timeout, &images).await;
+    engine_checks(&config, &report, &mut checks);
+    host_checks(&config, &mut checks);
+    let failed = checks.iter().any(|c| c.status == "FAIL");
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        let rows: Vec<Vec<String>> = checks
+            .iter()
+            .map(|c| vec![c.status.to_string(), c.check.to_string(), c.detail.clone()])
+            .collect();
+        table(&["STATUS", "CHECK", "DETAIL"], &rows);
+        for c in checks.iter().filter(|c| c.fix.is_some()) {
+            println!("fix {}: {}", c.check, c.fix.as_deref().unwrap_or(""));
+        }
+    }
+    Ok(i32::from(failed))
+}
+
+fn engine_checks(config: &Config, report: &EngineReport, checks: &mut Vec<Check>) {
+    if let Some(why) = &report.unreachable {
+        checks.push(problem(
+            "engine",
+            "FAIL",
+            why.clone(),
+            "start the engine (`systemctl start docker` or `dockerd`), or set DOCKER_HOST to a running one",
+        ));
+        return;
+    }
+    checks.push(ok(
+        "engine",
+        format!(
+            "Docker {} (API {}) at {}",
+            report.version.as_deref().unwrap_or("?"),
+            report.api_version.as_deref().unwrap_or("?"),
+            report.host
+        ),
+    ));
+    let cgroup = format!(
+        "cgroup v{} ({}), host {}",
+        report.cgroup_version.as_deref().unwrap_or("?"),
+        report.cgroup_driver.as_deref().unwrap_or("?"),
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            "v2"
+        } else {
+            "v1"
+        }
+    );
+    checks.push(if report.limits_missing.is_empty() {
+        ok("cgroups", format!("{cgroup}; memory, swap, pids and cpu limits enforced"))
+    } else {
+        problem(
+            "cgroups",
+            "FAIL",
+            format!("{cgroup}; not enforced: {}", report.limits_missing.join(", ")),
+            "enable the missing cgroup controllers (e.g. boot with cgroup_enable=memory swapaccount=1)",
+        )
+    });
+    checks.push(match (&report.storage, config.storage_limit) {
+        (_, None) => ok("storage-opt", "no storage limit configured (storage_limit_bytes = 0)"),
+        (StorageSupport::Supported, _) => ok("storage-opt", "container storage limits enforced"),
+        (StorageSupport::Untested, _) => problem(
+            "storage-opt",
+            "warn",
+            format!("untested: no image present to probe with ({})", report.storage_driver.as_deref().unwrap_or("?")),
+            "load an image (docker load) and run doctor again",
+        ),
+        (s @ StorageSupport::Unsupported(_), _) => problem(
+            "storage-opt",
+            "warn",
+            s.warning().unwrap_or_default(),
+            "launches still work, without a disk limit; for one, put the engine's data root on xfs with pquota",
+        ),
+    });
+    checks.push(match &report.init_problem {
+        None if report.init_probed => ok("init", "init: true works (probed with a container)"),
+        None => ok("init", "the engine has an init binary (not probed: no image present)"),
+        Some(why) => problem(
+            "init",
+            "FAIL",
+            why.clone(),
+            "install the engine's init (docker-init / tini, e.g. `apt-get install tini`); without it PID 1 ignores SIGTERM",
+        ),
+    });
+    for (image, present) in &report.images {
+        checks.push(if *present {
+            ok("image", format!("{image} present"))
+        } else {
+            problem(
+                "image",
+                "warn",
+                format!("{image} missing (a launch tries to pull it)"),
+                format!("`docker pull {image}` where a registry is reachable, or `docker load -i FILE.tar`"),
+            )
+        });
+    }
+    for warning in &report.engine_warnings {
+        checks.push(problem(
+            "engine",
+            "warn",
+            warning.clone(),
+            "see the engine's documentation",
+        ));
+    }
+}
+
+fn mode_check(path: &Path, want_mode: u32, want_uid: Option<u32>) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.mode() & 0o7777;
+    if mode != want_mode {
+        return Err(format!(
+            "{} has mode {mode:o}, expected {want_mode:o}",
+            path.display()
+        ));
+    }
+    if let Some(uid) = want_uid.filter(|u| meta.uid() != *u) {
+        return Err(format!(
+            "{} is owned by uid {}, expected {uid}",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+fn host_checks(config: &Config, checks: &mut Vec<Check>) {
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid == 0 && config.uid_mode == UidMode::Daemon {
+        checks.push(problem(
+            "uid_mode",
+            "FAIL",
+            "uid_mode = daemon as root: containers would run as root, so Docker launches are refused",
+            "use uid_mode = \"per_app\" (the default for root)",
+        ));
+    } else {
+        checks.push(ok(
+            "uid_mode",
+            match config.uid_mode {
+                UidMode::PerApp { base } => {
+                    format!("per_app: each app its own uid from {}", base + 1)
+                }
+                UidMode::Daemon => format!("daemon: apps run as uid {euid}"),
+            },
+        ));
+    }
+    let root = &config.socket_root;
+    if !root.exists() {
+        checks.push(ok(
+            "socket root",
+            format!("{} not created yet (serve creates it)", root.display()),
+        ));
+        return;
+    }
+    let mut bad = Vec::new();
+    if let Err(e) = mode_check(root, 0o711, Some(euid)) {
+        bad.push(e);
+    }
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+            if let Err(e) = mode_check(&dir, 0o700, None) {
+                bad.push(e);
+            }
+            let creds = dir.join("credentials.json");
+            if creds.exists() {
+                let owner = std::fs::metadata(&dir).map(|m| m.uid()).ok();
+                if let Err(e) = mode_check(&creds, 0o600, owner) {
+                    bad.push(e);
+                }
+            }
+        }
+    }
+    checks.push(if bad.is_empty() {
+        ok("socket root", format!("{}: 0711, app dirs 0700, credentials 0600", root.display()))
+    } else {
+        problem(
+            "socket root",
+            "FAIL",
+            bad.join("; "),
+            format!(
+                "chmod 0711 {0}; chmod 0700 {0}/*; chmod 0600 {0}/*/credentials.json (restarting the daemon also resets them)",
+                root.display()
+            ),
+        )
+    });
+}

@@ -1,0 +1,406 @@
+//! Launch, stop, finalize and adopt. State changes after the start come from the engine's
+//! events (`events`), which call [`finalize`] when a container dies.
+
+use super::super::logfile::LogFile;
+use super::super::{AppState, LaunchSpec, SandboxError};
+use super::report::StorageSupport;
+use super::spec::{self, container_name, Plan, LABEL_APP, LABEL_DAEMON};
+use super::{elf, engine, lock, logs, Entry, Inner, Launched};
+use bollard::query_parameters::AttachContainerOptionsBuilder;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long the output may take to drain once the container has stopped.
+const DRAIN: Duration = Duration::from_secs(2);
+
+pub(super) fn new_entry(app_id: &str, log: LogFile, container: Option<String>) -> Arc<Entry> {
+    Arc::new(Entry {
+        app_id: app_id.to_string(),
+        container: Mutex::new(container),
+        state: watch::Sender::new(AppState::Starting),
+        stop_requested: AtomicBool::new(false),
+        oom: AtomicBool::new(false),
+        finalizing: AtomicBool::new(false),
+        log,
+        pump: Mutex::new(None),
+    })
+}
+
+/// Registers a new entry for the app unless a live one exists.
+fn register(inner: &Inner, spec: &LaunchSpec) -> Result<Arc<Entry>, SandboxError> {
+    let mut apps = lock(&inner.apps);
+    if apps
+        .get(&spec.app_id)
+        .is_some_and(|e| e.state.borrow().is_live())
+    {
+        return Err(SandboxError::AlreadyRunning(spec.app_name.clone()));
+    }
+    let log = LogFile::open(&spec.log_path, spec.log_cap)?;
+    let entry = new_entry(&spec.app_id, log, None);
+    apps.insert(spec.app_id.clone(), Arc::clone(&entry));
+    Ok(entry)
+}
+
+pub(super) async fn launch(
+    inner: &Arc<Inner>,
+    spec: &LaunchSpec,
+    labels: &HashMap<String, String>,
+) -> Result<Launched, SandboxError> {
+    // Validate (root, host network) before touching anything.
+    spec::create_body(&plan(inner, spec, labels, None))?;
+    let entry = register(inner, spec)?;
+    let mut warnings = Vec::new();
+    if let Some(w) = elf::image_mismatch(&spec.app_dir.join(&spec.binary), &spec.image) {
+        tracing::warn!(app = %spec.app_name, "{w}");
+        let _ = entry.log.write_marker(&format!("WARNING: {w}"));
+        warnings.push(w);
+    }
+    let _ = entry.log.write_marker(&format!(
+        "launching {} in a container (image {})",
+        spec.app_name, spec.image
+    ));
+    match start(inner, &entry, spec, labels, &mut warnings).await {
+        Ok(container_id) => {
+            let state = entry.state.borrow().clone();
+            Ok(Launched {
+                state,
+                container_id,
+                warnings,
+            })
+        }
+        Err(e) => {
+            let _ = entry.log.write_marker(&format!("cannot launch: {e}"));
+            entry.state.send_replace(AppState::Failed {
+                reason: e.to_string(),
+            });
+            Err(e)
+        }
+    }
+}
+
+fn plan<'a>(
+    inner: &'a Inner,
+    spec: &'a LaunchSpec,
+    labels: &'a HashMap<String, String>,
+    storage: Option<u64>,
+) -> Plan<'a> {
+    Plan {
+        spec,
+        daemon_label: &inner.settings.label,
+        extra_labels: labels,
+        storage,
+        grace: inner.settings.grace,
+    }
+}
+
+/// A leftover container with the app's name: ours and stopped is removed; someone else's
+/// is never touched.
+async fn clear_name(inner: &Inner, spec: &LaunchSpec) -> Result<(), SandboxError> {
+    let timeout = inner.settings.engine_timeout;
+    let name = container_name(&spec.app_id);
+    let Some(found) = engine::inspect(&inner.docker, timeout, &name).await? else {
+        return Ok(());
+    };
+    let labels = found
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    if labels.get(LABEL_DAEMON) != Some(&inner.settings.label) {
+        return Err(SandboxError::Backend(format!(
+            "a container named {name} exists but belongs to another daemon (label {LABEL_DAEMON}={}); \
+             it is left alone: remove it yourself if it is stale",
+            labels.get(LABEL_DAEMON).map_or("<none>", String::as_str)
+        )));
+    }
+    if found.state.and_then(|s| s.running) == Some(true) {
+        return Err(SandboxError::AlreadyRunning(spec.app_name.clone()));
+    }
+    engine::remove(&inner.docker, timeout, &name).await
+}
+
+async fn start(
+    inner: &Arc<Inner>,
+    entry: &Arc<Entry>,
+    spec: &LaunchSpec,
+    labels: &HashMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Result<String, SandboxError> {
+    let settings = &inner.settings;
+    let (docker, timeout) = (&inner.docker, settings.engine_timeout);
+    let log = entry.log.clone();
+    let mut progress = |line: &str| {
+        tracing::debug!(image = %spec.image, "{line}");
+        if line.starts_with("pulling image") {
+            let _ = log.write_marker(line);
+        }
+    };
+    engine::ensure_image(
+        docker,
+        timeout,
+        settings.pull_timeout,
+        &spec.image,
+        &mut progress,
+    )
+    .await?;
+    clear_name(inner, spec).await?;
+    let name = container_name(&spec.app_id);
+    let storage = settings
+        .storage_limit
+        .filter(|_| !matches!(*lock(&inner.storage), StorageSupport::Unsupported(_)));
+    let body = spec::create_body(&plan(inner, spec, labels, storage))?;
+    let id = match engine::create(docker, timeout, &name, body).await? {
+        Ok(id) => {
+            if storage.is_some() {
+                *lock(&inner.storage) = StorageSupport::Supported;
+            }
+            id
+        }
+        Err(e) if storage.is_some() && engine::is_storage_refusal(&e) => {
+            tracing::info!("the engine refuses storage limits: {}", engine::message(&e));
+            *lock(&inner.storage) = StorageSupport::Unsupported(engine::message(&e));
+            let body = spec::create_body(&plan(inner, spec, labels, None))?;
+            engine::create(docker, timeout, &name, body)
+                .await?
+                .map_err(|e| refused("create", &e))?
+        }
+        Err(e) => return Err(refused("create", &e)),
+    };
+    if settings.storage_limit.is_some() {
+        if let Some(w) = lock(&inner.storage).warning() {
+            let _ = entry.log.write_marker(&format!("WARNING: {w}"));
+            warnings.push(w);
+        }
+    }
+    *lock(&entry.container) = Some(id.clone());
+    let attach = AttachContainerOptionsBuilder::default()
+        .stream(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let what = format!("attaching to {name}");
+    let attached = engine::call_ok(timeout, &what, docker.attach_container(&id, Some(attach)));
+    let attached = match attached.await {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = engine::remove(docker, timeout, &id).await;
+            return Err(e);
+        }
+    };
+    let pump = logs::spawn_pump(&inner.tasks, attached.output, entry.log.clone(), None);
+    *lock(&entry.pump) = Some(pump);
+    let started = engine::call(
+        timeout,
+        "starting the container",
+        docker.start_container(&id, None),
+    );
+    match started.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = engine::remove(docker, timeout, &id).await;
+            return Err(start_refused(spec, &e));
+        }
+        Err(e) => {
+            let _ = engine::remove(docker, timeout, &id).await;
+            return Err(e);
+        }
+    }
+    let pid = engine::inspect(docker, timeout, &id)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.state)
+        .and_then(|s| s.pid)
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| *p > 0);
+    entry.state.send_if_modified(|s| {
+        let starting = *s == AppState::Starting;
+        if starting {
+            *s = AppState::Running { pid };
+        }
+        starting
+    });
+    tracing::info!(app = %spec.app_name, container = %short(&id), "container started");
+    Ok(id)
+}
+
+fn refused(what: &str, e: &bollard::errors::Error) -> SandboxError {
+    SandboxError::Backend(format!(
+        "the Docker engine refused to {what} the container: {}",
+        engine::message(e)
+    ))
+}
+
+fn start_refused(spec: &LaunchSpec, e: &bollard::errors::Error) -> SandboxError {
+    let message = engine::message(e);
+    let lower = message.to_ascii_lowercase();
+    let hint = if lower.contains("rlimit") || lower.contains("ulimit") {
+        format!(
+            " (the nofile limit {} may exceed the host's hard limit; lower it)",
+            spec.limits.nofile
+        )
+    } else if lower.contains("no such file") || lower.contains("not found") {
+        format!(
+            " (is /app/{} a binary that runs in image {}? static binaries run anywhere)",
+            spec.binary, spec.image
+        )
+    } else {
+        String::new()
+    };
+    SandboxError::Backend(format!(
+        "the Docker engine refused to start the container: {message}{hint}"
+    ))
+}
+
+pub(super) fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+pub(super) async fn stop(
+    inner: &Arc<Inner>,
+    app_id: &str,
+    grace: Duration,
+) -> Result<AppState, SandboxError> {
+    let not_running = || SandboxError::NotRunning(app_id.to_string());
+    let entry = lock(&inner.apps)
+        .get(app_id)
+        .cloned()
+        .ok_or_else(not_running)?;
+    if !entry.state.borrow().is_live() {
+        return Err(not_running());
+    }
+    entry.stop_requested.store(true, Ordering::SeqCst);
+    let timeout = inner.settings.engine_timeout;
+    let mut rx = entry.state.subscribe();
+    // A launch in progress finishes (or fails) first; it cannot take longer than a pull.
+    let settled = tokio::time::timeout(
+        inner.settings.pull_timeout + 3 * timeout,
+        rx.wait_for(|s| *s != AppState::Starting),
+    );
+    let _ = settled.await;
+    let Some(id) = entry.container() else {
+        return Ok(entry.state.borrow().clone());
+    };
+    let ended = |s: &AppState| !s.is_live();
+    if entry.state.borrow().is_live() {
+        engine::kill(&inner.docker, timeout, &id, "SIGTERM").await?;
+        if tokio::time::timeout(grace, rx.wait_for(ended))
+            .await
+            .is_ok()
+        {
+            return Ok(entry.state.borrow().clone());
+        }
+        engine::kill(&inner.docker, timeout, &id, "SIGKILL").await?;
+    }
+    let killed = tokio::time::timeout(timeout, rx.wait_for(ended))
+        .await
+        .is_ok();
+    if killed {
+        let state = entry.state.borrow().clone();
+        return Ok(state);
+    }
+    Err(SandboxError::Backend(format!(
+        "container {} of app {app_id} is still running {} s after SIGKILL",
+        short(&id),
+        timeout.as_secs()
+    )))
+}
+
+/// Records how a container ended: reads its exit code and OOM flag, drains its output,
+/// writes the exit marker, removes it, then publishes the final state. Idempotent; ignores
+/// containers that are not the app's current one.
+pub(super) async fn finalize(inner: &Arc<Inner>, entry: &Arc<Entry>, id: &str, hint: Option<i32>) {
+    if entry.container().as_deref() != Some(id) || entry.finalizing.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let timeout = inner.settings.engine_timeout;
+    let inspected = engine::inspect(&inner.docker, timeout, id)
+        .await
+        .ok()
+        .flatten();
+    let state = inspected.and_then(|c| c.state);
+    let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false)
+        || entry.oom.load(Ordering::SeqCst);
+    let code = state
+        .as_ref()
+        .and_then(|s| s.exit_code)
+        .and_then(|c| i32::try_from(c).ok())
+        .or(hint)
+        .unwrap_or(-1);
+    let pump = lock(&entry.pump).take();
+    if let Some(mut pump) = pump {
+        if tokio::time::timeout(DRAIN, &mut pump).await.is_err() {
+            tracing::warn!(app_id = %entry.app_id, "container output still open after exit; dropping it");
+            pump.abort();
+        }
+    }
+    let final_state = if entry.stop_requested.load(Ordering::SeqCst) {
+        AppState::Stopped
+    } else if oom {
+        AppState::OomKilled
+    } else {
+        AppState::Exited { code }
+    };
+    let _ = entry.log.write_marker(&format!("app {final_state}"));
+    if let Err(e) = engine::remove(&inner.docker, timeout, id).await {
+        tracing::warn!(app_id = %entry.app_id, "cannot remove container: {e}");
+    }
+    tracing::info!(app_id = %entry.app_id, container = %short(id), state = %final_state, "container ended");
+    entry.state.send_replace(final_state);
+}
+
+/// Handles one container event of this daemon's containers.
+pub(super) fn on_event(
+    inner: &Arc<Inner>,
+    action: &str,
+    id: &str,
+    attrs: &HashMap<String, String>,
+) {
+    let Some(app_id) = attrs.get(LABEL_APP) else {
+        return;
+    };
+    let Some(entry) = lock(&inner.apps).get(app_id).cloned() else {
+        return;
+    };
+    if entry.container().as_deref() != Some(id) {
+        return;
+    }
+    match action {
+        "oom" => entry.oom.store(true, Ordering::SeqCst),
+        "die" | "destroy" => {
+            let hint = attrs.get("exitCode").and_then(|c| c.parse().ok());
+            let (inner, id) = (Arc::clone(inner), id.to_string());
+            inner
+                .tasks
+                .clone()
+                .spawn(async move { finalize(&inner, &entry, &id, hint).await });
+        }
+        _ => {}
+    }
+}
+
+/// After the event stream was interrupted: every tracked container that stopped meanwhile
+/// is finalized.
+pub(super) async fn reconcile(inner: &Arc<Inner>) {
+    let live: Vec<Arc<Entry>> = lock(&inner.apps)
+        .values()
+        .filter(|e| matches!(*e.state.borrow(), AppState::Running { .. }))
+        .cloned()
+        .collect();
+    let timeout = inner.settings.engine_timeout;
+    for entry in live {
+        let Some(id) = entry.container() else {
+            continue;
+        };
+        let running = match engine::inspect(&inner.docker, timeout, &id).await {
+            Ok(c) => c.and_then(|c| c.state).and_then(|s| s.running) == Some(true),
+            Err(_) => true, // the engine is not answering yet; its events will tell
+        };
+        if !running {
+            finalize(inner, &entry, &id, None).await;
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The container an app gets: every hardening setting in one pure function, so it can be
+//! read in one place and unit-tested without an engine.
+
+use super::super::{LaunchSpec, SandboxError};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
+    RestartPolicy, RestartPolicyNameEnum,
+};
+use std::collections::HashMap;
+use std::path::{Component, Path};
+use std::time::Duration;
+
+/// Label naming the app a container runs.
+pub const LABEL_APP: &str = "io.foldclient.app_id";
+/// Label naming the daemon that owns a container (`Config::daemon_label`).
+pub const LABEL_DAEMON: &str = "io.foldclient.daemon";
+/// Label with the app's human name (informational).
+pub const LABEL_APP_NAME: &str = "io.foldclient.app_name";
+/// Where the app's socket directory is mounted (read-only) inside the container.
+pub const SOCKET_MOUNT: &str = "/tmp/fold_client_sockets";
+/// Where the app's directory (its binary) is mounted (read-only).
+pub const APP_MOUNT: &str = "/app";
+
+/// The container name of an app: `fold_client_<app_id>`.
+pub fn container_name(app_id: &str) -> String {
+    format!("fold_client_{app_id}")
+}
+
+/// Everything that decides the container besides the launch spec.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    /// The app and its limits.
+    pub spec: &'a LaunchSpec,
+    /// This daemon's label value.
+    pub daemon_label: &'a str,
+    /// More labels (the supervisor's launch options, so a restarted daemon can resume them).
+    pub extra_labels: &'a HashMap<String, String>,
+    /// Writable-layer limit, only when the engine supports it.
+    pub storage: Option<u64>,
+    /// Grace between SIGTERM and SIGKILL (also recorded as the container's stop timeout,
+    /// for operators who run `docker stop`).
+    pub grace: Duration,
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn refuse(message: String) -> SandboxError {
+    SandboxError::Backend(message)
+}
+
+/// Checks what must never reach the engine: root, host networking, odd binary names.
+fn check(spec: &LaunchSpec) -> Result<(), SandboxError> {
+    if spec.uid == 0 || spec.gid == 0 {
+        return Err(refuse(format!(
+            "refusing to run app {} as root (uid {}, gid {}) in a container: run the daemon with \
+             uid_mode = \"per_app\" (the default for root) so each app gets its own non-root uid",
+            spec.app_name, spec.uid, spec.gid
+        )));
+    }
+    if let Some(network) = &spec.network {
+        if network == "host" || network.starts_with("container:") || network.is_empty() {
+            return Err(refuse(format!(
+                "app {} may not use network {network:?}: only a named network (or none) is allowed",
+                spec.app_name
+            )));
+        }
+    }
+    let mut parts = Path::new(&spec.binary).components();
+    if !matches!(
+        (parts.next(), parts.next()),
+        (Some(Component::Normal(_)), None)
+    ) {
+        return Err(refuse(format!(
+            "binary {:?} must be a plain file name inside the app directory",
+            spec.binary
+        )));
+    }
+    Ok(())
+}
+
+fn bind(source: &Path, target: &str) -> Mount {
+    Mount {
+        target: Some(target.to_string()),
+        source: Some(source.display().to_string()),
+        typ: Some(MountType::BIND),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+/// The create request for the app's container.
+///
+/// # Errors
+///
+/// The spec asks for something a container must never have (root, host network).
+pub fn create_body(plan: &Plan<'_>) -> Result<ContainerCreateBody, SandboxError> {
+    let spec = plan.spec;
+    check(spec)?;
+    let limits = &spec.limits;
+    let mut labels = plan.extra_labels.clone();
+    labels.insert(LABEL_APP.into(), spec.app_id.clone());
+    labels.insert(LABEL_DAEMON.into(), plan.daemon_label.to_string());
+    labels.insert(LABEL_APP_NAME.into(), spec.app_name.clone());
+    let credentials = format!("{SOCKET_MOUNT}/{}", spec.credentials_file);
+    let tmpfs = format!(
+        "rw,noexec,nosuid,nodev,size={},uid={},gid={}",
+        limits.tmpfs_bytes, spec.uid, spec.gid
+    );
+    let host_config = HostConfig {
+        mounts: Some(vec![
+            bind(&spec.app_dir, APP_MOUNT),
+            bind(&spec.socket_dir, SOCKET_MOUNT),
+        ]),
+        network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
+        memory: Some(to_i64(limits.memory_bytes)),
+        memory_swap: Some(to_i64(limits.memory_bytes)),
+        nano_cpus: Some(to_i64(limits.nano_cpus)),
+        pids_limit: Some(to_i64(limits.pids)),
+        ulimits: Some(vec![ResourcesUlimits {
+            name: Some("nofile".into()),
+            soft: Some(to_i64(limits.nofile)),
+            hard: Some(to_i64(limits.nofile)),
+        }]),
+        tmpfs: Some(HashMap::from([("/tmp".to_string(), tmpfs)])),
+        readonly_rootfs: Some(true),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        init: Some(true),
+        privileged: Some(false),
+        // Restarts are the supervisor's (bounded, with backoff); removal is ours, after the
+        // exit state has been read (auto-remove would race it).
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
+        auto_remove: Some(false),
+        // json-file keeps a bounded copy the daemon can replay after its own restart.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), spec.log_cap.max(4096).to_string()),
+                ("max-file".to_string(), "1".to_string()),
+            ])),
+        }),
+        storage_opt: plan
+            .storage
+            .map(|bytes| HashMap::from([("size".to_string(), bytes.to_string())])),
+        ..Default::default()
+    };
+    Ok(ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        entrypoint: Some(vec![format!("{APP_MOUNT}/{}", spec.binary)]),
+        cmd: Some(spec.args.clone()),
+        env: Some(vec![
+            format!("FOLD_CLIENT_APP_ID={}", spec.app_id),
+            format!("FOLD_CLIENT_SOCKET_DIR={SOCKET_MOUNT}"),
+            format!("FOLD_CLIENT_CREDENTIALS={credentials}"),
+            "FOLD_CLIENT_SANDBOX=docker".to_string(),
+        ]),
+        user: Some(format!("{}:{}", spec.uid, spec.gid)),
+        working_dir: Some(APP_MOUNT.into()),
+        labels: Some(labels),
+        attach_stdin: Some(false),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        open_stdin: Some(false),
+        stop_signal: Some("SIGTERM".into()),
+        stop_timeout: Some(to_i64(plan.grace.as_secs().max(1))),
+        host_config: Some(host_config),
+        ..Default::default()
+    })
+}
+
+/// Splits an image reference into the `fromImage` and `tag` of a pull: `alpine` ->
+/// (`alpine`, `latest`), `reg:5000/a/b:1` -> (`reg:5000/a/b`, `1`), digests stay whole.
+pub fn pull_reference(image: &str) -> (String, Option<String>) {
+    if image.contains('@') {
+        return (image.to_string(), None);
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.rsplit_once(':') {
+        Some((_, tag)) => {
+            let repo = &image[..image.len() - tag.len() - 1];
+            (repo.to_string(), Some(tag.to_string()))
+        }
+        None => (image.to_string(), Some("latest".to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::ResourceLimits;
+    use std::path::PathBuf;
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            app_id: "app_0123456789ab".into(),
+            app_name: "demo".into(),
+            app_dir: PathBuf::from("/state/apps/app_0123456789ab"),
+            binary: "demo_bin".into(),
+            args: vec!["serve".into()],
+            socket_dir: PathBuf::from("/state/sockets/app_0123456789ab"),
+            credentials_file: "credentials.json".into(),
+            uid: 200_001,
+            gid: 200_001,
+            limits: ResourceLimits::default(),
+            image: "alpine:latest".into(),
+            network: None,
+            log_path: PathBuf::from("/state/logs/a.log"),
+            log_cap: 1 << 20,
+            legacy_token: Some("secret-token".into()),
+        }
+    }
+
+    fn plan<'a>(spec: &'a LaunchSpec, extra: &'a HashMap<String, String>) -> Plan<'a> {
+        Plan {
+            spec,
+            daemon_label: "d1",
+            extra_labels: extra,
+            storage: None,
+            grace: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn hardened_by_default_and_no_secret_in_env() {
+        let spec = spec();
+        let extra = HashMap::new();
+        let body = create_body(&plan(&spec, &extra)).unwrap();
+        let hc = body.host_config.clone().unwrap();
+        assert_eq!(hc.network_mode.as_deref(), Some("none"));
+        assert_eq!(hc.memory, hc.memory_swap);
+        assert_eq!(hc.memory, Some(256 << 20));
+        assert_eq!(hc.nano_cpus, Some(1_000_000_000));
+        assert_eq!(hc.pids_limit, Some(64));
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        assert_eq!(hc.readonly_rootfs, Some(true));
+        assert_eq!(hc.init, Some(true));
+        assert_eq!(hc.privileged, Some(false));
+        assert_eq!(hc.storage_opt, None, "never set blindly");
+        let tmpfs = &hc.tmpfs.unwrap()["/tmp"];
+        assert!(tmpfs.contains("noexec") && tmpfs.contains("nosuid"));
+        assert!(tmpfs.contains("uid=200001,gid=200001"), "{tmpfs}");
+        let mounts = hc.mounts.unwrap();
+        assert!(mounts.iter().all(|m| m.read_only == Some(true)));
+        assert_eq!(mounts[1].target.as_deref(), Some(SOCKET_MOUNT));
+        assert_eq!(body.user.as_deref(), Some("200001:200001"));
+        assert_eq!(body.entrypoint, Some(vec!["/app/demo_bin".to_string()]));
+        let env = body.env.unwrap().join("\n");
+        assert!(
+            !env.contains("secret-token") && !env.contains("TOKEN"),
+            "{env}"
+        );
+        assert!(env.contains("FOLD_CLIENT_CREDENTIALS=/tmp/fold_client_sockets/credentials.json"));
+        let labels = body.labels.unwrap();
+        assert_eq!(labels[LABEL_APP], "app_0123456789ab");
+        assert_eq!(labels[LABEL_DAEMON], "d1");
+    }
+
+    #[test]
+    fn refuses_root_and_host_network_and_sets_storage_only_when_asked() {
+        let extra = HashMap::new();
+        let mut root = spec();
+        root.uid = 0;
+        let err = create_body(&plan(&root, &extra)).unwrap_err().to_string();
+        assert!(err.contains("per_app"), "{err}");
+        let mut host = spec();
+        host.network = Some("host".into());
+        assert!(create_body(&plan(&host, &extra)).is_err());
+        let mut named = spec();
+        named.network = Some("appnet".into());
+        let spec = named;
+        let mut p = plan(&spec, &extra);
+        p.storage = Some(1 << 30);
+        let body = create_body(&p).unwrap();
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.network_mode.as_deref(), Some("appnet"));
+        assert_eq!(hc.storage_opt.unwrap()["size"], (1u64 << 30).to_string());
+    }
+
+    #[test]
+    fn pull_references() {
+        let r = |s: &str| pull_reference(s);
+        assert_eq!(r("alpine"), ("alpine".into(), Some("latest".into())));
+        assert_eq!(r("alpine:3.20"), ("alpine".into(), Some("3.20".into())));
+        assert_eq!(
+            r("reg:5000/a/b:1"),
+            ("reg:5000/a/b".into(), Some("1".into()))
+        );
+        assert_eq!(
+            r("reg:5000/a/b"),
+            ("reg:5000/a/b".into(), Some("latest".into()))
+        );
+        assert_eq!(r("a@sha256:ff"), ("a@sha256:ff".into(), None));
+    }
+}

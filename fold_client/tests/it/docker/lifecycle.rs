@@ -1,0 +1,316 @@
+//! Lifecycle against the engine: OOM kills, the restart policy, stop with grace and
+//! SIGKILL, one-shot runs (through the CLI) with their timeout, images that cannot be had,
+//! glibc binaries in a busybox image.
+
+use super::{inspect, launch, ps_row, setup, steps, wait_for_text, DockerDaemon, TIMEOUT};
+use fold_client::admin::AdminRequest;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_hog_is_reported_oom_killed() {
+    let Some(env) = setup() else { return };
+    let d = DockerDaemon::start("").await;
+    let view = d.install("hog", &env, Some("24m")).await;
+    let run = d
+        .admin(AdminRequest::Run {
+            app: "hog".into(),
+            direct: false,
+            args: vec!["hog".into()],
+            image: None,
+            timeout_ms: 60_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(run["state"], "oom_killed", "{run}");
+    assert_eq!(run["exit_code"], 137);
+    assert_eq!(run["timed_out"], false);
+    let ps = ps_row(&d.config.admin_socket, "hog").await.unwrap();
+    assert_eq!(ps["state"], "oom_killed");
+    let log = std::fs::read_to_string(view["log"].as_str().unwrap()).unwrap();
+    assert!(log.contains("=== app oom_killed ==="), "{log}");
+    assert!(
+        inspect(run["container"].as_str().unwrap()).await.is_none(),
+        "removed"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_app_restarts_per_policy_then_stops_restarting() {
+    let Some(env) = setup() else { return };
+    let d = DockerDaemon::start("").await;
+    let view = d.install("crashy", &env, None).await;
+    let r = d
+        .admin(launch("crashy", &["exit", "3"], "on-failure", Some(2)))
+        .await
+        .unwrap();
+    let first = r["container"].as_str().unwrap().to_string();
+    let done = d
+        .admin(AdminRequest::Wait {
+            app: "crashy".into(),
+            timeout_ms: 60_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(done["state"], "exited(3)");
+    let ps = ps_row(&d.config.admin_socket, "crashy").await.unwrap();
+    assert_eq!(ps["restarts"], 2, "{ps}");
+    assert_eq!(ps["note"], "gave up after 2 restarts");
+    d.shared.audit.flush().await;
+    let audit = std::fs::read_to_string(d.config.audit_path()).unwrap();
+    let count = |event: &str| {
+        audit
+            .lines()
+            .filter(|l| l.contains(&format!("\"event\":\"{event}\"")))
+            .count()
+    };
+    assert_eq!(count("restart"), 2, "{audit}");
+    assert_eq!(count("exit"), 3, "{audit}");
+    assert_eq!(count("restart_gave_up"), 1);
+    // No more restarts after giving up; every container was removed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ps_row(&d.config.admin_socket, "crashy").await.unwrap()["state"],
+        "exited(3)"
+    );
+    assert!(inspect(&first).await.is_none());
+    assert!(super::containers_of(&d.config.daemon_label)
+        .await
+        .is_empty());
+    let log = std::fs::read_to_string(view["log"].as_str().unwrap()).unwrap();
+    assert_eq!(log.matches("=== app exited(3) ===").count(), 3, "{log}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_ignoring_sigterm_is_gone_within_grace_plus_one_second() {
+    let Some(env) = setup() else { return };
+    let d = DockerDaemon::start("").await;
+    let view = d.install("stubborn", &env, None).await;
+    let log = PathBuf::from(view["log"].as_str().unwrap());
+    let r = d
+        .admin(launch(
+            "stubborn",
+            &["ignore-term", "env", "sleep", "120"],
+            "on-failure",
+            None,
+        ))
+        .await
+        .unwrap();
+    let id = r["container"].as_str().unwrap().to_string();
+    wait_for_text(&log, "\"step\":\"env\"", TIMEOUT).await;
+    let grace = Duration::from_millis(1000);
+    let start = Instant::now();
+    let stopped = d
+        .admin(AdminRequest::Stop {
+            app: "stubborn".into(),
+            grace_ms: Some(grace.as_millis() as u64),
+        })
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(stopped["state"], "stopped");
+    assert!(took >= grace, "SIGTERM was not ignored? {took:?}");
+    assert!(took < grace + Duration::from_secs(1), "{took:?}");
+    assert!(inspect(&id).await.is_none(), "gone");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        steps(&text, "ignore-term").len(),
+        1,
+        "init forwarded SIGTERM: {text}"
+    );
+    // Stopped on request: not restarted despite on-failure.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ps_row(&d.config.admin_socket, "stubborn").await.unwrap()["state"],
+        "stopped"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_runs_stream_output_and_are_killed_at_their_timeout() {
+    let Some(env) = setup() else { return };
+    let d = DockerDaemon::start("").await;
+    d.install("job", &env, None).await;
+    let out = cli_async(
+        &d,
+        &["app", "run", "job", "--timeout", "30s", "--", "query"],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.contains("\"step\":\"query\"") && stdout.contains("\"ok\":true"),
+        "{stdout}"
+    );
+
+    let out = cli_async(&d, &["app", "run", "job", "--", "exit", "5"]).await;
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+
+    let start = Instant::now();
+    let out = cli_async(
+        &d,
+        &[
+            "app",
+            "run",
+            "job",
+            "--timeout",
+            "2s",
+            "--",
+            "env",
+            "sleep",
+            "60",
+        ],
+    )
+    .await;
+    let took = start.elapsed();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+    assert!(
+        stdout.contains("\"step\":\"env\""),
+        "output streamed: {stdout}"
+    );
+    assert!(stderr.contains("timed out after 2.0 s"), "{stderr}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let ps = ps_row(&d.config.admin_socket, "job").await.unwrap();
+    assert_eq!(ps["state"], "stopped");
+    assert!(ps["note"].as_str().unwrap().contains("timeout"), "{ps}");
+    assert!(
+        super::containers_of(&d.config.daemon_label)
+            .await
+            .is_empty(),
+        "removed"
+    );
+
+    let out = cli_async(&d, &["app", "ps"]).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("job") && table.contains("stopped"),
+        "{table}"
+    );
+    let out = cli_async(&d, &["app", "logs", "job"]).await;
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        logs.contains("\"step\":\"env\"") && logs.contains("=== app exited(5) ==="),
+        "{logs}"
+    );
+    d.stop().await;
+}
+
+/// Runs the `fold_client` CLI against the daemon `d`.
+async fn cli_async(d: &DockerDaemon, args: &[&str]) -> Output {
+    let state = d.config.state_dir.clone();
+    let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fold_client"))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(&args)
+            .env("DOCKER_HOST", fold_testkit::docker_host())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_image_is_a_clear_error_and_glibc_binary_warns() {
+    let Some(env) = setup() else { return };
+    let d = DockerDaemon::start("").await;
+    d.install("ghost", &env, None).await;
+    let err = d
+        .admin(AdminRequest::LaunchWith {
+            app: "ghost".into(),
+            direct: false,
+            args: vec![],
+            image: Some("foldclient/does-not-exist:latest".into()),
+            restart: None,
+            max_restarts: None,
+            max_lifetime_ms: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(err.contains("foldclient/does-not-exist:latest"), "{err}");
+    assert!(
+        err.contains("docker load") && err.contains("--image"),
+        "{err}"
+    );
+    let ps = ps_row(&d.config.admin_socket, "ghost").await.unwrap();
+    assert!(ps["state"].as_str().unwrap().starts_with("failed"), "{ps}");
+
+    // A glibc-dynamic binary in the busybox image: the host's `true` (Debian), or this test
+    // binary, which is one too.
+    use fold_client::sandbox::docker::{linkage, Linkage};
+    let dynamic = ["/bin/true", "/usr/bin/true"]
+        .map(PathBuf::from)
+        .into_iter()
+        .find(|p| matches!(linkage(p), Linkage::Dynamic(l) if l.contains("ld-linux")))
+        .unwrap_or_else(|| std::env::current_exe().unwrap());
+    let view = super::install(&d.config.admin_socket, "glibc", &dynamic, &env.image, None).await;
+    assert!(
+        view["warnings"].to_string().contains("glibc"),
+        "warned at install: {view}"
+    );
+    let run = d
+        .admin(AdminRequest::Run {
+            app: "glibc".into(),
+            direct: false,
+            args: vec![],
+            image: None,
+            timeout_ms: 30_000,
+        })
+        .await
+        .unwrap();
+    let warnings = run["warnings"].to_string();
+    assert!(
+        warnings.contains("glibc") && warnings.contains("crt-static"),
+        "{warnings}"
+    );
+    assert_ne!(run["exit_code"], 0, "it cannot start there: {run}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maximum_lifetime_is_a_hard_kill_without_restart() {
+    let Some(env) = setup() else { return };
+    let d = DockerDaemon::start("").await;
+    d.install("mortal", &env, None).await;
+    let start = Instant::now();
+    let r = d
+        .admin(AdminRequest::LaunchWith {
+            app: "mortal".into(),
+            direct: false,
+            args: vec!["sleep".into(), "60".into()],
+            image: None,
+            restart: Some("on-failure".into()),
+            max_restarts: Some(3),
+            max_lifetime_ms: Some(1500),
+        })
+        .await
+        .unwrap();
+    let done = d
+        .admin(AdminRequest::Wait {
+            app: "mortal".into(),
+            timeout_ms: 30_000,
+        })
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(done["state"], "stopped");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let ps = ps_row(&d.config.admin_socket, "mortal").await.unwrap();
+    assert_eq!(ps["note"], "killed: maximum lifetime exceeded", "{ps}");
+    assert_eq!(ps["restarts"], 0, "never restarted");
+    assert!(inspect(r["container"].as_str().unwrap()).await.is_none());
+    d.stop().await;
+}

@@ -1,0 +1,260 @@
+//! The Docker backend against a real engine. Every test starts with
+//! `fold_testkit::require_docker()` (CI sets `FOLD_REQUIRE_DOCKER=1`, so they cannot skip
+//! silently there), uses the local base image and the static `test_app`, and its own
+//! daemon label, so tests running in parallel never see each other's containers.
+//!
+//! As root (CI) the daemons use per-app uids, as a real root daemon does: containers then
+//! run as their app's non-root uid, which owns the app's socket directory.
+
+mod adoption;
+mod hardening;
+mod lifecycle;
+
+use fold_client::admin::{self, AdminRequest};
+use fold_client::config::{Config, FileConfig, Overrides};
+use fold_client::daemon::{self, Shared};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The test app binary (static) and the image to run it in.
+pub struct Env {
+    pub app: PathBuf,
+    pub image: String,
+}
+
+/// Skips (or, with `FOLD_REQUIRE_DOCKER=1`, fails) without an engine; builds what the
+/// container tests need.
+pub fn setup() -> Option<Env> {
+    if !fold_testkit::require_docker() {
+        return None;
+    }
+    let image = fold_testkit::ensure_base_image().expect("base image");
+    let app =
+        fold_testkit::build_static_binary("example-test_app", "test_app").expect("static test_app");
+    Some(Env { app, image })
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A label and uid base of its own for each daemon of this test process.
+fn unique() -> (String, u32) {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let label = format!("it-{}-{n}", std::process::id());
+    let base = 400_000 + (std::process::id() % 1000) * 1000 + n * 20;
+    (label, base)
+}
+
+/// The config file text of a test daemon: per-app uids when root, its own label, short
+/// grace and backoff.
+pub fn config_text(label: &str, uid_base: u32, extra: &str) -> String {
+    let uid_mode = if is_root() { "per_app" } else { "daemon" };
+    format!(
+        "uid_mode = \"{uid_mode}\"\nuid_base = {uid_base}\ndaemon_label = \"{label}\"\n\
+         stop_grace_ms = 1000\nrestart_backoff_ms = 100\n{extra}"
+    )
+}
+
+pub fn build_config(state: &Path, text: &str) -> Config {
+    let file = FileConfig::parse(text, Path::new("test.toml")).unwrap();
+    let over = Overrides {
+        state_dir: Some(state.to_path_buf()),
+        docker_host: Some(fold_testkit::docker_host()),
+        ..Overrides::default()
+    };
+    Config::build(file, over, nix::unistd::geteuid().as_raw()).unwrap()
+}
+
+/// Removes every container carrying `io.foldclient.daemon=<label>` when dropped, so a
+/// failing test leaves nothing running on the engine.
+pub struct LabelCleanup(pub String);
+
+impl Drop for LabelCleanup {
+    fn drop(&mut self) {
+        let label = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let docker = fold_testkit::connect_docker().await.unwrap();
+                for id in containers_of(&label).await {
+                    let _ = fold_testkit::remove_container_if_exists(&docker, &id).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// An in-process daemon with its own label.
+pub struct DockerDaemon {
+    pub shared: Arc<Shared>,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+    /// Removes the label's containers when the test ends, however it ends.
+    pub _cleanup: LabelCleanup,
+}
+
+impl DockerDaemon {
+    pub async fn start(extra: &str) -> DockerDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix("fcd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let (label, base) = unique();
+        let config = build_config(&dir.path().join("state"), &config_text(&label, base, extra));
+        let shared = daemon::start(config.clone()).await.unwrap();
+        DockerDaemon {
+            shared,
+            _cleanup: LabelCleanup(config.daemon_label.clone()),
+            config,
+            dir,
+        }
+    }
+
+    pub async fn admin(&self, request: AdminRequest) -> Result<Value, String> {
+        call(&self.config.admin_socket, request).await
+    }
+
+    /// Installs the test app as `name` (grants on schema `post`); returns its view.
+    pub async fn install(&self, name: &str, env: &Env, memory: Option<&str>) -> Value {
+        install(
+            &self.config.admin_socket,
+            name,
+            &env.app,
+            &env.image,
+            memory,
+        )
+        .await
+    }
+
+    pub async fn stop(self) {
+        daemon::stop(&self.shared).await;
+    }
+}
+
+pub async fn call(socket: &Path, request: AdminRequest) -> Result<Value, String> {
+    let r = admin::call(socket, &request, Duration::from_secs(300))
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.ok {
+        Ok(r.result)
+    } else {
+        Err(r.error.unwrap_or_default())
+    }
+}
+
+pub async fn install(
+    socket: &Path,
+    name: &str,
+    binary: &Path,
+    image: &str,
+    memory: Option<&str>,
+) -> Value {
+    call(
+        socket,
+        AdminRequest::Install {
+            name: name.into(),
+            binary: binary.to_path_buf(),
+            grants: vec!["*:post".into()],
+            image: Some(image.into()),
+            auth: None,
+            network: None,
+            memory: memory.map(str::to_string),
+            cpus: Some(0.5),
+            pids: Some(32),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// A launch with explicit options.
+pub fn launch(app: &str, args: &[&str], restart: &str, max_restarts: Option<u32>) -> AdminRequest {
+    AdminRequest::LaunchWith {
+        app: app.into(),
+        direct: false,
+        args: args.iter().map(ToString::to_string).collect(),
+        image: None,
+        restart: Some(restart.into()),
+        max_restarts,
+        max_lifetime_ms: None,
+    }
+}
+
+/// Waits until the file at `path` contains `needle`; returns its text.
+pub async fn wait_for_text(path: &Path, needle: &str, within: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{needle:?} not in {} after {within:?}:\n{text}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The JSON lines the app printed to stdout (from its log), for one step.
+pub fn steps(log: &str, step: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("stdout: "))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["step"] == step)
+        .collect()
+}
+
+/// The engine's view of a container; `None` once it is gone.
+pub async fn inspect(id: &str) -> Option<bollard::models::ContainerInspectResponse> {
+    let docker = fold_testkit::connect_docker().await.unwrap();
+    match docker.inspect_container(id, None).await {
+        Ok(c) => Some(c),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => None,
+        Err(e) => panic!("inspect {id}: {e}"),
+    }
+}
+
+/// Container ids carrying `io.foldclient.daemon=<label>`.
+pub async fn containers_of(label: &str) -> Vec<String> {
+    use bollard::query_parameters::ListContainersOptionsBuilder;
+    let docker = fold_testkit::connect_docker().await.unwrap();
+    let filter = format!("io.foldclient.daemon={label}");
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&std::collections::HashMap::from([(
+            "label",
+            vec![filter.as_str()],
+        )]))
+        .build();
+    let mut ids: Vec<String> = docker
+        .list_containers(Some(options))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The ps row of `name`.
+pub async fn ps_row(socket: &Path, name: &str) -> Option<Value> {
+    let rows = call(socket, AdminRequest::Ps).await.unwrap();
+    rows.as_array()?.iter().find(|r| r["name"] == name).cloned()
+}

@@ -1,0 +1,449 @@
+//! The hostile app (`examples/hostile_app`) in a real container, launched by the daemon like
+//! any app, beside a well-behaved neighbour. Every attempt it reports must have failed in
+//! the expected way (asserted here from the facts it prints, not only its own verdict); the
+//! neighbour must keep being served within its normal latency; the audit must show the
+//! denials; and a stdout flood must leave the logs capped.
+
+use crate::docker::{call, is_root, ps_row, wait_for_text, DockerDaemon};
+use fold_client::admin::AdminRequest;
+use fold_ipc::{Operation, WireError};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const MEMORY_MIB: u64 = 128;
+const CPUS: f64 = 0.5;
+const PIDS: u64 = 32;
+const LOG_CAP: u64 = 1 << 20;
+
+/// The base image and the static hostile app; `None` (skip) without a Docker engine.
+fn setup() -> Option<(String, PathBuf)> {
+    if !fold_testkit::require_docker() {
+        return None;
+    }
+    let image = fold_testkit::ensure_base_image().expect("base image");
+    let app = fold_testkit::build_static_binary("example-hostile_app", "hostile_app")
+        .expect("static hostile_app");
+    Some((image, app))
+}
+
+async fn install(
+    d: &DockerDaemon,
+    name: &str,
+    binary: &Path,
+    image: &str,
+    grants: &[&str],
+) -> Value {
+    call(
+        &d.config.admin_socket,
+        AdminRequest::Install {
+            name: name.into(),
+            binary: binary.to_path_buf(),
+            grants: grants.iter().map(ToString::to_string).collect(),
+            image: Some(image.into()),
+            auth: None,
+            network: None,
+            memory: Some(format!("{MEMORY_MIB}m")),
+            cpus: Some(CPUS),
+            pids: Some(PIDS),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn launch(d: &DockerDaemon, app: &str, args: &[&str]) {
+    call(
+        &d.config.admin_socket,
+        AdminRequest::LaunchWith {
+            app: app.into(),
+            direct: false,
+            args: args.iter().map(ToString::to_string).collect(),
+            image: None,
+            restart: Some("never".into()),
+            max_restarts: None,
+            max_lifetime_ms: None,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// The JSON lines an app printed, from its log.
+fn lines(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("stdout: "))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+/// The neighbour's round trips (µs) so far, all of which must have succeeded.
+fn neighbour_latencies(log: &Path) -> Vec<u64> {
+    lines(log)
+        .into_iter()
+        .filter(|l| l["attempt"] == "behave")
+        .map(|l| {
+            assert_eq!(l["ok"], true, "the neighbour was refused: {l}");
+            l["latency_us"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+fn median(values: &[u64]) -> u64 {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+async fn wait_for_lines(log: &Path, at_least: usize) {
+    let start = Instant::now();
+    while neighbour_latencies(log).len() < at_least {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the neighbour is not being served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn node_call(
+    d: &DockerDaemon,
+    op: Operation,
+) -> Result<Box<serde_json::value::RawValue>, WireError> {
+    d.shared
+        .node
+        .call("test", op, Duration::from_secs(10))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_app_is_contained_and_its_neighbour_keeps_being_served() {
+    let Some((image, binary)) = setup() else {
+        return;
+    };
+    let d = DockerDaemon::start(&format!("log_cap_bytes = {LOG_CAP}")).await;
+    for schema in [
+        json!({"name": "post", "fields": {"title": {"type": "string"}}}),
+        json!({"name": "secret", "fields": {"note": {"type": "string"}}}),
+    ] {
+        node_call(
+            &d,
+            Operation::CreateSchema(serde_json::from_value(schema).unwrap()),
+        )
+        .await
+        .unwrap();
+    }
+    let secret: Value = serde_json::from_str(
+        node_call(&d, Operation::parse("mutation", Some(&serde_json::value::RawValue::from_string(
+            r#"{"schema":"secret","action":"create","data":{"note":"the neighbour's secret"}}"#.into()).unwrap())).unwrap())
+            .await
+            .unwrap()
+            .get(),
+    )
+    .unwrap();
+
+    let neighbour = install(&d, "neighbour", &binary, &image, &["query:post"]).await;
+    let hostile = install(
+        &d,
+        "hostile",
+        &binary,
+        &image,
+        &["query:post", "mutation:post"],
+    )
+    .await;
+    let hostile_id = hostile["id"].as_str().unwrap().to_string();
+    let neighbour_id = neighbour["id"].as_str().unwrap().to_string();
+    let neighbour_log = PathBuf::from(neighbour["log"].as_str().unwrap());
+    let hostile_log = PathBuf::from(hostile["log"].as_str().unwrap());
+    let neighbour_dir = d.shared.socket_dir(&neighbour_id);
+
+    // The neighbour alone: its baseline.
+    launch(&d, "neighbour", &["behave", "50"]).await;
+    wait_for_lines(&neighbour_log, 30).await;
+    let baseline = neighbour_latencies(&neighbour_log);
+
+    // The hostile app tries everything.
+    launch(
+        &d,
+        "hostile",
+        &["all", &neighbour_id, &neighbour_dir.display().to_string()],
+    )
+    .await;
+    wait_for_text(
+        &hostile_log,
+        r#""attempt":"done""#,
+        Duration::from_secs(180),
+    )
+    .await;
+    let during = neighbour_latencies(&neighbour_log)[baseline.len()..].to_vec();
+    let attempts: BTreeMap<String, Value> = lines(&hostile_log)
+        .into_iter()
+        .filter_map(|l| Some((l["attempt"].as_str()?.to_string(), l)))
+        .collect();
+    eprintln!("hostile app attempts:");
+    for line in attempts.values() {
+        eprintln!("  {line}");
+    }
+    check_attempts(&attempts);
+
+    // The neighbour was served throughout, within a generous factor of its normal latency.
+    assert!(
+        during.len() >= 10,
+        "the neighbour was barely served during the attack: {during:?}"
+    );
+    let (normal, under_attack) = (median(&baseline), median(&during));
+    assert!(
+        under_attack <= normal * 20 + 50_000,
+        "neighbour median {under_attack} µs during the attack, {normal} µs before"
+    );
+    assert!(
+        during.iter().all(|l| *l < 5_000_000),
+        "a neighbour request took over 5 s: {during:?}"
+    );
+
+    // The secret record is untouched.
+    let rows: Value = serde_json::from_str(
+        node_call(&d, Operation::Query(fold_ipc::query::Query::new("secret")))
+            .await
+            .unwrap()
+            .get(),
+    )
+    .unwrap();
+    assert_eq!(rows["rows"].as_array().unwrap().len(), 1, "{rows}");
+    assert_eq!(rows["rows"][0]["id"], secret["id"]);
+    assert_eq!(rows["rows"][0]["note"], "the neighbour's secret");
+
+    // The audit shows each denial, with its reason.
+    d.shared.audit.flush().await;
+    let audit: Vec<Value> = std::fs::read_to_string(d.config.audit_path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reasons: Vec<&str> = audit
+        .iter()
+        .filter(|l| l["app_id"] == hostile_id.as_str() && l["verdict"] == "deny")
+        .filter_map(|l| l["reason"].as_str())
+        .collect();
+    for reason in [
+        "not_granted",
+        "replayed_nonce",
+        "stale_timestamp",
+        "bad_signature",
+        "bad_token",
+        "wrong_app",
+        "signature_required",
+    ] {
+        assert!(
+            reasons.contains(&reason),
+            "no {reason} denial in the audit: {reasons:?}"
+        );
+    }
+    let not_granted: Vec<&Value> = audit
+        .iter()
+        .filter(|l| l["app_id"] == hostile_id.as_str() && l["reason"] == "not_granted")
+        .collect();
+    assert!(
+        not_granted.iter().any(|l| l["schema"] == "secret"),
+        "{not_granted:?}"
+    );
+    for line in &audit {
+        let text = line.to_string();
+        assert!(!text.contains("pwned"), "record data in the audit: {text}");
+    }
+
+    // A stdout flood: the app's log stays capped (the live file and one rotated file).
+    let before_flood = neighbour_latencies(&neighbour_log).len();
+    // The run ends normally; an engine on cgroup v1 reports the container as OOM-killed,
+    // since one of its processes (the hog) was.
+    let state = wait_ended(&d, "hostile").await;
+    assert!(state == "exited(0)" || state == "oom_killed", "{state}");
+    launch(&d, "hostile", &["flood", "32"]).await;
+    assert_eq!(wait_ended(&d, "hostile").await, "exited(0)");
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let rotated = PathBuf::from(format!("{}.1", hostile_log.display()));
+    assert!(
+        size(&hostile_log) <= LOG_CAP,
+        "log {} bytes",
+        size(&hostile_log)
+    );
+    assert!(
+        size(&rotated) <= LOG_CAP,
+        "rotated log {} bytes",
+        size(&rotated)
+    );
+    assert!(
+        size(&rotated) > 0,
+        "32 MiB of output should have rotated the log"
+    );
+    let flood_during = neighbour_latencies(&neighbour_log)[before_flood..].to_vec();
+    assert!(
+        !flood_during.is_empty(),
+        "the neighbour was not served during the flood"
+    );
+    assert!(
+        median(&flood_during) <= normal * 20 + 50_000,
+        "neighbour median {} µs during the flood, {normal} µs before",
+        median(&flood_during)
+    );
+    eprintln!(
+        "neighbour median round trip: {normal} µs alone, {under_attack} µs beside the hostile app, {} µs during the flood",
+        median(&flood_during)
+    );
+    d.stop().await;
+}
+
+/// Waits until the app's container has ended; returns the state `ps` shows.
+async fn wait_ended(d: &DockerDaemon, name: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let row = ps_row(&d.config.admin_socket, name).await;
+        let state = row
+            .as_ref()
+            .and_then(|r| r["state"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        if state.starts_with("exited") || state == "oom_killed" || state == "failed" {
+            return state;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{name} never exited: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One attempt's line; fails the test when the app never reported it.
+fn attempt<'a>(attempts: &'a BTreeMap<String, Value>, name: &str) -> &'a Value {
+    attempts
+        .get(name)
+        .unwrap_or_else(|| panic!("the hostile app did not report {name}"))
+}
+
+fn blocked(attempts: &BTreeMap<String, Value>, name: &str) -> Value {
+    let line = attempt(attempts, name).clone();
+    assert_eq!(line["outcome"], "blocked", "{name}: {line}");
+    line
+}
+
+fn errno(line: &Value) -> Option<i64> {
+    line["errno"].as_i64()
+}
+
+fn check_attempts(attempts: &BTreeMap<String, Value>) {
+    const EPERM: i64 = 1;
+    const EACCES: i64 = 13;
+    const EAGAIN: i64 = 11;
+    const ENOSPC: i64 = 28;
+    const ETXTBSY: i64 = 26;
+    const EROFS: i64 = 30;
+    const ENETUNREACH: i64 = 101;
+
+    // Secrets: not in the container's environment, not in its init's.
+    blocked(attempts, "token_in_pid1_environ");
+    blocked(attempts, "token_in_own_environ");
+
+    // The filesystem: read-only root, app and socket directories; a sized, noexec /tmp.
+    assert_eq!(errno(&blocked(attempts, "write_root")), Some(EROFS));
+    let app_binary = blocked(attempts, "write_app_binary");
+    // Not writable by the app's uid, on a read-only mount, and busy: any of the three.
+    assert!(
+        matches!(errno(&app_binary), Some(EROFS | EACCES | ETXTBSY)),
+        "{app_binary}"
+    );
+    assert_eq!(errno(&blocked(attempts, "write_app_dir")), Some(EROFS));
+    assert_eq!(errno(&blocked(attempts, "write_socket_dir")), Some(EROFS));
+    let tmp = blocked(attempts, "tmp_beyond_size");
+    assert_eq!(errno(&tmp), Some(ENOSPC), "{tmp}");
+    assert!(tmp["bytes"].as_u64().unwrap() <= 64 << 20, "{tmp}");
+    assert_eq!(errno(&blocked(attempts, "exec_tmp")), Some(EACCES));
+
+    // Other apps: their socket directory, credentials and socket are not even visible.
+    blocked(attempts, "read_other_socket_dir");
+    blocked(attempts, "read_other_credentials");
+    blocked(attempts, "connect_other_socket");
+    blocked(attempts, "docker_socket");
+
+    // The network: no route anywhere, only loopback.
+    assert_eq!(errno(&blocked(attempts, "net_tcp")), Some(ENETUNREACH));
+    assert_eq!(errno(&blocked(attempts, "net_udp_dns")), Some(ENETUNREACH));
+    blocked(attempts, "net_dns_lookup");
+    assert_eq!(
+        blocked(attempts, "net_interfaces")["interfaces"],
+        json!(["lo"])
+    );
+
+    // Privileges: no capabilities, no new privileges, no mounts, no raw sockets.
+    for name in ["mount", "remount_root", "raw_socket", "packet_socket"] {
+        let line = blocked(attempts, name);
+        assert!(
+            matches!(errno(&line), Some(EPERM) | Some(EACCES)),
+            "{name}: {line}"
+        );
+    }
+    let setuid = blocked(attempts, "setuid");
+    assert_eq!(setuid["no_new_privs"], "1");
+    assert_ne!(setuid["uid"], 0, "the app runs as a non-root uid");
+    blocked(attempts, "capabilities");
+    // ptrace: refused, or at most the container's own init, which runs as the app's uid;
+    // no process of any other uid is even visible.
+    let ptrace = attempt(attempts, "ptrace");
+    if ptrace["outcome"] != "blocked" {
+        assert_eq!(ptrace["target_uid"], ptrace["own_uid"], "{ptrace}");
+    }
+    blocked(attempts, "see_other_processes");
+    if is_root() {
+        assert_ne!(ptrace["own_uid"], 0);
+    }
+
+    // Resources: the pids, CPU and memory limits hold.
+    let fork = blocked(attempts, "fork_bomb");
+    assert_eq!(errno(&fork), Some(EAGAIN), "{fork}");
+    assert!(fork["spawned"].as_u64().unwrap() < PIDS, "{fork}");
+    let cpu = blocked(attempts, "cpu_spin");
+    let cores = cpu["cores"].as_f64().unwrap();
+    assert!(
+        cores <= CPUS * 1.5,
+        "4 spinning threads got {cores:.2} cores with a limit of {CPUS}"
+    );
+    if let Some(throttled) = cpu["throttled"].as_u64() {
+        assert!(throttled > 0, "never throttled: {cpu}");
+    }
+    let hog = blocked(attempts, "memory_hog");
+    assert!(hog["mib"].as_u64().unwrap() <= MEMORY_MIB, "{hog}");
+
+    // The daemon: grants, replay and forgery.
+    assert_eq!(
+        attempt(attempts, "control_query_post")["outcome"],
+        "allowed",
+        "a granted query must work"
+    );
+    for name in [
+        "beyond_grants_query",
+        "beyond_grants_mutation",
+        "beyond_grants_update",
+        "beyond_grants_history",
+        "beyond_grants_create_schema",
+        "beyond_grants_delete_schema",
+        "beyond_grants_list_schemas",
+    ] {
+        blocked(attempts, name);
+    }
+    for (name, code) in [
+        ("replay_same_request", "replay"),
+        ("replay_stale_timestamp", "replay"),
+        ("replay_future_timestamp", "replay"),
+        ("forge_bad_signature", "bad_signature"),
+        ("forge_other_key", "bad_signature"),
+        ("forge_tampered_params", "bad_signature"),
+        ("forge_wrong_token", "unauthenticated"),
+        ("forge_other_app_id", "unauthenticated"),
+        ("forge_unsigned", "bad_signature"),
+    ] {
+        assert_eq!(blocked(attempts, name)["code"], code, "{name}");
+    }
+}
