@@ -11,5 +11,6 @@ mod lifecycle;
 mod node;
 mod operations;
 mod peer;
+mod sdk;
 mod secrets;
 mod support;
