@@ -20,6 +20,7 @@
 //! (repeatable). Internal: `__worker` (the load generator), `__daemon` (the daemon, when no
 //! `fold_client` binary is at hand).
 
+mod alloc_count;
 mod lifecycle;
 mod memory;
 mod report;
@@ -32,6 +33,10 @@ use anyhow::{bail, Context as _, Result};
 use report::Row;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// Counts allocations for "allocations per request" (off except while measuring them).
+#[global_allocator]
+static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
 
 /// Command-line options.
 #[derive(Debug, Clone)]

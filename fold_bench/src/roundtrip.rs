@@ -192,18 +192,28 @@ impl Counters {
         }
     }
 
-    fn add_since(&mut self, now: &Counters, before: &Counters) {
-        let d = now.daemon.since(&before.daemon);
-        let f = now.floor.since(&before.floor);
-        let a = &mut self.daemon;
-        a.requests += d.requests;
-        a.auth_ns += d.auth_ns;
-        a.policy_ns += d.policy_ns;
-        a.node_ns += d.node_ns;
-        a.audit_ns += d.audit_ns;
-        add_transport(&mut a.transport, &d.transport);
-        add_transport(&mut self.floor, &f);
-        self.floor_verify_ns += now.floor_verify_ns - before.floor_verify_ns;
+    /// Adds what `variant`'s batch did (the daemon's counters for the daemon's default
+    /// variant, the floor's for the floor).
+    fn add_since(&mut self, variant: Variant, now: &Counters, before: &Counters) {
+        match variant {
+            Variant::Proxied => {
+                let d = now.daemon.since(&before.daemon);
+                let a = &mut self.daemon;
+                a.requests += d.requests;
+                a.auth_ns += d.auth_ns;
+                a.policy_ns += d.policy_ns;
+                a.node_ns += d.node_ns;
+                a.audit_ns += d.audit_ns;
+                a.batches += d.batches;
+                a.signatures += d.signatures;
+                add_transport(&mut a.transport, &d.transport);
+            }
+            Variant::Floor => {
+                add_transport(&mut self.floor, &now.floor.since(&before.floor));
+                self.floor_verify_ns += now.floor_verify_ns - before.floor_verify_ns;
+            }
+            Variant::Unbatched | Variant::Direct => {}
+        }
     }
 }
 
@@ -219,16 +229,53 @@ fn add_transport(into: &mut StatsSnapshot, d: &StatsSnapshot) {
     into.writes += d.writes;
 }
 
+/// What a batch is sent to: a target, and for the daemon whether signatures are batched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Variant {
+    /// The daemon as configured by default (batch verification on).
+    Proxied,
+    /// The same daemon with batch verification off.
+    Unbatched,
+    /// The floor.
+    Floor,
+    /// The node's own socket.
+    Direct,
+}
+
+impl Variant {
+    const ALL: [Variant; 4] = [
+        Variant::Proxied,
+        Variant::Floor,
+        Variant::Unbatched,
+        Variant::Direct,
+    ];
+
+    fn target(self) -> Target {
+        match self {
+            Variant::Proxied | Variant::Unbatched => Target::Proxied,
+            Variant::Floor => Target::Floor,
+            Variant::Direct => Target::Direct,
+        }
+    }
+
+    /// Sets the daemon up for this variant.
+    fn prepare(self) {
+        fold_client::verifier::set_batching(self != Variant::Unbatched);
+    }
+}
+
 /// Everything measured in one placement.
 #[derive(Debug, Default)]
 struct Measured {
-    seq: HashMap<Target, Vec<u64>>,
-    seq_round_p50: HashMap<Target, Vec<f64>>,
-    conc_round_rps: HashMap<Target, Vec<f64>>,
-    conc_total: HashMap<Target, (u64, u64)>,
+    seq: HashMap<Variant, Vec<u64>>,
+    seq_round_p50: HashMap<Variant, Vec<f64>>,
+    conc_round_rps: HashMap<Variant, Vec<f64>>,
+    conc_total: HashMap<Variant, (u64, u64)>,
     verify_rates: Vec<f64>,
     seq_counters: Counters,
     conc_counters: Counters,
+    /// Heap allocations and bytes per sequential request in the server process.
+    allocs: HashMap<Variant, (f64, f64)>,
 }
 
 fn measure(
@@ -248,30 +295,32 @@ fn measure(
         }
     }
     for round in 0..sizes.rounds {
-        let mut order = Target::ALL.to_vec();
-        order.rotate_left(round % Target::ALL.len());
-        for &target in &order {
+        let mut order = Variant::ALL.to_vec();
+        order.rotate_left(round % Variant::ALL.len());
+        for &variant in &order {
+            variant.prepare();
             let before = Counters::read(servers);
-            let times = link.seq(target, sizes.seq)?;
+            let times = link.seq(variant.target(), sizes.seq)?;
             let after = Counters::read(servers);
-            m.seq_counters.add_since(&after, &before);
+            m.seq_counters.add_since(variant, &after, &before);
             m.seq_round_p50
-                .entry(target)
+                .entry(variant)
                 .or_default()
                 .push(Summary::of_ns(&times).p50);
-            m.seq.entry(target).or_default().extend(times);
+            m.seq.entry(variant).or_default().extend(times);
         }
         if concurrent {
-            for &target in &order {
+            for &variant in &order {
+                variant.prepare();
                 let before = Counters::read(servers);
-                let (requests, ns) = link.conc(target, sizes)?;
+                let (requests, ns) = link.conc(variant.target(), sizes)?;
                 let after = Counters::read(servers);
-                m.conc_counters.add_since(&after, &before);
-                let total = m.conc_total.entry(target).or_insert((0, 0));
+                m.conc_counters.add_since(variant, &after, &before);
+                let total = m.conc_total.entry(variant).or_insert((0, 0));
                 total.0 += requests;
                 total.1 += ns;
                 m.conc_round_rps
-                    .entry(target)
+                    .entry(variant)
                     .or_default()
                     .push(requests as f64 / (ns as f64 / 1e9));
             }
@@ -281,6 +330,24 @@ fn measure(
         // Keep the daemon's audit writer from lagging into the next round.
         runtime.block_on(servers.shared.audit.flush());
     }
+    if placement == Placement::Process {
+        // Allocations per request, counted apart from the timed batches.
+        let n = sizes.seq.clamp(10, 200);
+        for variant in [Variant::Proxied, Variant::Floor, Variant::Direct] {
+            variant.prepare();
+            let (a0, b0) = crate::alloc_count::read();
+            crate::alloc_count::enable(true);
+            let run = link.seq(variant.target(), n);
+            crate::alloc_count::enable(false);
+            run?;
+            let (a1, b1) = crate::alloc_count::read();
+            m.allocs.insert(
+                variant,
+                ((a1 - a0) as f64 / n as f64, (b1 - b0) as f64 / n as f64),
+            );
+        }
+    }
+    Variant::Proxied.prepare();
     link.quit();
     Ok(m)
 }
@@ -350,18 +417,18 @@ fn rows(
     batch_rate: f64,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
-    let seq = |t: Target| Summary::of_ns(m.seq.get(&t).map_or(&[][..], Vec::as_slice));
+    let seq = |t: Variant| Summary::of_ns(m.seq.get(&t).map_or(&[][..], Vec::as_slice));
     let (proxied, floor, direct) = (
-        seq(Target::Proxied),
-        seq(Target::Floor),
-        seq(Target::Direct),
+        seq(Variant::Proxied),
+        seq(Variant::Floor),
+        seq(Variant::Direct),
     );
-    let round_ratios = |a: Target, b: Target| -> Summary {
+    let round_ratios = |a: Variant, b: Variant| -> Summary {
         let (x, y) = (&m.seq_round_p50[&a], &m.seq_round_p50[&b]);
         Summary::of(&x.iter().zip(y).map(|(x, y)| x / y).collect::<Vec<_>>())
     };
     let pf = proxied.p50 / floor.p50;
-    let rr = round_ratios(Target::Proxied, Target::Floor);
+    let rr = round_ratios(Variant::Proxied, Variant::Floor);
     rows.push(Row::new(
         "1. point read by id, 1 app sequential: signed, through the daemon (embedded node) vs the floor (framing + signing + `verify_strict`, echo)",
         proxied.latency(),
@@ -371,7 +438,7 @@ fn rows(
         Verdict::goal(pf <= 1.25),
     ));
     let pd = proxied.p50 / direct.p50;
-    let rd = round_ratios(Target::Proxied, Target::Direct);
+    let rd = round_ratios(Variant::Proxied, Variant::Direct);
     rows.push(Row::new(
         "1. the same read, through the daemon vs sent straight to the node's socket (unsigned)",
         format!("p50 {} µs", num(proxied.p50)),
@@ -386,8 +453,8 @@ fn rows(
         Verdict::Context,
     ));
     if let Some(side) = side {
-        let s = |t: Target| Summary::of_ns(side.seq.get(&t).map_or(&[][..], Vec::as_slice));
-        let (p, f, d) = (s(Target::Proxied), s(Target::Floor), s(Target::Direct));
+        let s = |t: Variant| Summary::of_ns(side.seq.get(&t).map_or(&[][..], Vec::as_slice));
+        let (p, f, d) = (s(Variant::Proxied), s(Variant::Floor), s(Variant::Direct));
         rows.push(Row::new(
             "1. the same, with the client on a thread of the bench process instead of another process",
             p.latency(),
@@ -397,16 +464,16 @@ fn rows(
             Verdict::Context,
         ));
     }
-    let rps = |t: Target| -> (f64, Summary) {
+    let rps = |t: Variant| -> (f64, Summary) {
         let (req, ns) = m.conc_total.get(&t).copied().unwrap_or((0, 1));
         (
             req as f64 / (ns as f64 / 1e9),
             Summary::of(m.conc_round_rps.get(&t).map_or(&[][..], Vec::as_slice)),
         )
     };
-    let (p_rps, p_rounds) = rps(Target::Proxied);
-    let (f_rps, f_rounds) = rps(Target::Floor);
-    let (d_rps, d_rounds) = rps(Target::Direct);
+    let (p_rps, p_rounds) = rps(Variant::Proxied);
+    let (f_rps, f_rounds) = rps(Variant::Floor);
+    let (d_rps, d_rounds) = rps(Variant::Direct);
     let verify = median(&m.verify_rates);
     let verify_range = Summary::of(&m.verify_rates);
     let bound = verify * cores as f64;
@@ -456,6 +523,24 @@ fn rows(
         format!("batch {}/s", thousands(batch_rate.round() as i64)),
         ratio(batch_rate / verify),
         "",
+        Verdict::Context,
+    ));
+    let unbatched = seq(Variant::Unbatched);
+    let (u_rps, u_rounds) = rps(Variant::Unbatched);
+    rows.push(Row::new(
+        "1. batch verification: the daemon as shipped (on) vs the same daemon with it off (`verify_strict` per request), sequential p50 and requests/s",
+        format!("p50 {} µs; {}/s", num(proxied.p50), thousands(p_rps.round() as i64)),
+        format!(
+            "off: p50 {} µs; {}",
+            num(unbatched.p50),
+            rps_text(u_rps, &u_rounds)
+        ),
+        format!(
+            "{} p50, {} requests/s",
+            ratio(proxied.p50 / unbatched.p50),
+            ratio(p_rps / u_rps)
+        ),
+        "p50 not worse; more requests/s",
         Verdict::Context,
     ));
     rows.extend(stage_rows(m, &proxied));
@@ -559,7 +644,7 @@ fn stage_rows(m: &Measured, proxied: &Summary) -> Vec<Row> {
             Verdict::Context,
         ));
     }
-    let mean_rtt = |t: Target| {
+    let mean_rtt = |t: Variant| {
         let v = m.seq.get(&t).map_or(&[][..], Vec::as_slice);
         v.iter().sum::<u64>() as f64 / v.len().max(1) as f64 / 1000.0
     };
@@ -568,13 +653,59 @@ fn stage_rows(m: &Measured, proxied: &Summary) -> Vec<Row> {
         format!(
             "{} µs of {} µs",
             num(seq_total),
-            num(mean_rtt(Target::Proxied))
+            num(mean_rtt(Variant::Proxied))
         ),
         format!(
             "floor {} µs of {} µs",
             num(floor_total),
-            num(mean_rtt(Target::Floor))
+            num(mean_rtt(Variant::Floor))
         ),
+        "",
+        "",
+        Verdict::Context,
+    ));
+    let allocs = |v: Variant| m.allocs.get(&v).copied().unwrap_or((f64::NAN, f64::NAN));
+    let ((pa, pb), (fa, fb), (da, db)) = (
+        allocs(Variant::Proxied),
+        allocs(Variant::Floor),
+        allocs(Variant::Direct),
+    );
+    rows.push(Row::new(
+        "2. heap allocations per request in the server process (sequential; daemon, node and transport)",
+        format!("{} ({} bytes)", num(pa), thousands(pb.round() as i64)),
+        format!(
+            "floor {} ({} bytes); direct to the node {} ({} bytes)",
+            num(fa),
+            thousands(fb.round() as i64),
+            num(da),
+            thousands(db.round() as i64)
+        ),
+        "",
+        "",
+        Verdict::Context,
+    ));
+    let per_write = |t: &StatsSnapshot| t.frames as f64 / t.writes.max(1) as f64;
+    rows.push(Row::new(
+        "2. responses per socket `write` (several share one when they finish together)",
+        format!(
+            "{} (conc. {})",
+            num(per_write(&s.daemon.transport)),
+            num(per_write(&c.daemon.transport))
+        ),
+        format!(
+            "floor {} (conc. {})",
+            num(per_write(&s.floor)),
+            num(per_write(&c.floor))
+        ),
+        "",
+        "",
+        Verdict::Context,
+    ));
+    let per_batch = |c: &Counters| c.daemon.signatures as f64 / c.daemon.batches.max(1) as f64;
+    rows.push(Row::new(
+        "2. signatures per verification (1: `verify_strict` alone; more: one batch)",
+        format!("{} (conc. {})", num(per_batch(s)), num(per_batch(c))),
+        "floor: 1",
         "",
         "",
         Verdict::Context,

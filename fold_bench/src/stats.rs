@@ -79,7 +79,7 @@ pub fn num(x: f64) -> String {
     }
     let a = x.abs();
     if a >= 1000.0 {
-        format!("{}", thousands(x.round() as i64))
+        thousands(x.round() as i64)
     } else if a >= 100.0 {
         format!("{x:.0}")
     } else if a >= 10.0 {

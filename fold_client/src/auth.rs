@@ -8,6 +8,7 @@
 //! cannot fill the cache.
 
 use crate::registry::{secrets, App, AuthMode};
+use ed25519_dalek::Signature;
 use fold_ipc::signing::{self, SignedFields};
 use fold_ipc::{version, ErrorCode, Request, WireError};
 use std::collections::HashMap;
@@ -107,11 +108,43 @@ impl AuthError {
 ///
 /// The first check that fails.
 pub fn verify(request: &Request, app: &App) -> Result<Authenticated, AuthError> {
+    match check(request, app)? {
+        Check::Unsigned => Ok(Authenticated::Unsigned),
+        Check::Signature { message, signature } => {
+            signing::verify_bytes(&app.public_key, &message, &signature)
+                .map_err(AuthError::BadSignature)?;
+            Ok(Authenticated::Signed)
+        }
+    }
+}
+
+/// What [`check`] leaves to do.
+#[derive(Debug, Clone)]
+pub enum Check {
+    /// Nothing: a token-only request from an app that may send them.
+    Unsigned,
+    /// The signature must verify (`verify_strict`) over `message` with the app's key.
+    Signature {
+        /// The canonical bytes the signature covers.
+        message: Vec<u8>,
+        /// The parsed signature.
+        signature: Signature,
+    },
+}
+
+/// Every check of [`verify`] but the signature verification itself, which is returned as
+/// a [`Check::Signature`] so that the caller can verify several requests' signatures in
+/// one batch (`fold_ipc::signing::verify_all`).
+///
+/// # Errors
+///
+/// The first check that fails.
+pub fn check(request: &Request, app: &App) -> Result<Check, AuthError> {
     let Some(v) = request.v else {
         // A reference-era request: token only, if this app was installed for it.
         check_app_and_token(request, app)?;
         return match app.auth_mode {
-            AuthMode::Token => Ok(Authenticated::Unsigned),
+            AuthMode::Token => Ok(Check::Unsigned),
             AuthMode::Signed => Err(AuthError::SignatureRequired),
         };
     };
@@ -121,13 +154,16 @@ pub fn verify(request: &Request, app: &App) -> Result<Authenticated, AuthError> 
     check_app_and_token(request, app)?;
     let Some(signature) = request.signature.as_deref() else {
         return match app.auth_mode {
-            AuthMode::Token => Ok(Authenticated::Unsigned),
+            AuthMode::Token => Ok(Check::Unsigned),
             AuthMode::Signed => Err(AuthError::SignatureRequired),
         };
     };
     let fields = SignedFields::of(request).map_err(AuthError::Missing)?;
-    signing::verify(&app.public_key, &fields, signature).map_err(AuthError::BadSignature)?;
-    Ok(Authenticated::Signed)
+    let signature = signing::parse_signature(signature).map_err(AuthError::BadSignature)?;
+    Ok(Check::Signature {
+        message: signing::canonical_bytes(&fields),
+        signature,
+    })
 }
 
 fn check_app_and_token(request: &Request, app: &App) -> Result<(), AuthError> {

@@ -11,6 +11,7 @@
 //! - [`registry`]: installed apps, their uids, token hashes and public keys.
 //! - [`ipc`]: per-app sockets, the peer check, and the request handler.
 //! - [`auth`]: token, signature, timestamp and nonce checks; pure.
+//! - [`verifier`]: signature verification, in batches when an app's requests arrive together.
 //! - [`policy`]: grants; deny by default.
 //! - [`proxy`]: the only way to the node (embedded or external).
 //! - [`audit`]: one JSON line per decision and lifecycle event.
@@ -35,5 +36,6 @@ pub mod proxy;
 pub mod registry;
 pub mod sandbox;
 pub mod supervisor;
+pub mod verifier;
 
 pub use daemon::{run, DaemonError};

@@ -23,6 +23,8 @@ pub struct Metrics {
     policy_ns: AtomicU64,
     node_ns: AtomicU64,
     audit_ns: AtomicU64,
+    batches: AtomicU64,
+    signatures: AtomicU64,
 }
 
 /// A daemon stage timed by [`Metrics::add`].
@@ -53,6 +55,10 @@ pub struct MetricsSnapshot {
     pub node_ns: u64,
     /// See [`Stage::Audit`].
     pub audit_ns: u64,
+    /// Signature verifications run (a batch, or a single `verify_strict`).
+    pub batches: u64,
+    /// Signatures they verified.
+    pub signatures: u64,
 }
 
 impl MetricsSnapshot {
@@ -65,6 +71,8 @@ impl MetricsSnapshot {
             policy_ns: self.policy_ns.saturating_sub(earlier.policy_ns),
             node_ns: self.node_ns.saturating_sub(earlier.node_ns),
             audit_ns: self.audit_ns.saturating_sub(earlier.audit_ns),
+            batches: self.batches.saturating_sub(earlier.batches),
+            signatures: self.signatures.saturating_sub(earlier.signatures),
         }
     }
 }
@@ -89,9 +97,23 @@ impl Metrics {
         now
     }
 
+    /// Counts one verification of `signatures` signatures (1: a single `verify_strict`).
+    pub fn verified(&self, signatures: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.signatures
+            .fetch_add(signatures as u64, Ordering::Relaxed);
+    }
+
     /// Counts one answered request.
     pub fn answered(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests decoded on the app sockets and not answered yet (all apps together).
+    pub fn in_flight(&self) -> u64 {
+        self.transport
+            .frames()
+            .saturating_sub(self.requests.load(Ordering::Relaxed))
     }
 
     /// Requests answered so far.
@@ -109,6 +131,8 @@ impl Metrics {
             policy_ns: get(&self.policy_ns),
             node_ns: get(&self.node_ns),
             audit_ns: get(&self.audit_ns),
+            batches: get(&self.batches),
+            signatures: get(&self.signatures),
         }
     }
 }

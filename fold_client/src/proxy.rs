@@ -243,13 +243,15 @@ fn into_raw(response: fold_ipc::Response) -> Result<Box<RawValue>, WireError> {
 fn call_error(err: CallError, address: &Address, timeout: Duration) -> WireError {
     match err {
         CallError::Timeout(_) => timeout_error(timeout),
-        CallError::Disconnected { sent } => WireError::new(
+        // `node_unavailable` promises "not applied, safe to retry"; a request that may have
+        // reached the node before the connection dropped is ambiguous, which is `timeout`.
+        CallError::Disconnected { sent: true } => WireError::new(
+            ErrorCode::Timeout,
+            format!("lost the connection to the data node at {address} mid-request; the request may or may not have been applied"),
+        ),
+        CallError::Disconnected { sent: false } => WireError::new(
             ErrorCode::NodeUnavailable,
-            if sent {
-                format!("lost the connection to the data node at {address}; the request may have been applied")
-            } else {
-                format!("the data node at {address} is unreachable; the request was not applied")
-            },
+            format!("the data node at {address} is unreachable; the request was not applied"),
         ),
         CallError::TooLarge(n) => WireError::new(
             ErrorCode::TooLarge,

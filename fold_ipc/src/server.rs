@@ -14,7 +14,7 @@ use crate::frame::{encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME};
 use crate::message::{Request, Response};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -92,6 +92,11 @@ impl StatsSnapshot {
 }
 
 impl ServerStats {
+    /// Requests decoded so far (the first counter of [`ServerStats::snapshot`], alone).
+    pub fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+
     /// The current totals.
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -216,7 +221,16 @@ where
         stats: stats.clone(),
     });
     let (tx, rx) = mpsc::channel::<Outgoing>(limits.max_in_flight.max(1) * 2);
-    let writer = tokio::spawn(write_responses(write_half, rx, limits, stats.clone()));
+    // Requests being answered whose responses are not queued yet: the writer waits a
+    // moment for them when there are some (see `write_responses`).
+    let answering = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_responses(
+        write_half,
+        rx,
+        limits,
+        stats.clone(),
+        Arc::clone(&answering),
+    ));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
@@ -285,9 +299,12 @@ where
         let tx = tx.clone();
         let max_frame = limits.max_frame;
         let stats = stats.clone();
+        let answering = Arc::clone(&answering);
+        answering.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(async move {
             let Some(stats) = stats.zip(decoded) else {
                 let response = handler.handle(request).await;
+                answering.fetch_sub(1, Ordering::Relaxed);
                 let _ = tx
                     .send(Outgoing::untimed(encode_capped(&response, max_frame)))
                     .await;
@@ -300,6 +317,7 @@ where
             let handled = add_elapsed(&stats.handle_ns, started);
             let body = encode_capped(&response, max_frame);
             let queued = add_elapsed(&stats.encode_ns, handled);
+            answering.fetch_sub(1, Ordering::Relaxed);
             let _ = tx
                 .send(Outgoing {
                     body,
@@ -330,11 +348,17 @@ fn encode_capped(response: &Response, max_frame: usize) -> Vec<u8> {
 }
 
 /// Writes responses as they come, several per write when they queue up.
+///
+/// When other requests of the connection are still being answered, the writer yields once
+/// before writing, so that those finishing now share the write: one `write` (and one
+/// wake-up of the peer) for several responses. A connection with one request in flight
+/// never waits.
 async fn write_responses<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: mpsc::Receiver<Outgoing>,
     limits: ConnectionLimits,
     stats: Option<Arc<ServerStats>>,
+    answering: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -346,11 +370,16 @@ async fn write_responses<W: AsyncWrite + Unpin>(
         };
         took(&first);
         push_frame(&mut batch, &first.body);
+        let mut yielded = false;
         while batch.len() < 64 * 1024 {
             match rx.try_recv() {
                 Ok(out) => {
                     took(&out);
                     push_frame(&mut batch, &out.body);
+                }
+                Err(_) if !yielded && answering.load(Ordering::Relaxed) > 0 => {
+                    yielded = true;
+                    tokio::task::yield_now().await;
                 }
                 Err(_) => break,
             }

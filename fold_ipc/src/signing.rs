@@ -14,7 +14,8 @@
 //!
 //! The signature is ed25519 (RFC 8032) over `canonical`, sent as 128 lowercase hex digits.
 //! Verification uses `verify_strict`, which also refuses weak (low-order) public keys and
-//! non-canonical signatures.
+//! non-canonical signatures. [`verify_all`] checks several signatures in one batch and
+//! accepts exactly what `verify_strict` accepts (see there).
 
 use crate::message::Request;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -125,11 +126,123 @@ pub fn verify(
     fields: &SignedFields<'_>,
     signature_hex: &str,
 ) -> Result<(), SignatureError> {
+    let signature = parse_signature(signature_hex)?;
+    verify_bytes(key, &canonical_bytes(fields), &signature)
+}
+
+/// Parses a signature sent as 128 hex digits.
+///
+/// # Errors
+///
+/// [`SignatureError::Malformed`] when it is not 128 hex digits.
+pub fn parse_signature(signature_hex: &str) -> Result<Signature, SignatureError> {
     let mut bytes = [0u8; 64];
     hex::decode_to_slice(signature_hex, &mut bytes).map_err(|_| SignatureError::Malformed)?;
-    let signature = Signature::from_bytes(&bytes);
-    key.verify_strict(&canonical_bytes(fields), &signature)
+    Ok(Signature::from_bytes(&bytes))
+}
+
+/// `verify_strict` of `signature` over `message` (canonical bytes).
+///
+/// # Errors
+///
+/// [`SignatureError::Invalid`] when it does not verify.
+pub fn verify_bytes(
+    key: &VerifyingKey,
+    message: &[u8],
+    signature: &Signature,
+) -> Result<(), SignatureError> {
+    key.verify_strict(message, signature)
         .map_err(|_| SignatureError::Invalid)
+}
+
+/// The `y` coordinates (sign bit cleared) of the eight points of small order: 1 (the
+/// identity), p - 1 (order 2), 0 (order 4), and the two of order 8.
+const SMALL_ORDER_Y: [[u8; 32]; 5] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
+
+/// Whether `r` (a signature's `R`) passes, by its encoding alone, the checks
+/// `verify_strict` makes of `R` beyond the verification equation: its `y` is canonical
+/// (below p = 2^255 - 19), so the encoding is the point's only one, and it is not a point
+/// of small order (whatever its sign bit). Whether it is on the curve at all is left to
+/// the batch equation, which fails for such an `R`.
+fn plain_r(r: &[u8; 32]) -> bool {
+    let mut y = *r;
+    y[31] &= 0x7f;
+    let at_least_p = y[31] == 0x7f && y[1..31].iter().all(|&b| b == 0xff) && y[0] >= 0xed;
+    !at_least_p && !SMALL_ORDER_Y.contains(&y)
+}
+
+/// One signature of a batch: the key, the canonical bytes it covers, the signature.
+pub type BatchItem<'a> = (&'a VerifyingKey, &'a [u8], &'a Signature);
+
+/// Verifies several signatures at once; each result is what [`verify_bytes`]
+/// (`verify_strict`) gives for that item, and several together cost about half as much per
+/// signature (one multi-scalar multiplication, `ed25519_dalek::verify_batch`).
+///
+/// What the batch accepts, against `verify_strict`. `verify_strict` refuses a non-canonical
+/// `s` (so does the batch), an `R` that is not a point (so does the batch), a key or an `R`
+/// of small order, and an `R` whose encoding is not canonical; then it checks
+/// `R = [s]B - [k]A` without the cofactor. Items whose key is weak, or whose `R` is of small
+/// order or not canonically encoded (checked on its bytes), skip the batch and get
+/// `verify_strict` itself. The batch checks the same cofactorless equation for a random
+/// linear combination (128-bit coefficients), so a batch that passes holds every item's
+/// equation, except with negligible probability, or when an item's residual
+/// `R + [k]A - [s]B` is a nonzero point of small order that the coefficient happens to
+/// cancel. Building such a residual means choosing `R` and `s` around the key's discrete
+/// log: only the holder of the private key can, and that holder can sign validly anyway,
+/// so no third party can get a forgery past the batch that `verify_strict` would refuse.
+/// The one difference is therefore a key holder's own deliberately malformed signature,
+/// accepted in a batch. A batch that fails is checked item by item with `verify_strict`,
+/// so a bad signature never costs the good ones their answer.
+pub fn verify_all(items: &[BatchItem<'_>]) -> Vec<Result<(), SignatureError>> {
+    let mut results = vec![Err(SignatureError::Invalid); items.len()];
+    let mut batch = Vec::with_capacity(items.len());
+    for (i, (key, message, signature)) in items.iter().enumerate() {
+        if !key.is_weak() && plain_r(signature.r_bytes()) {
+            batch.push(i);
+        } else {
+            results[i] = verify_bytes(key, message, signature);
+        }
+    }
+    let batched = match batch.len() {
+        0 => false,
+        1 => false,
+        _ => {
+            let messages: Vec<&[u8]> = batch.iter().map(|&i| items[i].1).collect();
+            let signatures: Vec<Signature> = batch.iter().map(|&i| *items[i].2).collect();
+            let keys: Vec<VerifyingKey> = batch.iter().map(|&i| *items[i].0).collect();
+            ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
+        }
+    };
+    for i in batch {
+        results[i] = if batched {
+            Ok(())
+        } else {
+            let (key, message, signature) = items[i];
+            verify_bytes(key, message, signature)
+        };
+    }
+    results
 }
 
 /// Sets `request.signature` to a signature by `key` over its signed fields.
@@ -308,6 +421,91 @@ mod tests {
             verify(&weak, &f, &hex::encode(forged)),
             Err(SignatureError::Invalid)
         );
+    }
+
+    #[test]
+    fn small_order_table_is_small_order() {
+        for y in SMALL_ORDER_Y {
+            for sign in [0u8, 0x80] {
+                let mut encoding = y;
+                encoding[31] |= sign;
+                if let Ok(point) = VerifyingKey::from_bytes(&encoding) {
+                    assert!(point.is_weak(), "{}", hex::encode(encoding));
+                }
+                assert!(!plain_r(&encoding));
+            }
+        }
+        // p itself (non-canonical 0), p + 1 (non-canonical 1), and the largest encoding.
+        let mut p = [0xff; 32];
+        p[31] = 0x7f;
+        for low in [0xed, 0xee, 0xff] {
+            p[0] = low;
+            assert!(!plain_r(&p));
+        }
+        p[0] = 0xec; // p - 1: canonical, but of small order
+        assert!(!plain_r(&p));
+        let ordinary = key(VECTORS[0].seed_hex).verifying_key().to_bytes();
+        assert!(plain_r(&ordinary));
+    }
+
+    /// A batch gives each item the answer `verify_strict` gives, whatever the mix.
+    #[test]
+    fn verify_all_matches_verify_strict_item_by_item() {
+        use ed25519_dalek::Signer;
+        let keys: Vec<SigningKey> = (0..6u8)
+            .map(|i| SigningKey::from_bytes(&[i + 1; 32]))
+            .collect();
+        let messages: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 40 + usize::from(i)]).collect();
+        let good: Vec<Signature> = keys.iter().zip(&messages).map(|(k, m)| k.sign(m)).collect();
+        let publics: Vec<VerifyingKey> = keys.iter().map(SigningKey::verifying_key).collect();
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = VerifyingKey::from_bytes(&identity).unwrap();
+        // Forgeries: a flipped bit; R of small order (s = 0); the weak key's universal
+        // forgery; a non-canonical s (s + L).
+        let mut flipped = good[1].to_bytes();
+        flipped[40] ^= 1;
+        let mut small_r = [0u8; 64];
+        small_r[..32].copy_from_slice(&identity);
+        let mut big_s = good[2].to_bytes();
+        big_s[63] |= 0xf0;
+        let bad = [
+            Signature::from_bytes(&flipped),
+            Signature::from_bytes(&small_r),
+            Signature::from_bytes(&big_s),
+        ];
+        let mut cases: Vec<(VerifyingKey, Vec<u8>, Signature)> = Vec::new();
+        for i in 0..6 {
+            cases.push((publics[i], messages[i].clone(), good[i]));
+        }
+        cases.push((publics[1], messages[1].clone(), bad[0]));
+        cases.push((publics[3], messages[3].clone(), bad[1]));
+        cases.push((weak, messages[4].clone(), Signature::from_bytes(&small_r)));
+        cases.push((publics[2], messages[2].clone(), bad[2]));
+        cases.push((publics[0], messages[5].clone(), good[0])); // another message
+                                                                // Every prefix and the all-good batch, so both the batch and the fallback run.
+        for n in 0..=cases.len() {
+            let items: Vec<BatchItem<'_>> = cases[..n]
+                .iter()
+                .map(|(k, m, s)| (k, m.as_slice(), s))
+                .collect();
+            let expected: Vec<_> = items
+                .iter()
+                .map(|(k, m, s)| verify_bytes(k, m, s))
+                .collect();
+            assert_eq!(verify_all(&items), expected, "{n} items");
+        }
+        assert!(verify_all(
+            &cases[..6]
+                .iter()
+                .map(|(k, m, s)| (k, m.as_slice(), s))
+                .collect::<Vec<_>>()
+        )
+        .iter()
+        .all(Result::is_ok));
+        assert!(cases[6..]
+            .iter()
+            .all(|(k, m, s)| verify_bytes(k, m, s).is_err()));
     }
 
     #[test]

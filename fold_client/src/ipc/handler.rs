@@ -6,6 +6,7 @@ use crate::auth::{self, Authenticated, FailureLimiter, NonceCache};
 use crate::daemon::Shared;
 use crate::metrics::Stage;
 use crate::policy;
+use crate::verifier::Verifier;
 use fold_ipc::operation::SchemaList;
 use fold_ipc::server::{Handler, ServerStats};
 use fold_ipc::{ErrorCode, Operation, Request, Response, WireError};
@@ -20,6 +21,8 @@ pub struct AppRuntime {
     pub nonces: Mutex<NonceCache>,
     /// Recent authentication failures.
     pub failures: Mutex<FailureLimiter>,
+    /// Signatures waiting to be verified together.
+    pub verifier: Verifier,
 }
 
 impl AppRuntime {
@@ -31,6 +34,7 @@ impl AppRuntime {
                 config.failure_limit,
                 config.failure_window,
             )),
+            verifier: Verifier::default(),
         }
     }
 }
@@ -153,7 +157,24 @@ impl AppHandler {
                 reason: e.reason(),
             });
         }
-        let checked = auth::verify(request, app).and_then(|kind| {
+        let checked = match auth::check(request, app) {
+            Ok(auth::Check::Unsigned) => Ok(Authenticated::Unsigned),
+            Ok(auth::Check::Signature { message, signature }) => self
+                .runtime
+                .verifier
+                .verify(
+                    app.public_key,
+                    message,
+                    signature,
+                    &self.shared.metrics,
+                    self.shared.metrics.in_flight() <= 1,
+                )
+                .await
+                .map(|()| Authenticated::Signed)
+                .map_err(auth::AuthError::BadSignature),
+            Err(e) => Err(e),
+        };
+        let checked = checked.and_then(|kind| {
             if kind == Authenticated::Signed {
                 auth::check_freshness(
                     request,
