@@ -1,6 +1,7 @@
 //! Signature verification in batches: an app's requests that are ready together share one
 //! batch verification (`fold_ipc::signing::verify_all`, about half the cost per signature
-//! of `verify_strict` from eight signatures on), with `verify_strict`'s verdicts for every signature not deliberately malformed by the key's own holder (see `verify_all`).
+//! of `verify_strict` from eight signatures on), with `verify_strict`'s verdicts for every
+//! signature but one deliberately malformed by the key's own holder (see `verify_all`).
 //!
 //! No extra task and no hand-off: the first request to arrive while the app's queue is
 //! empty leads. It queues its own signature, yields once to the scheduler (so that requests

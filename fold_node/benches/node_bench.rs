@@ -105,12 +105,14 @@ CREATE TABLE versions (sid INTEGER NOT NULL, id TEXT NOT NULL, version INTEGER N
 CREATE INDEX fx_1_cat ON records(json_extract(data,'$.cat'), id) WHERE sid = 1;
 ";
 
-/// The statement the node compiles for `Query::new("item").filter(eq(FIELD, ?))`.
-fn raw_select(field_expr: &str) -> String {
+/// The statement the node compiles for `Query::new("item").filter(eq(FIELD, ?)).limit(N)`
+/// (the limit is a literal, one more than the page, as the node writes it).
+fn raw_select(field_expr: &str, limit: u32) -> String {
+    let fetch = u64::from(limit) + 1;
     format!(
         "SELECT json_object('id', id, 'cat', data -> '$.cat', 'n', data -> '$.n', \
          'name', data -> '$.name', 'tag', data -> '$.tag'), id FROM records \
-         WHERE sid = 1 AND {field_expr} = ? ORDER BY id LIMIT ? OFFSET ?"
+         WHERE sid = 1 AND {field_expr} = ? ORDER BY id LIMIT {fetch} OFFSET ?"
     )
 }
 
@@ -142,7 +144,7 @@ fn raw_insert(conn: &mut Connection, i: usize) -> String {
 /// Runs one query and builds the same result text the node returns.
 fn raw_query(conn: &Connection, sql: &str, value: &str, limit: i64) -> String {
     let mut stmt = conn.prepare_cached(sql).unwrap();
-    let mut rows = stmt.query(params![value, limit + 1, 0]).unwrap();
+    let mut rows = stmt.query(params![value, 0]).unwrap();
     let mut out = String::from("{\"rows\":[");
     let mut n = 0;
     while let Some(row) = rows.next().unwrap() {
@@ -287,7 +289,7 @@ fn main() {
                 .await
                 .unwrap();
             client.call(&query_op("cat", &cats[i], 100)).await;
-            raw_query(&raw, &raw_select("id"), &raw_ids[picks[i]], 100);
+            raw_query(&raw, &raw_select("id", 100), &raw_ids[picks[i]], 100);
         }
 
         let ping = measure!(reads, |_i| client.call(&Operation::Ping).await);
@@ -327,7 +329,7 @@ fn main() {
                     values[i].clone()
                 }
             };
-            let sql = raw_select(expr);
+            let sql = raw_select(expr, limit);
             let raw_s = measure_sync(reads, |i| {
                 raw_query(&raw, &sql, &value(i, false), i64::from(limit));
             });
@@ -388,9 +390,9 @@ fn check_raw_plan(path: &Path) {
         .query_row(
             &format!(
                 "EXPLAIN QUERY PLAN {}",
-                raw_select("json_extract(data,'$.cat')")
+                raw_select("json_extract(data,'$.cat')", 100)
             ),
-            params!["c01", 101, 0],
+            params!["c01", 0],
             |r| r.get(3),
         )
         .unwrap();
