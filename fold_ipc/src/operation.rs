@@ -367,6 +367,11 @@ fn params_of<T: DeserializeOwned>(params: Option<&RawValue>) -> Result<T, WireEr
     if !raw.get().starts_with('{') {
         return Err(WireError::bad_field("params", "must be a JSON object"));
     }
+    // The plain parse is the fast path (it tracks no path); only a refusal parses again,
+    // with `serde_path_to_error`, to name the field that failed.
+    if let Ok(value) = serde_json::from_str(raw.get()) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_str(raw.get());
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
