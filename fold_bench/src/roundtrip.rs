@@ -554,28 +554,31 @@ fn stage_rows(m: &Measured, proxied: &Summary) -> Vec<Row> {
     let (fs, fc) = (&s.floor, &c.floor);
     let per = |ns: u64, n: u64| mean_us(ns, n);
     // (stage, daemon seq, daemon conc, floor seq, floor conc)
-    let stages: Vec<(&str, f64, f64, f64, f64)> = vec![
+    type Stage<'a> = (&'a str, f64, f64, f64, f64);
+    let transport = |name, ns: fn(&StatsSnapshot) -> u64| -> Stage<'_> {
         (
-            "read (socket `read` calls)",
-            per(ds.read_ns, ds.frames),
-            per(dc.read_ns, dc.frames),
-            per(fs.read_ns, fs.frames),
-            per(fc.read_ns, fc.frames),
-        ),
+            name,
+            per(ns(ds), ds.frames),
+            per(ns(dc), dc.frames),
+            per(ns(fs), fs.frames),
+            per(ns(fc), fc.frames),
+        )
+    };
+    let daemon_only = |name, ns: fn(&MetricsSnapshot) -> u64| -> Stage<'_> {
         (
-            "parse (envelope decode)",
-            per(ds.decode_ns, ds.frames),
-            per(dc.decode_ns, dc.frames),
-            per(fs.decode_ns, fs.frames),
-            per(fc.decode_ns, fc.frames),
-        ),
-        (
-            "dispatch (spawn to the request task running)",
-            per(ds.dispatch_ns, ds.frames),
-            per(dc.dispatch_ns, dc.frames),
-            per(fs.dispatch_ns, fs.frames),
-            per(fc.dispatch_ns, fc.frames),
-        ),
+            name,
+            per(ns(&s.daemon), s.daemon.requests),
+            per(ns(&c.daemon), c.daemon.requests),
+            f64::NAN,
+            f64::NAN,
+        )
+    };
+    let stages: Vec<Stage<'_>> = vec![
+        transport("read (socket `read` calls)", |t| t.read_ns),
+        transport("parse (envelope decode)", |t| t.decode_ns),
+        transport("dispatch (spawn to the request task running)", |t| {
+            t.dispatch_ns
+        }),
         (
             "verify (token, `verify_strict`, window, nonce)",
             per(s.daemon.auth_ns, s.daemon.requests),
@@ -583,48 +586,14 @@ fn stage_rows(m: &Measured, proxied: &Summary) -> Vec<Row> {
             per(s.floor_verify_ns, fs.frames),
             per(c.floor_verify_ns, fc.frames),
         ),
-        (
-            "policy (typed operation, grants)",
-            per(s.daemon.policy_ns, s.daemon.requests),
-            per(c.daemon.policy_ns, c.daemon.requests),
-            f64::NAN,
-            f64::NAN,
-        ),
-        (
-            "node (embedded point read)",
-            per(s.daemon.node_ns, s.daemon.requests),
-            per(c.daemon.node_ns, c.daemon.requests),
-            f64::NAN,
-            f64::NAN,
-        ),
-        (
-            "audit (line built and queued)",
-            per(s.daemon.audit_ns, s.daemon.requests),
-            per(c.daemon.audit_ns, c.daemon.requests),
-            f64::NAN,
-            f64::NAN,
-        ),
-        (
-            "encode (response envelope)",
-            per(ds.encode_ns, ds.frames),
-            per(dc.encode_ns, dc.frames),
-            per(fs.encode_ns, fs.frames),
-            per(fc.encode_ns, fc.frames),
-        ),
-        (
-            "queue (hand-off to the connection's writer task)",
-            per(ds.queue_ns, ds.frames),
-            per(dc.queue_ns, dc.frames),
-            per(fs.queue_ns, fs.frames),
-            per(fc.queue_ns, fc.frames),
-        ),
-        (
-            "write (socket `write`, per request)",
-            per(ds.write_ns, ds.frames),
-            per(dc.write_ns, dc.frames),
-            per(fs.write_ns, fs.frames),
-            per(fc.write_ns, fc.frames),
-        ),
+        daemon_only("policy (typed operation, grants)", |d| d.policy_ns),
+        daemon_only("node (embedded point read)", |d| d.node_ns),
+        daemon_only("audit (line built and queued)", |d| d.audit_ns),
+        transport("encode (response envelope)", |t| t.encode_ns),
+        transport("queue (hand-off to the connection's writer task)", |t| {
+            t.queue_ns
+        }),
+        transport("write (socket `write`, per request)", |t| t.write_ns),
     ];
     let mut rows = Vec::new();
     let seq_total: f64 = stages.iter().map(|s| s.1).filter(|x| x.is_finite()).sum();

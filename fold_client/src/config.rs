@@ -26,6 +26,12 @@ pub const DEFAULT_UID_BASE: u32 = 200_000;
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Default size cap of an app's log file.
 pub const DEFAULT_LOG_CAP: u64 = 8 * 1024 * 1024;
+/// Default size at which the audit log is rotated.
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Default number of rotated audit files kept (`audit.jsonl.1` to `.4`).
+pub const DEFAULT_AUDIT_KEEP: u32 = 4;
+/// Most rotated audit files that may be kept: each rotation renames every one of them.
+pub const MAX_AUDIT_KEEP: u32 = 1000;
 /// Default container image.
 pub const DEFAULT_IMAGE: &str = "alpine:latest";
 /// Default number of pooled connections to an external node.
@@ -146,6 +152,10 @@ pub struct Config {
     pub stop_grace: Duration,
     /// Size cap of each app's log file.
     pub log_cap: u64,
+    /// Size at which the audit log is rotated (`audit.jsonl` becomes `audit.jsonl.1`).
+    pub audit_max_bytes: u64,
+    /// Rotated audit files kept; the oldest beyond this is deleted at each rotation.
+    pub audit_keep: u32,
     /// The label value that marks this daemon's containers (`io.foldclient.daemon`). By
     /// default derived from the state directory, so two daemons with different state
     /// directories never see each other's containers, and a restarted daemon adopts its own.
@@ -183,6 +193,13 @@ impl Config {
     /// The audit log file.
     pub fn audit_path(&self) -> PathBuf {
         self.state_dir.join("audit.jsonl")
+    }
+    /// When the audit log is rotated and how many rotated files are kept.
+    pub fn audit_rotation(&self) -> crate::audit::Rotation {
+        crate::audit::Rotation {
+            max_bytes: self.audit_max_bytes,
+            keep: self.audit_keep,
+        }
     }
 }
 
@@ -232,6 +249,10 @@ pub struct FileConfig {
     pub stop_grace_ms: Option<u64>,
     /// Log cap in bytes.
     pub log_cap_bytes: Option<u64>,
+    /// See [`Config::audit_max_bytes`].
+    pub audit_max_bytes: Option<u64>,
+    /// See [`Config::audit_keep`].
+    pub audit_keep: Option<u32>,
     /// Label value for this daemon's containers.
     pub daemon_label: Option<String>,
     /// Docker engine address (`DOCKER_HOST` wins).
@@ -443,6 +464,12 @@ impl Config {
                     .unwrap_or(DEFAULT_STOP_GRACE.as_millis() as u64),
             ),
             log_cap: positive("log_cap_bytes", file.log_cap_bytes, DEFAULT_LOG_CAP)?,
+            audit_max_bytes: positive(
+                "audit_max_bytes",
+                file.audit_max_bytes,
+                DEFAULT_AUDIT_MAX_BYTES,
+            )?,
+            audit_keep: audit_keep(file.audit_keep)?,
             daemon_label: match file.daemon_label {
                 Some(label) => check_label(label)?,
                 None => default_label(&state_dir),
@@ -522,6 +549,19 @@ fn docker_host(host: Option<String>) -> Result<String, ConfigError> {
     }
 }
 
+/// Rotated audit files to keep: at least one (zero would delete every rotated-out file,
+/// i.e. audit records, at once), at most [`MAX_AUDIT_KEEP`].
+fn audit_keep(keep: Option<u32>) -> Result<u32, ConfigError> {
+    let keep = positive("audit_keep", keep, DEFAULT_AUDIT_KEEP)?;
+    if keep > MAX_AUDIT_KEEP {
+        return Err(invalid(
+            "audit_keep",
+            format!("{keep} is more than {MAX_AUDIT_KEEP}"),
+        ));
+    }
+    Ok(keep)
+}
+
 fn restart_policy(text: Option<&str>, max_restarts: u32) -> Result<RestartPolicy, ConfigError> {
     RestartPolicy::parse(text.unwrap_or("on-failure"), max_restarts)
         .map_err(|message| invalid("restart", message))
@@ -560,6 +600,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/srv/fold"));
+        assert_eq!(c.audit_max_bytes, DEFAULT_AUDIT_MAX_BYTES);
+        assert_eq!(c.audit_keep, DEFAULT_AUDIT_KEEP);
         assert_eq!(c.socket_root, PathBuf::from("/srv/fold/sockets"));
         assert_eq!(c.auth_window, Duration::from_secs(30));
         assert_eq!(c.node, NodeTarget::Embedded("/srv/fold/node".into()));
@@ -592,6 +634,26 @@ mod tests {
             err("state_dir = \"/x\"\ndocker_host = \"/var/run/d.sock\"").contains("docker_host")
         );
         assert!(err("state_dir = \"/x\"\nrestart = \"always\"").contains("restart"));
+        assert!(err("state_dir = \"/x\"\naudit_max_bytes = 0").contains("audit_max_bytes"));
+        assert!(err("state_dir = \"/x\"\naudit_keep = 0").contains("audit_keep"));
+        assert!(err("state_dir = \"/x\"\naudit_keep = 1001").contains("audit_keep"));
+    }
+
+    #[test]
+    fn audit_rotation_comes_from_the_file() {
+        let c = build(
+            "state_dir = \"/x\"\naudit_max_bytes = 1048576\naudit_keep = 2",
+            Overrides::default(),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(
+            c.audit_rotation(),
+            crate::audit::Rotation {
+                max_bytes: 1024 * 1024,
+                keep: 2
+            }
+        );
     }
 
     #[test]

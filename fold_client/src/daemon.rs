@@ -126,7 +126,7 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
         context: "cannot bind the admin socket".into(),
         source: Box::new(e),
     })?;
-    let (audit, _audit_task) = Audit::open(&config.audit_path())
+    let (audit, _audit_task) = Audit::open(&config.audit_path(), config.audit_rotation())
         .await
         .map_err(setup("cannot open the audit log"))?;
     let euid = nix::unistd::geteuid().as_raw();

@@ -263,3 +263,38 @@ fn call_error(err: CallError, address: &Address, timeout: Duration) -> WireError
         CallError::Refused(e) => e,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_that_may_have_reached_the_node_is_a_timeout_not_node_unavailable() {
+        let address = Address::Unix(PathBuf::from("/run/fold/node.sock"));
+        let timeout = Duration::from_secs(5);
+        let map = |err| call_error(err, &address, timeout);
+        // Possibly applied: `timeout` ("may or may not"), which clients do not blindly retry.
+        let sent = map(CallError::Disconnected { sent: true });
+        assert_eq!(sent.code, ErrorCode::Timeout);
+        assert!(sent.message.contains("may or may not"), "{}", sent.message);
+        assert!(
+            sent.message.contains("unix:/run/fold/node.sock"),
+            "{}",
+            sent.message
+        );
+        let late = map(CallError::Timeout(timeout));
+        assert_eq!(late.code, ErrorCode::Timeout);
+        assert!(late.message.contains("may or may not"), "{}", late.message);
+        // Certainly not applied: `node_unavailable`, which promises a retry is safe.
+        let unsent = map(CallError::Disconnected { sent: false });
+        assert_eq!(unsent.code, ErrorCode::NodeUnavailable);
+        assert!(unsent.message.contains("not applied"), "{}", unsent.message);
+        assert_eq!(map(CallError::TooLarge(9)).code, ErrorCode::TooLarge);
+        assert_eq!(
+            map(CallError::DuplicateId("r1".into())).code,
+            ErrorCode::Internal
+        );
+        let refused = WireError::new(ErrorCode::Unauthenticated, "bad node secret");
+        assert_eq!(map(CallError::Refused(refused.clone())), refused);
+    }
+}

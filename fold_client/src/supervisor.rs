@@ -110,6 +110,15 @@ impl Tracked {
     fn set_note(&self, note: impl Into<String>) {
         *lock(&self.note) = Some(note.into());
     }
+
+    /// Adds `note` after the current one, if any (`current; note`).
+    fn add_note(&self, note: &str) {
+        let mut current = lock(&self.note);
+        *current = Some(match current.take() {
+            Some(earlier) => format!("{earlier}; {note}"),
+            None => note.to_string(),
+        });
+    }
 }
 
 /// Launches and tracks apps across backends.

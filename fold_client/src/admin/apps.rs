@@ -164,6 +164,8 @@ async fn run(
         "sandbox": kind.as_str(),
         "sandboxed": kind != SandboxKind::Direct,
         "state": outcome.state.to_string(),
+        // As in `ps`: what the state cannot say (a child's OOM kill, a timeout kill).
+        "note": shared.supervisor.status(&app.id).and_then(|s| s.note),
         "exit_code": outcome.exit_code,
         "timed_out": outcome.timed_out,
         "duration_ms": u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),

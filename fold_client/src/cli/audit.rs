@@ -1,8 +1,14 @@
 //! `fold_client audit tail`.
+//!
+//! The daemon rotates the audit (`audit.jsonl` -> `audit.jsonl.1` -> ...), so `tail` reads
+//! back into the rotated files when the live one holds fewer records than asked for, and
+//! `--follow` keeps reading across a rotation, like `tail -F`.
 
 use super::Context;
 use anyhow::{Context as _, Result};
-use fold_client::config::Overrides;
+use fold_client::audit::rotated_path;
+use fold_client::config::{Overrides, MAX_AUDIT_KEEP};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
@@ -36,7 +42,29 @@ pub async fn audit(ctx: &Context, cmd: AuditCommand) -> Result<()> {
         Some(app) => serde_json::from_str::<serde_json::Value>(line)
             .is_ok_and(|v| v["app"] == app.as_str() || v["app_id"] == app.as_str()),
     };
-    let selected: Vec<&str> = text.lines().filter(|l| matches(l)).collect();
+    let mut selected: Vec<String> = text
+        .lines()
+        .filter(|l| matches(l))
+        .map(str::to_string)
+        .collect();
+    // Older records are in the rotated files, newest first; read only as many as needed.
+    // The daemon's `audit_keep` may differ from this CLI's config, so go until one is missing.
+    for n in 1..=MAX_AUDIT_KEEP {
+        if selected.len() >= lines {
+            break;
+        }
+        let Ok(older) = tokio::fs::read_to_string(rotated_path(&path, n)).await else {
+            break;
+        };
+        let mut earlier: Vec<String> = older
+            .lines()
+            .filter(|l| matches(l))
+            .map(str::to_string)
+            .collect();
+        earlier.drain(..earlier.len().saturating_sub(lines - selected.len()));
+        earlier.append(&mut selected);
+        selected = earlier;
+    }
     for line in &selected[selected.len().saturating_sub(lines)..] {
         print_record(line, ctx.json);
     }
@@ -106,27 +134,101 @@ pub async fn print_file(path: &Path, follow: bool, keep: impl Fn(&str) -> bool) 
     Ok(())
 }
 
-async fn follow_from(path: &Path, mut offset: u64, mut each: impl FnMut(&str)) -> Result<()> {
-    loop {
-        let len = tokio::fs::metadata(path)
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
-        if len < offset {
-            offset = 0; // rotated or truncated
+/// The identity of the file at `path` (device and inode), if it exists.
+async fn file_id(path: &Path) -> Option<(u64, u64)> {
+    let meta = tokio::fs::metadata(path).await.ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// The file being followed: an open handle keeps reading it even after it is renamed away.
+struct Followed {
+    reader: BufReader<tokio::fs::File>,
+    id: (u64, u64),
+    /// Bytes consumed so far (whole lines only).
+    offset: u64,
+}
+
+impl Followed {
+    async fn open(path: &Path, offset: u64) -> Option<Followed> {
+        let mut file = tokio::fs::File::open(path).await.ok()?;
+        let meta = file.metadata().await.ok()?;
+        // A file shorter than where we were is another (or a truncated) one: start over.
+        let offset = if meta.len() < offset { 0 } else { offset };
+        file.seek(std::io::SeekFrom::Start(offset)).await.ok()?;
+        Some(Followed {
+            reader: BufReader::new(file),
+            id: (meta.dev(), meta.ino()),
+            offset,
+        })
+    }
+
+    /// Hands each whole line appended since the last call to `each`; a line still being
+    /// written stays in `partial` until its newline arrives.
+    async fn drain(&mut self, partial: &mut String, each: &mut impl FnMut(&str)) -> Result<()> {
+        loop {
+            let read = self.reader.read_line(partial).await?;
+            if read == 0 || !partial.ends_with('\n') {
+                return Ok(());
+            }
+            self.offset += partial.len() as u64;
+            each(partial.trim_end());
+            partial.clear();
         }
-        if len > offset {
-            let mut file = tokio::fs::File::open(path).await?;
-            file.seek(std::io::SeekFrom::Start(offset)).await?;
-            let mut reader = BufReader::new(file);
-            let mut line = String::new();
-            while reader.read_line(&mut line).await? > 0 {
-                if !line.ends_with('\n') {
-                    break;
+    }
+}
+
+/// The rotated files of `path` newer than the one with identity `old`, newest first
+/// (`<path>.1`, `<path>.2`, ... up to `old`'s). When `old` is no longer among them it was
+/// rotated out past the kept ones, so every kept one is newer.
+async fn rotated_since(path: &Path, old: (u64, u64)) -> Vec<std::path::PathBuf> {
+    let mut newer = Vec::new();
+    for n in 1..=MAX_AUDIT_KEEP {
+        let rotated = rotated_path(path, n);
+        match file_id(&rotated).await {
+            Some(id) if id == old => break,
+            Some(_) => newer.push(rotated),
+            None => break,
+        }
+    }
+    newer
+}
+
+/// Follows `path` from `offset`: each whole line appended is handed to `each`. When the file
+/// is rotated (renamed to `<path>.1`, a new one created at `path`), the old one is read to
+/// its end first, and any rotated out whole since, so no line written before the rotation is
+/// missed; a truncated file is read again from its start.
+async fn follow_from(path: &Path, offset: u64, mut each: impl FnMut(&str)) -> Result<()> {
+    let mut followed = Followed::open(path, offset).await;
+    let mut partial = String::new();
+    loop {
+        match &mut followed {
+            None => followed = Followed::open(path, 0).await,
+            Some(f) => {
+                f.drain(&mut partial, &mut each).await?;
+                match file_id(path).await {
+                    Some(id) if id == f.id => {
+                        let len = tokio::fs::metadata(path).await.map_or(0, |m| m.len());
+                        if len < f.offset {
+                            partial.clear();
+                            followed = Followed::open(path, 0).await;
+                        }
+                    }
+                    _ => {
+                        // Rotated: what was appended between the drain above and the rename
+                        // is still in the old file.
+                        f.drain(&mut partial, &mut each).await?;
+                        partial.clear();
+                        // Rotated more than once since the last look: the files between the
+                        // old one and the live one are read whole, oldest first.
+                        for skipped in rotated_since(path, f.id).await.iter().rev() {
+                            if let Some(mut between) = Followed::open(skipped, 0).await {
+                                between.drain(&mut partial, &mut each).await?;
+                                partial.clear();
+                            }
+                        }
+                        followed = Followed::open(path, 0).await;
+                    }
                 }
-                offset += line.len() as u64;
-                each(line.trim_end());
-                line.clear();
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

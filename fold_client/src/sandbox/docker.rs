@@ -29,7 +29,6 @@ pub use spec::{container_name, LABEL_APP, LABEL_DAEMON, SOCKET_MOUNT};
 use super::logfile::LogFile;
 use super::{AppState, LaunchSpec, Sandbox, SandboxError, SandboxKind};
 use crate::config::Config;
-use bollard::Docker;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::collections::HashMap;
@@ -108,7 +107,7 @@ pub struct DockerSandbox {
 
 #[derive(Debug)]
 struct Inner {
-    docker: Docker,
+    docker: engine::Engine,
     settings: DockerSettings,
     storage: Mutex<StorageSupport>,
     apps: Mutex<HashMap<String, Arc<Entry>>>,
@@ -123,7 +122,10 @@ struct Entry {
     container: Mutex<Option<String>>,
     state: watch::Sender<AppState>,
     stop_requested: AtomicBool,
+    /// The engine reported an OOM kill of some process of the container (`oom` event).
     oom: AtomicBool,
+    /// What the final state cannot say about the run (see `lifecycle::exit_state`).
+    exit_note: Mutex<Option<&'static str>>,
     finalizing: AtomicBool,
     log: LogFile,
     pump: Mutex<Option<JoinHandle<()>>>,
@@ -153,10 +155,11 @@ impl DockerSandbox {
     ) -> Result<DockerSandbox, SandboxError> {
         let timeout = settings.engine_timeout;
         let docker = engine::connect(&settings.host, timeout).await?;
-        let storage = match engine::call_ok(timeout, "reading engine info", docker.info()).await {
-            Ok(info) => StorageSupport::from_info(&info),
-            Err(e) => StorageSupport::Unsupported(format!("engine info unavailable: {e}")),
-        };
+        let storage =
+            match engine::call_ok(&docker, timeout, "reading engine info", docker.info()).await {
+                Ok(info) => StorageSupport::from_info(&info),
+                Err(e) => StorageSupport::Unsupported(format!("engine info unavailable: {e}")),
+            };
         let inner = Arc::new(Inner {
             docker,
             settings,
@@ -271,6 +274,12 @@ impl Sandbox for DockerSandbox {
         lock(&self.inner.apps)
             .get(app_id)
             .map(|e| e.state.borrow().clone())
+    }
+
+    fn exit_note(&self, app_id: &str) -> Option<String> {
+        let entry = lock(&self.inner.apps).get(app_id).cloned()?;
+        let note = *lock(&entry.exit_note);
+        note.map(str::to_string)
     }
 
     fn wait<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, Option<AppState>> {

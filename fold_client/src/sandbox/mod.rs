@@ -201,6 +201,21 @@ pub enum SandboxError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The container engine could not be reached (down, restarting, wrong address); the
+    /// message names its address and the fix.
+    #[error(
+        "the Docker engine at {host} is not answering ({what}: {cause}); start it \
+         (`systemctl start docker` or `dockerd`), point DOCKER_HOST at a running engine, or run \
+         the app in dev mode with `--direct` (NOT sandboxed)"
+    )]
+    EngineUnreachable {
+        /// The engine's address (`unix:///var/run/docker.sock`, `tcp://...`).
+        host: String,
+        /// The request that failed, e.g. `inspecting image foldclient/base:latest`.
+        what: String,
+        /// Why, e.g. `Connection refused (os error 111)`.
+        cause: String,
+    },
     /// Anything else from the backend (engine errors, signals).
     #[error("{0}")]
     Backend(String),
@@ -224,6 +239,13 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
 
     /// The app's current state in this backend, if it was ever launched here.
     fn state(&self, app_id: &str) -> Option<AppState>;
+
+    /// What the app's last run left that its state cannot say, once it has ended (e.g. the
+    /// Docker backend notes an OOM kill of a process other than the app's main one, whose
+    /// state stays `exited(N)`). `None` by default.
+    fn exit_note(&self, _app_id: &str) -> Option<String> {
+        None
+    }
 
     /// Resolves when the app is no longer live (exited, killed or stopped), with its state.
     fn wait<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, Option<AppState>>;

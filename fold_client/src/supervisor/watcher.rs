@@ -68,7 +68,13 @@ async fn watch(shared: Arc<Shared>, tracked: Arc<Tracked>, app_id: String) {
                 reason: format!("lost track of the app ({other:?})"),
             },
         };
-        audit(&shared, &app_id, "exit", &ended.to_string()).await;
+        // E.g. a child's OOM kill, while the app's own exit is what `ended` says.
+        let exit_note = tracked.backend.exit_note(&app_id);
+        let detail = match &exit_note {
+            Some(note) => format!("{ended}; {note}"),
+            None => ended.to_string(),
+        };
+        audit(&shared, &app_id, "exit", &detail).await;
         let policy = tracked.options.restart;
         let mut restarts = tracked.restarts.load(Ordering::SeqCst);
         if run_started.elapsed() >= RESTART_RESET {
@@ -81,9 +87,16 @@ async fn watch(shared: Arc<Shared>, tracked: Arc<Tracked>, app_id: String) {
                 && policy.max_restarts() > 0
                 && policy.should_restart(&ended, 0)
             {
-                let note = format!("gave up after {restarts} restarts");
-                tracked.set_note(note.clone());
-                audit(&shared, &app_id, "restart_gave_up", &note).await;
+                let gave_up = format!("gave up after {restarts} restarts");
+                audit(&shared, &app_id, "restart_gave_up", &gave_up).await;
+                tracked.set_note(match exit_note {
+                    Some(exit_note) => format!("{gave_up}; {exit_note}"),
+                    None => gave_up,
+                });
+            } else if let Some(exit_note) = exit_note {
+                // Added, not replacing: a note on why the run was killed (maximum lifetime,
+                // run timeout) still holds.
+                tracked.add_note(&exit_note);
             }
             tracked.state.send_replace(ended);
             return;

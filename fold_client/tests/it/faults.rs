@@ -679,12 +679,25 @@ async fn docker_engine_restarted_while_an_app_runs_shows_true_states_and_is_used
     })
     .await
     .unwrap();
-    // While it is down, launching another app is refused with the engine's error, not hung.
+    // While it is down, launching another app is refused at once, not hung, with an error
+    // that names the engine's address and the fix (not the HTTP client's "client error").
     let down = tokio::time::timeout(Duration::from_secs(60), call(&admin, launch("late"))).await;
     let refused = down
         .expect("a launch while the engine is down hung")
         .unwrap_err();
     eprintln!("launch while the engine is down: {refused}");
+    assert!(
+        refused.contains(&format!(
+            "the Docker engine at {} is not answering (inspecting image {image}: ",
+            engine.host()
+        )),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("dockerd") && refused.contains("DOCKER_HOST"),
+        "{refused}"
+    );
+    assert!(!refused.contains("hyper"), "{refused}");
     engine = tokio::task::spawn_blocking(move || {
         engine.spawn();
         engine

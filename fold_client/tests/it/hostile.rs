@@ -257,10 +257,10 @@ async fn a_hostile_app_is_contained_and_its_neighbour_keeps_being_served() {
 
     // A stdout flood: the app's log stays capped (the live file and one rotated file).
     let before_flood = neighbour_latencies(&neighbour_log).len();
-    // The run ends normally; an engine on cgroup v1 reports the container as OOM-killed,
-    // since one of its processes (the hog) was.
+    // The run ends normally: the engine flags the container as OOM-killed, since one of its
+    // processes (the hog) was, but the app's main process exited 0, and that is its state.
     let state = wait_ended(&d, "hostile").await;
-    assert!(state == "exited(0)" || state == "oom_killed", "{state}");
+    assert_eq!(state, "exited(0)");
     launch(&d, "hostile", &["flood", "32"]).await;
     assert_eq!(wait_ended(&d, "hostile").await, "exited(0)");
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());

@@ -18,6 +18,7 @@ pub(super) async fn find_ours(inner: &Inner) -> Result<Vec<Found>, SandboxError>
         .filters(&HashMap::from([("label", vec![filter.as_str()])]))
         .build();
     let list = engine::call_ok(
+        &inner.docker,
         timeout,
         "listing this daemon's containers",
         inner.docker.list_containers(Some(options)),

@@ -16,6 +16,42 @@ use tokio::sync::watch;
 /// How long the output may take to drain once the container has stopped.
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// Exit code of a main process killed by SIGKILL (128 + 9), as the OOM killer does.
+const SIGKILL_EXIT: i32 = 137;
+
+/// Note for a run whose main process ended by itself while the engine flagged an OOM kill.
+pub(super) const OTHER_PROCESS_OOM: &str =
+    "another process in the container was OOM-killed (over the memory limit); the app's main process was not";
+
+/// Note for a stopped run during which the engine flagged an OOM kill.
+pub(super) const STOPPED_OOM: &str =
+    "a process in the container was OOM-killed (over the memory limit) before the stop";
+
+/// How a container's run ended, from what the engine says: whether a stop was requested,
+/// its OOM flag (the `OOMKilled` state or an `oom` event), and its exit code when known.
+/// Returns the app's state and a note for what the state cannot say.
+///
+/// The engine flags a container when *any* of its processes is OOM-killed (cgroup v1 and
+/// v2 alike), so the flag alone does not mean the app was. The app is `oom_killed` only when
+/// its main process died of the kill too: exit code 137 (SIGKILL; `docker-init` passes on
+/// its child's signal as 128 + 9), or no exit code at all, where the flag is all there is.
+/// Otherwise the app's own exit stands, with a note that a process was OOM-killed.
+pub(super) fn exit_state(
+    stop_requested: bool,
+    oom: bool,
+    code: Option<i32>,
+) -> (AppState, Option<&'static str>) {
+    if stop_requested {
+        return (AppState::Stopped, oom.then_some(STOPPED_OOM));
+    }
+    match code {
+        None if oom => (AppState::OomKilled, None),
+        Some(SIGKILL_EXIT) if oom => (AppState::OomKilled, None),
+        Some(code) => (AppState::Exited { code }, oom.then_some(OTHER_PROCESS_OOM)),
+        None => (AppState::Exited { code: -1 }, None),
+    }
+}
+
 pub(super) fn new_entry(app_id: &str, log: LogFile, container: Option<String>) -> Arc<Entry> {
     Arc::new(Entry {
         app_id: app_id.to_string(),
@@ -23,6 +59,7 @@ pub(super) fn new_entry(app_id: &str, log: LogFile, container: Option<String>) -
         state: watch::Sender::new(AppState::Starting),
         stop_requested: AtomicBool::new(false),
         oom: AtomicBool::new(false),
+        exit_note: Mutex::new(None),
         finalizing: AtomicBool::new(false),
         log,
         pump: Mutex::new(None),
@@ -182,7 +219,12 @@ async fn start(
         .stderr(true)
         .build();
     let what = format!("attaching to {name}");
-    let attached = engine::call_ok(timeout, &what, docker.attach_container(&id, Some(attach)));
+    let attached = engine::call_ok(
+        docker,
+        timeout,
+        &what,
+        docker.attach_container(&id, Some(attach)),
+    );
     let attached = match attached.await {
         Ok(a) => a,
         Err(e) => {
@@ -193,6 +235,7 @@ async fn start(
     let pump = logs::spawn_pump(&inner.tasks, attached.output, entry.log.clone(), None);
     *lock(&entry.pump) = Some(pump);
     let started = engine::call(
+        docker,
         timeout,
         "starting the container",
         docker.start_container(&id, None),
@@ -328,8 +371,7 @@ pub(super) async fn finalize(inner: &Arc<Inner>, entry: &Arc<Entry>, id: &str, h
         .as_ref()
         .and_then(|s| s.exit_code)
         .and_then(|c| i32::try_from(c).ok())
-        .or(hint)
-        .unwrap_or(-1);
+        .or(hint);
     let pump = lock(&entry.pump).take();
     if let Some(mut pump) = pump {
         if tokio::time::timeout(DRAIN, &mut pump).await.is_err() {
@@ -337,14 +379,19 @@ pub(super) async fn finalize(inner: &Arc<Inner>, entry: &Arc<Entry>, id: &str, h
             pump.abort();
         }
     }
-    let final_state = if entry.stop_requested.load(Ordering::SeqCst) {
-        AppState::Stopped
-    } else if oom {
-        AppState::OomKilled
-    } else {
-        AppState::Exited { code }
-    };
-    let _ = entry.log.write_marker(&format!("app {final_state}"));
+    let (final_state, note) = exit_state(entry.stop_requested.load(Ordering::SeqCst), oom, code);
+    match note {
+        Some(note) => {
+            let _ = entry
+                .log
+                .write_marker(&format!("app {final_state}; {note}"));
+        }
+        None => {
+            let _ = entry.log.write_marker(&format!("app {final_state}"));
+        }
+    }
+    // Set before the state is published, so whoever sees the end also sees the note.
+    *lock(&entry.exit_note) = note;
     if let Err(e) = engine::remove(&inner.docker, timeout, id).await {
         tracing::warn!(app_id = %entry.app_id, "cannot remove container: {e}");
     }
@@ -402,5 +449,58 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) {
         if !running {
             finalize(inner, &entry, &id, None).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oom_flag_means_oom_killed_only_when_the_main_process_was_killed() {
+        // The main process died of the kill (SIGKILL through docker-init): the app's OOM.
+        assert_eq!(
+            exit_state(false, true, Some(137)),
+            (AppState::OomKilled, None)
+        );
+        // No exit code to tell: the flag is all there is.
+        assert_eq!(exit_state(false, true, None), (AppState::OomKilled, None));
+        // A child was OOM-killed and the app went on to exit by itself (cgroup v1 flags the
+        // whole container): its real exit, and a note that keeps the OOM kill.
+        assert_eq!(
+            exit_state(false, true, Some(0)),
+            (AppState::Exited { code: 0 }, Some(OTHER_PROCESS_OOM))
+        );
+        assert_eq!(
+            exit_state(false, true, Some(1)),
+            (AppState::Exited { code: 1 }, Some(OTHER_PROCESS_OOM))
+        );
+        // Killed by another signal (SIGTERM through init): not the OOM killer's SIGKILL.
+        assert_eq!(
+            exit_state(false, true, Some(143)),
+            (AppState::Exited { code: 143 }, Some(OTHER_PROCESS_OOM))
+        );
+        // No OOM flag: the exit as it is, 137 included (a SIGKILL from someone else).
+        assert_eq!(
+            exit_state(false, false, Some(0)),
+            (AppState::Exited { code: 0 }, None)
+        );
+        assert_eq!(
+            exit_state(false, false, Some(137)),
+            (AppState::Exited { code: 137 }, None)
+        );
+        assert_eq!(
+            exit_state(false, false, None),
+            (AppState::Exited { code: -1 }, None)
+        );
+        // A requested stop is a stop, whatever the exit code; an OOM kill is still noted.
+        assert_eq!(
+            exit_state(true, false, Some(143)),
+            (AppState::Stopped, None)
+        );
+        assert_eq!(
+            exit_state(true, true, Some(137)),
+            (AppState::Stopped, Some(STOPPED_OOM))
+        );
     }
 }

@@ -1,10 +1,9 @@
 //! What the engine can do: storage-limit support (detected once, never assumed), and the
 //! engine half of `fold_client doctor`.
 
-use super::engine::{self, call, call_ok};
+use super::engine::{self, call, call_ok, Engine};
 use super::spec::LABEL_APP_NAME;
 use bollard::models::{ContainerCreateBody, HostConfig, SystemInfo};
-use bollard::Docker;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -119,10 +118,17 @@ pub async fn engine_report(host: &str, timeout: Duration, images: &[String]) -> 
         }
     };
     report.api_version = Some(docker.client_version().to_string());
-    if let Ok(v) = call_ok(timeout, "reading the engine version", docker.version()).await {
+    if let Ok(v) = call_ok(
+        &docker,
+        timeout,
+        "reading the engine version",
+        docker.version(),
+    )
+    .await
+    {
         report.version = v.version;
     }
-    match call_ok(timeout, "reading engine info", docker.info()).await {
+    match call_ok(&docker, timeout, "reading engine info", docker.info()).await {
         Ok(info) => {
             report.cgroup_version = info.cgroup_version.map(|v| v.to_string());
             report.cgroup_driver = info.cgroup_driver.map(|d| d.to_string());
@@ -182,7 +188,7 @@ fn probe_name(what: &str) -> String {
 }
 
 /// Creates (never starts) a container with a 1 GiB size limit; the engine refuses at create.
-async fn probe_storage(docker: &Docker, timeout: Duration, image: &str) -> StorageSupport {
+async fn probe_storage(docker: &Engine, timeout: Duration, image: &str) -> StorageSupport {
     let name = probe_name("storage");
     let body = probe_body(
         image,
@@ -202,7 +208,7 @@ async fn probe_storage(docker: &Docker, timeout: Duration, image: &str) -> Stora
 
 /// Starts a container with `init: true` whose command does not exist: with a working init
 /// the start succeeds (init reports exit 127 inside); without one the start fails.
-async fn probe_init(docker: &Docker, timeout: Duration, image: &str) -> Option<String> {
+async fn probe_init(docker: &Engine, timeout: Duration, image: &str) -> Option<String> {
     let name = probe_name("init");
     let body = probe_body(
         image,
@@ -213,6 +219,7 @@ async fn probe_init(docker: &Docker, timeout: Duration, image: &str) -> Option<S
     );
     let problem = match engine::create(docker, timeout, &name, body).await {
         Ok(Ok(id)) => match call(
+            docker,
             timeout,
             "starting the init probe",
             docker.start_container(&id, None),

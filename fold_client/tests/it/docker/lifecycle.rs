@@ -2,7 +2,7 @@
 //! SIGKILL, one-shot runs (through the CLI) with their timeout, images that cannot be had,
 //! glibc binaries in a busybox image.
 
-use super::{inspect, launch, ps_row, setup, steps, wait_for_text, DockerDaemon, TIMEOUT};
+use super::{inspect, launch, ps_row, setup, steps, wait_for_text, DockerDaemon, Env, TIMEOUT};
 use fold_client::admin::AdminRequest;
 use std::path::PathBuf;
 use std::process::Output;
@@ -33,6 +33,59 @@ async fn memory_hog_is_reported_oom_killed() {
     assert!(
         inspect(run["container"].as_str().unwrap()).await.is_none(),
         "removed"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_oom_kill_is_noted_but_not_reported_as_the_apps() {
+    let Some(env) = setup() else { return };
+    let d = DockerDaemon::start("").await;
+    // The app is a shell script: its child (dd with a 64 MiB buffer) is OOM-killed at 24 MiB,
+    // the script itself carries on and exits 0. The engine flags the container `OOMKilled`
+    // all the same (any process of it counts).
+    let script = d.dir.path().join("child_hog.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ndd if=/dev/zero of=/dev/null bs=64M count=1\necho \"child ended: $?\"\nexit 0\n",
+    )
+    .unwrap();
+    let script_env = Env {
+        app: script,
+        image: env.image.clone(),
+    };
+    let view = d.install("childhog", &script_env, Some("24m")).await;
+    let run = d
+        .admin(AdminRequest::Run {
+            app: "childhog".into(),
+            direct: false,
+            args: Vec::new(),
+            image: None,
+            timeout_ms: 60_000,
+        })
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(view["log"].as_str().unwrap()).unwrap();
+    assert!(
+        log.contains("child ended: 137"),
+        "the child was not killed: {log}"
+    );
+    assert_eq!(run["state"], "exited(0)", "{run}\n{log}");
+    assert_eq!(run["exit_code"], 0);
+    // The OOM kill is not lost: in the note, the log and the audit.
+    let oom = "another process in the container was OOM-killed";
+    assert!(run["note"].as_str().unwrap_or("").contains(oom), "{run}");
+    let ps = ps_row(&d.config.admin_socket, "childhog").await.unwrap();
+    assert_eq!(ps["state"], "exited(0)");
+    assert!(ps["note"].as_str().unwrap_or("").contains(oom), "{ps}");
+    assert!(log.contains(&format!("=== app exited(0); {oom}")), "{log}");
+    d.shared.audit.flush().await;
+    let audit = std::fs::read_to_string(d.config.audit_path()).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"event\":\"exit\"") && l.contains(&format!("exited(0); {oom}"))),
+        "{audit}"
     );
     d.stop().await;
 }
