@@ -254,6 +254,11 @@ fn main() {
         });
         node.analyze().await.unwrap();
         eprintln!("node: loaded");
+        let plan = node
+            .explain(Query::new("item").filter(eq("cat", "c01")).limit(100))
+            .await
+            .unwrap();
+        eprintln!("node plan for the indexed filter: {}", plan.join("; "));
 
         let socket = dir.path().join("sock").join("node.sock");
         let listener = fold_node::bind_unix(&socket).await.unwrap();

@@ -8,7 +8,7 @@ use crate::query;
 use crate::store::{self, Durability};
 use crate::writer::{WriteOp, WriterHandle};
 use fold_ipc::operation::{check_record_id, Mutation, Pong, SchemaList};
-use fold_ipc::query::Query;
+use fold_ipc::query::{Filter, Query, DEFAULT_LIMIT};
 use fold_ipc::schema::validate_name;
 use fold_ipc::{Operation, WireError};
 use rusqlite::Connection;
@@ -163,8 +163,10 @@ impl Node {
     pub async fn explain(&self, query: Query) -> Result<Vec<String>, WireError> {
         let run = async {
             check_query(&query)?;
-            self.read(move |conn, catalog| query::explain(conn, catalog, &query))
-                .await
+            self.read(Placement::Inline, move |conn, catalog| {
+                query::explain(conn, catalog, &query)
+            })
+            .await
         };
         run.await.map_err(NodeError::into_wire)
     }
@@ -201,12 +203,16 @@ impl Node {
                 version: fold_ipc::version::CURRENT,
             }),
             Operation::ListSchemas => {
-                let schemas = self.read(|conn, _| catalog::list(conn)).await?;
+                let schemas = self
+                    .read(Placement::Inline, |conn, _| catalog::list(conn))
+                    .await?;
                 encode(&SchemaList { schemas })
             }
             Operation::GetSchema { name } => {
                 check_name("params.name", &name)?;
-                let schema = self.read(move |conn, c| c.lookup(conn, &name)).await?;
+                let schema = self
+                    .read(Placement::Inline, move |conn, c| c.lookup(conn, &name))
+                    .await?;
                 encode(&schema.def)
             }
             Operation::CreateSchema(def) => {
@@ -220,8 +226,10 @@ impl Node {
             }
             Operation::Query(q) => {
                 check_query(&q)?;
-                self.read(move |conn, catalog| query::run(conn, catalog, &q))
-                    .await
+                self.read(Placement::for_query(&q), move |conn, catalog| {
+                    query::run(conn, catalog, &q)
+                })
+                .await
             }
             Operation::Mutation(m) => {
                 check_name("params.schema", m.schema())?;
@@ -234,7 +242,9 @@ impl Node {
                 check_name("params.schema", &schema)?;
                 check_record_id(&id)?;
                 let h = self
-                    .read(move |conn, c| history::history(conn, c, &schema, &id))
+                    .read(Placement::Inline, move |conn, c| {
+                        history::history(conn, c, &schema, &id)
+                    })
                     .await?;
                 encode(&h)
             }
@@ -247,9 +257,10 @@ impl Node {
     /// wake-ups: tens of microseconds on a small VM). So a read first runs in place on the
     /// async worker with a budget of [`INLINE_READ_BUDGET`]; SQLite's progress handler
     /// interrupts it when the budget is spent, and it runs again, unbounded, on the
-    /// blocking pool. The executor is never held for longer than the budget. At most
-    /// `readers` reads run at once.
-    async fn read<T, F>(&self, f: F) -> Result<T, NodeError>
+    /// blocking pool. The executor is never held for longer than the budget. A read that
+    /// is expected to outlive the budget ([`Placement::Pool`]) goes to the pool at once
+    /// rather than paying for the budget and the rerun. At most `readers` reads run at once.
+    async fn read<T, F>(&self, placement: Placement, f: F) -> Result<T, NodeError>
     where
         T: Send + 'static,
         F: Fn(&Connection, &Catalog) -> Result<T, NodeError> + Send + Sync + 'static,
@@ -258,9 +269,11 @@ impl Node {
             .acquire_owned()
             .await
             .map_err(|_| NodeError::Closed)?;
-        match self.inner.with_reader(Some(INLINE_READ_BUDGET), &f) {
-            Err(e) if is_interrupt(&e) => {}
-            done => return done,
+        if placement == Placement::Inline {
+            match self.inner.with_reader(Some(INLINE_READ_BUDGET), &f) {
+                Err(e) if is_interrupt(&e) => {}
+                done => return done,
+            }
         }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
@@ -272,6 +285,43 @@ impl Node {
         .map_err(|_| NodeError::Closed)?
     }
 }
+
+/// Where a read starts (see [`Node::read`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// On the async worker, within [`INLINE_READ_BUDGET`]; on the pool if it runs over.
+    Inline,
+    /// On the blocking pool.
+    Pool,
+}
+
+impl Placement {
+    /// A query that may return more than [`INLINE_MAX_ROWS`] rows starts on the pool: a
+    /// page of a hundred rows takes a few hundred microseconds, well past the inline
+    /// budget, and being interrupted and run again cost it about 1.5x the time (`cargo
+    /// bench -p fold_node`). Short pages and reads by id (at most one row, whatever the
+    /// limit) stay inline, where most reads finish in a few microseconds.
+    fn for_query(q: &Query) -> Placement {
+        let short = q.limit.unwrap_or(DEFAULT_LIMIT) <= INLINE_MAX_ROWS;
+        if short || q.filter.as_ref().is_some_and(pins_id) {
+            Placement::Inline
+        } else {
+            Placement::Pool
+        }
+    }
+}
+
+/// Whether `filter` matches at most one record: `id` equals a value, alone or in an `and`.
+fn pins_id(filter: &Filter) -> bool {
+    match filter {
+        Filter::Eq { field, .. } => field == "id",
+        Filter::And { filters } => filters.iter().any(pins_id),
+        _ => false,
+    }
+}
+
+/// Largest page a query may ask for and still start inline (see [`Placement::for_query`]).
+pub const INLINE_MAX_ROWS: u32 = 16;
 
 /// How long a read may run on an async worker before it is moved to the blocking pool.
 pub const INLINE_READ_BUDGET: Duration = Duration::from_micros(100);
@@ -331,4 +381,41 @@ fn check_name(field: &str, name: &str) -> Result<(), NodeError> {
 
 fn check_query(q: &Query) -> Result<(), NodeError> {
     q.validate().map_err(|(f, m)| bad_field(f, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fold_ipc::query::{and, eq, gt};
+
+    #[test]
+    fn long_pages_start_on_the_pool_and_reads_by_id_stay_inline() {
+        let q = |limit: Option<u32>, filter: Option<Filter>| Query {
+            limit,
+            filter,
+            ..Query::new("post")
+        };
+        assert_eq!(Placement::for_query(&q(Some(1), None)), Placement::Inline);
+        assert_eq!(
+            Placement::for_query(&q(Some(INLINE_MAX_ROWS), None)),
+            Placement::Inline
+        );
+        assert_eq!(
+            Placement::for_query(&q(Some(INLINE_MAX_ROWS + 1), None)),
+            Placement::Pool
+        );
+        assert_eq!(Placement::for_query(&q(None, None)), Placement::Pool);
+        assert_eq!(
+            Placement::for_query(&q(None, Some(eq("id", "r1")))),
+            Placement::Inline
+        );
+        assert_eq!(
+            Placement::for_query(&q(None, Some(and([gt("n", 1), eq("id", "r1")])))),
+            Placement::Inline
+        );
+        assert_eq!(
+            Placement::for_query(&q(None, Some(eq("title", "r1")))),
+            Placement::Pool
+        );
+    }
 }
