@@ -16,7 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::sync::{mpsc, Semaphore};
@@ -301,7 +301,7 @@ where
         let stats = stats.clone();
         let answering = Arc::clone(&answering);
         answering.fetch_add(1, Ordering::Relaxed);
-        tasks.spawn(async move {
+        let mut job = Box::pin(async move {
             let Some(stats) = stats.zip(decoded) else {
                 let response = handler.handle(request).await;
                 answering.fetch_sub(1, Ordering::Relaxed);
@@ -326,6 +326,14 @@ where
                 .await;
             drop(permit);
         });
+        // Most requests are answered without waiting on anything (an inline read, a
+        // signature check): answer those here, saving the hand-off to another task and
+        // the wake-up of another worker. One that would wait continues as its own task,
+        // so it never holds up the connection's next frames.
+        let mut cx = Context::from_waker(Waker::noop());
+        if job.as_mut().poll(&mut cx).is_pending() {
+            tasks.spawn(job);
+        }
     };
     while tasks.join_next().await.is_some() {}
     drop(tx);
