@@ -320,7 +320,8 @@ fn pins_id(filter: &Filter) -> bool {
     }
 }
 
-/// Largest page a query may ask for and still start inline (see [`Placement::for_query`]).
+/// Largest page a query may ask for and still start inline on the async worker; longer
+/// pages, unless the filter pins one `id`, start on the blocking pool.
 pub const INLINE_MAX_ROWS: u32 = 16;
 
 /// How long a read may run on an async worker before it is moved to the blocking pool.
