@@ -348,7 +348,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let mut conn = match idle {
+        let conn = match idle {
             Some(conn) => conn,
             None => store::open(&self.db_path, self.config.durability, false)?,
         };
@@ -359,15 +359,27 @@ impl Inner {
             }
             None => conn.progress_handler(0, None::<fn() -> bool>),
         }
-        let result = match conn.transaction() {
-            // Dropping the transaction ends it; a read has nothing to commit.
-            Ok(tx) => f(&tx, &self.catalog),
+        // One snapshot for the whole read (the schema lookup and the query agree). BEGIN and
+        // ROLLBACK are cached statements: `Connection::transaction` parses both again on
+        // every read.
+        let result = match conn.prepare_cached("BEGIN").and_then(|mut s| s.execute([])) {
+            Ok(_) => f(&conn, &self.catalog),
             Err(e) => Err(e.into()),
         };
-        self.idle_readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(conn);
+        // An interrupted statement may have ended the transaction already; a read has
+        // nothing to commit, so ROLLBACK is the end either way.
+        if !conn.is_autocommit() {
+            let _ = conn
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut s| s.execute([]));
+        }
+        // A connection still inside a transaction would refuse the next BEGIN: drop it.
+        if conn.is_autocommit() {
+            self.idle_readers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+        }
         result
     }
 }

@@ -19,7 +19,7 @@ use crate::columns::Column;
 use crate::cursor;
 use crate::error::{bad_field, NodeError};
 use crate::filter::{self, Sql};
-use fold_ipc::query::{Query, DEFAULT_LIMIT};
+use fold_ipc::query::{Filter, Query, DEFAULT_LIMIT};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
 use serde_json::value::RawValue;
@@ -32,7 +32,19 @@ pub(crate) struct Compiled {
     n_keys: usize,
     /// Rows per page.
     limit: usize,
-    fingerprint: String,
+    /// What a cursor of this query must match: schema, filter and ordering. Kept as parts
+    /// and hashed only when a cursor is read or made, which most queries never do.
+    sid: i64,
+    /// The ordering keys' expressions and directions.
+    order: Vec<(String, bool)>,
+}
+
+impl Compiled {
+    /// What a cursor of this query (`filter` is its filter) must match: schema, filter
+    /// and ordering. Hashed only when a cursor is read or made, which most queries never do.
+    fn fingerprint(&self, filter: &Option<Filter>) -> String {
+        cursor::fingerprint(&(self.sid, filter, &self.order))
+    }
 }
 
 /// Compiles `q` for `schema`.
@@ -52,15 +64,12 @@ pub(crate) fn compile(schema: &Schema, q: &Query) -> Result<Compiled, NodeError>
         sql.push(" AND ");
         filter::compile(&mut sql, schema, f, "params.filter")?;
     }
-    let fingerprint = cursor::fingerprint(&(
-        schema.sid,
-        &q.filter,
-        order
-            .iter()
-            .map(|(c, desc)| (c.expr(), *desc))
-            .collect::<Vec<_>>(),
-    ));
+    let shape = order
+        .iter()
+        .map(|(c, desc)| (c.expr().into_owned(), *desc))
+        .collect::<Vec<_>>();
     if let Some(c) = &q.cursor {
+        let fingerprint = cursor::fingerprint(&(schema.sid, &q.filter, &shape));
         let keys = cursor::decode(c, &fingerprint, order.len())?;
         sql.push(" AND ");
         after(&mut sql, &order, keys);
@@ -89,7 +98,8 @@ pub(crate) fn compile(schema: &Schema, q: &Query) -> Result<Compiled, NodeError>
         sql,
         n_keys: order.len(),
         limit,
-        fingerprint,
+        sid: schema.sid,
+        order: shape,
     })
 }
 
@@ -237,7 +247,7 @@ pub(crate) fn run(
     }
     out.push(']');
     if more {
-        let next = cursor::encode(&c.fingerprint, &last_keys)?;
+        let next = cursor::encode(&c.fingerprint(&q.filter), &last_keys)?;
         out.push_str(",\"next_cursor\":\"");
         out.push_str(&next); // base64url: nothing to escape
         out.push('"');
