@@ -101,23 +101,6 @@ impl AuthError {
     }
 }
 
-/// Checks token and signature of `request` for `app` (the app whose socket it came on).
-/// Does not touch the nonce cache; see [`check_freshness`].
-///
-/// # Errors
-///
-/// The first check that fails.
-pub fn verify(request: &Request, app: &App) -> Result<Authenticated, AuthError> {
-    match check(request, app)? {
-        Check::Unsigned => Ok(Authenticated::Unsigned),
-        Check::Signature { message, signature } => {
-            signing::verify_bytes(&app.public_key, &message, &signature)
-                .map_err(AuthError::BadSignature)?;
-            Ok(Authenticated::Signed)
-        }
-    }
-}
-
 /// What [`check`] leaves to do.
 #[derive(Debug, Clone)]
 pub enum Check {
@@ -132,9 +115,11 @@ pub enum Check {
     },
 }
 
-/// Every check of [`verify`] but the signature verification itself, which is returned as
-/// a [`Check::Signature`] so that the caller can verify several requests' signatures in
-/// one batch (`fold_ipc::signing::verify_all`).
+/// Checks version, app id and token of `request` for `app` (the app whose socket it came
+/// on), and whether it must be signed; the signature itself is returned as a
+/// [`Check::Signature`] for the caller to verify, so that several requests' signatures can
+/// share one batch (`crate::verifier`). Does not touch the nonce cache; see
+/// [`check_freshness`].
 ///
 /// # Errors
 ///
@@ -334,6 +319,18 @@ mod tests {
         r.nonce = Some(nonce.into());
         signing::sign_request(&mut r, &s.signing_key).unwrap();
         r
+    }
+
+    /// [`check`], then the signature with `verify_strict`: what the daemon decides.
+    fn verify(request: &Request, app: &App) -> Result<Authenticated, AuthError> {
+        match super::check(request, app)? {
+            Check::Unsigned => Ok(Authenticated::Unsigned),
+            Check::Signature { message, signature } => {
+                signing::verify_bytes(&app.public_key, &message, &signature)
+                    .map_err(AuthError::BadSignature)?;
+                Ok(Authenticated::Signed)
+            }
+        }
     }
 
     /// One check per row: a request, and the refusal expected.

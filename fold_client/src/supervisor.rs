@@ -115,7 +115,7 @@ impl Tracked {
     fn add_note(&self, note: &str) {
         let mut current = lock(&self.note);
         *current = Some(match current.take() {
-            Some(earlier) => format!("{earlier}; {note}"),
+            Some(earlier) => watcher::with_note(earlier, Some(note)),
             None => note.to_string(),
         });
     }

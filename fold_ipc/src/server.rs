@@ -302,28 +302,17 @@ where
         let answering = Arc::clone(&answering);
         answering.fetch_add(1, Ordering::Relaxed);
         let mut job = Box::pin(async move {
-            let Some(stats) = stats.zip(decoded) else {
-                let response = handler.handle(request).await;
-                answering.fetch_sub(1, Ordering::Relaxed);
-                let _ = tx
-                    .send(Outgoing::untimed(encode_capped(&response, max_frame)))
-                    .await;
-                drop(permit);
-                return;
+            // Each stage's clock, when the handler keeps statistics.
+            let lap = |counter: fn(&ServerStats) -> &AtomicU64, since: Option<Instant>| {
+                Some(add_elapsed(counter(stats.as_deref()?), since?))
             };
-            let (stats, decoded) = stats;
-            let started = add_elapsed(&stats.dispatch_ns, decoded);
+            let started = lap(|s| &s.dispatch_ns, decoded);
             let response = handler.handle(request).await;
-            let handled = add_elapsed(&stats.handle_ns, started);
+            let handled = lap(|s| &s.handle_ns, started);
             let body = encode_capped(&response, max_frame);
-            let queued = add_elapsed(&stats.encode_ns, handled);
+            let queued = lap(|s| &s.encode_ns, handled);
             answering.fetch_sub(1, Ordering::Relaxed);
-            let _ = tx
-                .send(Outgoing {
-                    body,
-                    queued: Some(queued),
-                })
-                .await;
+            let _ = tx.send(Outgoing { body, queued }).await;
             drop(permit);
         });
         // Most requests are answered without waiting on anything (an inline read, a

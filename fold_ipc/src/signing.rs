@@ -224,15 +224,12 @@ pub fn verify_all(items: &[BatchItem<'_>]) -> Vec<Result<(), SignatureError>> {
             results[i] = verify_bytes(key, message, signature);
         }
     }
-    let batched = match batch.len() {
-        0 => false,
-        1 => false,
-        _ => {
-            let messages: Vec<&[u8]> = batch.iter().map(|&i| items[i].1).collect();
-            let signatures: Vec<Signature> = batch.iter().map(|&i| *items[i].2).collect();
-            let keys: Vec<VerifyingKey> = batch.iter().map(|&i| *items[i].0).collect();
-            ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
-        }
+    // A batch of one would cost more than `verify_strict` alone.
+    let batched = batch.len() > 1 && {
+        let messages: Vec<&[u8]> = batch.iter().map(|&i| items[i].1).collect();
+        let signatures: Vec<Signature> = batch.iter().map(|&i| *items[i].2).collect();
+        let keys: Vec<VerifyingKey> = batch.iter().map(|&i| *items[i].0).collect();
+        ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
     };
     for i in batch {
         results[i] = if batched {

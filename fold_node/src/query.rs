@@ -11,8 +11,9 @@
 //! ```
 //!
 //! `sid = 7` is a literal (our own integer) so that SQLite can use the partial indexes of
-//! indexed fields, and so is the limit (see [`compile`]); everything that came from the request is a bound parameter. The row
-//! objects are built by SQLite and copied into the result text as they are.
+//! indexed fields, and so is the limit (see [`compile`]); everything that came from the
+//! request is a bound parameter. The row objects are built by SQLite and copied into the
+//! result text as they are.
 
 use crate::catalog::{is_ordered, Catalog, Schema};
 use crate::columns::Column;
@@ -64,12 +65,12 @@ pub(crate) fn compile(schema: &Schema, q: &Query) -> Result<Compiled, NodeError>
         sql.push(" AND ");
         filter::compile(&mut sql, schema, f, "params.filter")?;
     }
-    let shape = order
+    let order_exprs = order
         .iter()
         .map(|(c, desc)| (c.expr().into_owned(), *desc))
         .collect::<Vec<_>>();
     if let Some(c) = &q.cursor {
-        let fingerprint = cursor::fingerprint(&(schema.sid, &q.filter, &shape));
+        let fingerprint = cursor::fingerprint(&(schema.sid, &q.filter, &order_exprs));
         let keys = cursor::decode(c, &fingerprint, order.len())?;
         sql.push(" AND ");
         after(&mut sql, &order, keys);
@@ -99,7 +100,7 @@ pub(crate) fn compile(schema: &Schema, q: &Query) -> Result<Compiled, NodeError>
         n_keys: order.len(),
         limit,
         sid: schema.sid,
-        order: shape,
+        order: order_exprs,
     })
 }
 

@@ -70,10 +70,7 @@ async fn watch(shared: Arc<Shared>, tracked: Arc<Tracked>, app_id: String) {
         };
         // E.g. a child's OOM kill, while the app's own exit is what `ended` says.
         let exit_note = tracked.backend.exit_note(&app_id);
-        let detail = match &exit_note {
-            Some(note) => format!("{ended}; {note}"),
-            None => ended.to_string(),
-        };
+        let detail = with_note(ended.to_string(), exit_note.as_deref());
         audit(&shared, &app_id, "exit", &detail).await;
         let policy = tracked.options.restart;
         let mut restarts = tracked.restarts.load(Ordering::SeqCst);
@@ -89,10 +86,7 @@ async fn watch(shared: Arc<Shared>, tracked: Arc<Tracked>, app_id: String) {
             {
                 let gave_up = format!("gave up after {restarts} restarts");
                 audit(&shared, &app_id, "restart_gave_up", &gave_up).await;
-                tracked.set_note(match exit_note {
-                    Some(exit_note) => format!("{gave_up}; {exit_note}"),
-                    None => gave_up,
-                });
+                tracked.set_note(with_note(gave_up, exit_note.as_deref()));
             } else if let Some(exit_note) = exit_note {
                 // Added, not replacing: a note on why the run was killed (maximum lifetime,
                 // run timeout) still holds.
@@ -198,5 +192,13 @@ pub(super) async fn adopt_all(shared: &Arc<Shared>, docker: &DockerSandbox) {
             }
             Err(e) => tracing::warn!(app = %app.name, "cannot adopt container: {e}"),
         }
+    }
+}
+
+/// `text`, then `; note` when there is one.
+pub(super) fn with_note(text: String, note: Option<&str>) -> String {
+    match note {
+        Some(note) => format!("{text}; {note}"),
+        None => text,
     }
 }

@@ -191,7 +191,27 @@ pub async fn call_ok<T>(
 ) -> Result<T, SandboxError> {
     call(engine, timeout, what, request)
         .await?
-        .map_err(|e| SandboxError::Backend(format!("{what}: {}", message(&e))))
+        .map_err(|e| refused(what, &e))
+}
+
+/// The engine's refusal of `what`, with its message.
+fn refused(what: &str, error: &BollardError) -> SandboxError {
+    SandboxError::Backend(format!("{what}: {}", message(error)))
+}
+
+/// Runs a request for which gone (404) and not running or already being removed (409) mean
+/// there is nothing left to do, as [`call`].
+async fn call_done_if_gone(
+    engine: &Engine,
+    timeout: Duration,
+    what: &str,
+    request: impl Future<Output = Result<(), BollardError>>,
+) -> Result<(), SandboxError> {
+    match call(engine, timeout, what, request).await? {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(status(&e), Some(404 | 409)) => Ok(()),
+        Err(e) => Err(refused(what, &e)),
+    }
 }
 
 /// Inspects a container; `None` when it does not exist.
@@ -208,7 +228,7 @@ pub async fn inspect(
     match call(docker, timeout, &what, docker.inspect_container(id, None)).await? {
         Ok(c) => Ok(Some(c)),
         Err(e) if status(&e) == Some(404) => Ok(None),
-        Err(e) => Err(SandboxError::Backend(format!("{what}: {}", message(&e)))),
+        Err(e) => Err(refused(&what, &e)),
     }
 }
 
@@ -223,18 +243,13 @@ pub async fn remove(docker: &Engine, timeout: Duration, id: &str) -> Result<(), 
         .v(true)
         .build();
     let what = format!("removing container {id}");
-    match call(
+    call_done_if_gone(
         docker,
         timeout,
         &what,
         docker.remove_container(id, Some(options)),
     )
-    .await?
-    {
-        Ok(()) => Ok(()),
-        Err(e) if matches!(status(&e), Some(404 | 409)) => Ok(()),
-        Err(e) => Err(SandboxError::Backend(format!("{what}: {}", message(&e)))),
-    }
+    .await
 }
 
 /// Sends a signal to a container's init. Not running (409) or gone (404) count as done.
@@ -252,18 +267,13 @@ pub async fn kill(
         .signal(signal)
         .build();
     let what = format!("sending {signal} to container {id}");
-    match call(
+    call_done_if_gone(
         docker,
         timeout,
         &what,
         docker.kill_container(id, Some(options)),
     )
-    .await?
-    {
-        Ok(()) => Ok(()),
-        Err(e) if matches!(status(&e), Some(404 | 409)) => Ok(()),
-        Err(e) => Err(SandboxError::Backend(format!("{what}: {}", message(&e)))),
-    }
+    .await
 }
 
 /// Creates a container; returns its id or the engine's error untouched (the caller decides
@@ -310,7 +320,7 @@ pub async fn image_present(
     match call(docker, timeout, &what, docker.inspect_image(image)).await? {
         Ok(_) => Ok(true),
         Err(e) if status(&e) == Some(404) => Ok(false),
-        Err(e) => Err(SandboxError::Backend(format!("{what}: {}", message(&e)))),
+        Err(e) => Err(refused(&what, &e)),
     }
 }
 

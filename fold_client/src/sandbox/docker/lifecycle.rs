@@ -380,16 +380,11 @@ pub(super) async fn finalize(inner: &Arc<Inner>, entry: &Arc<Entry>, id: &str, h
         }
     }
     let (final_state, note) = exit_state(entry.stop_requested.load(Ordering::SeqCst), oom, code);
-    match note {
-        Some(note) => {
-            let _ = entry
-                .log
-                .write_marker(&format!("app {final_state}; {note}"));
-        }
-        None => {
-            let _ = entry.log.write_marker(&format!("app {final_state}"));
-        }
-    }
+    let marker = match note {
+        Some(note) => format!("app {final_state}; {note}"),
+        None => format!("app {final_state}"),
+    };
+    let _ = entry.log.write_marker(&marker);
     // Set before the state is published, so whoever sees the end also sees the note.
     *lock(&entry.exit_note) = note;
     if let Err(e) = engine::remove(&inner.docker, timeout, id).await {
