@@ -90,7 +90,17 @@ async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
         }
     }
     let socket_dir = d.shared.socket_dir(&app_id);
-    let mut host = std::process::Command::new(&env.app);
+    // The app uid runs a copy in the test's own directory: the build's target directory may
+    // sit below a directory it cannot traverse (a checkout under `mktemp -d` is 0700).
+    let host_app = if super::is_root() {
+        let copy = d.dir.path().join("host_test_app");
+        std::fs::copy(&env.app, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    } else {
+        env.app.clone()
+    };
+    let mut host = std::process::Command::new(&host_app);
     host.arg("query")
         .env_clear()
         .env("FOLD_CLIENT_APP_ID", &app_id)
