@@ -134,6 +134,7 @@ pub async fn install(
             memory: None,
             cpus: None,
             pids: None,
+            direct: image.is_none(),
         },
     )
     .await?;

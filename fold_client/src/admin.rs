@@ -16,7 +16,6 @@ use apps::execute;
 use fold_ipc::frame::{read_frame, write_frame};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +59,10 @@ pub enum AdminRequest {
         /// Process limit.
         #[serde(default)]
         pids: Option<u64>,
+        /// Place it on the host (dev mode): any process of its uid may connect. Without
+        /// it, only a process of its running container may.
+        #[serde(default)]
+        direct: bool,
     },
     /// List apps.
     List,
@@ -193,9 +196,17 @@ pub fn serve(shared: &Arc<Shared>) -> Result<(), crate::ipc::SocketError> {
 /// The socket cannot be bound, or a live daemon answers on it.
 pub fn bind(config: &crate::config::Config) -> Result<AppSocket, crate::ipc::SocketError> {
     let path = &config.admin_socket;
-    let socket = crate::ipc::bind_socket(path, None, None)?;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-    Ok(socket)
+    let io = |source: std::io::Error| crate::ipc::SocketError::Io {
+        path: path.clone(),
+        source,
+    };
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(io(std::io::Error::other(
+            "admin socket path has no directory or file name",
+        )));
+    };
+    let dir = crate::fsutil::Dir::open(dir).map_err(io)?;
+    crate::ipc::bind_socket(&dir, name, crate::fsutil::Access::private(0o600))
 }
 
 /// Starts serving a socket from [`bind`].

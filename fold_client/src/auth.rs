@@ -300,6 +300,7 @@ mod tests {
             gid: 1,
             grants: vec![],
             auth_mode: mode,
+            placement: crate::registry::Placement::Container,
             token_hash: secrets::token_hash(&s.token),
             public_key: s.signing_key.verifying_key(),
             binary: "a".into(),

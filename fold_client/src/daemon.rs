@@ -4,10 +4,10 @@
 use crate::admin;
 use crate::audit::{now_ms, Audit};
 use crate::config::{Config, UidMode};
-use crate::fsutil;
+use crate::fsutil::{self, Access};
 use crate::ipc::{self, AppRuntime, CREDENTIALS_FILE};
 use crate::proxy::NodeClient;
-use crate::registry::{App, InstallSpec, IssuedSecrets, Registry, RegistryError};
+use crate::registry::{App, InstallSpec, IssuedSecrets, Placement, Registry, RegistryError};
 use crate::supervisor::Supervisor;
 use fold_ipc::Credentials;
 use std::collections::HashMap;
@@ -41,8 +41,10 @@ pub struct Shared {
     listeners: Mutex<HashMap<String, CancellationToken>>,
     /// Per-app authentication state, by app id.
     runtimes: Mutex<HashMap<String, Arc<AppRuntime>>>,
-    /// Whether files are chowned to app uids (daemon is root, per-app uids).
+    /// Whether app-visible files are given the app's group (daemon is root, per-app uids).
     chown_to_app: bool,
+    /// The socket root, opened once; app socket directories are reached through it.
+    socket_root: fsutil::Dir,
 }
 
 /// Why the daemon or an admin action failed.
@@ -118,7 +120,7 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
         fsutil::private_dir(&dir, mode)
             .map_err(setup(format!("cannot create {}", dir.display())))?;
     }
-    fsutil::private_dir(&config.socket_root, 0o711)
+    let socket_root = fsutil::private_dir(&config.socket_root, 0o711)
         .map_err(setup("cannot create the socket root"))?;
     // The admin socket first: a second daemon on this state directory stops here, before it
     // touches the audit log, the node's data or the first one's containers.
@@ -160,6 +162,7 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
         listeners: Mutex::new(HashMap::new()),
         runtimes: Mutex::new(HashMap::new()),
         chown_to_app,
+        socket_root,
     });
     // Containers left running by an earlier run of this daemon (same label) are adopted
     // before the sockets are re-bound, so the peer check knows their containers.
@@ -220,14 +223,95 @@ impl Shared {
     pub fn log_path(&self, app_id: &str) -> PathBuf {
         self.config.logs_dir().join(format!("{app_id}.log"))
     }
-    fn owner(&self, app: &App) -> Option<(u32, u32)> {
-        self.chown_to_app.then_some((app.uid, app.gid))
+    /// Owner and mode for something in the app's socket directory: with per-app uids,
+    /// root's with the app's group and `shared_mode` (the app reads, never writes); else the
+    /// daemon's own with `private_mode`.
+    fn app_access(&self, app: &App, shared_mode: u32, private_mode: u32) -> Access {
+        if self.chown_to_app {
+            Access {
+                owner: Some((nix::unistd::geteuid().as_raw(), app.gid)),
+                mode: shared_mode,
+            }
+        } else {
+            Access::private(private_mode)
+        }
+    }
+
+    /// Opens (creating or repairing) the app's socket directory: owned by the daemon, the
+    /// app's group may enter and list it, nobody else may write it. A directory from an
+    /// earlier layout (owned by the app) is taken back first, and anything the app left in
+    /// it besides its socket and credentials is removed.
+    fn socket_dir_handle(&self, app: &App) -> std::io::Result<fsutil::Dir> {
+        let dir = self
+            .socket_root
+            .child_dir(&app.id, self.app_access(app, 0o750, 0o700))?;
+        let socket = format!("{}.sock", app.id);
+        for name in dir.names()? {
+            if name == socket || name == CREDENTIALS_FILE {
+                continue;
+            }
+            let stat = dir.stat_entry(&name)?;
+            if stat.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                // std's remove_dir_all does not follow symlinks inside (openat/unlinkat).
+                std::fs::remove_dir_all(dir.path().join(&name))?;
+            } else {
+                dir.remove(&name)?;
+            }
+        }
+        // Credentials the app could write (earlier layout): keep their content in a new
+        // file only the daemon can write; anything else under that name is dropped.
+        if let Ok(stat) = dir.stat_entry(CREDENTIALS_FILE) {
+            if stat.st_uid != nix::unistd::geteuid().as_raw() {
+                match dir
+                    .read_file(CREDENTIALS_FILE, CREDENTIALS_CAP)
+                    .ok()
+                    .filter(|bytes| Credentials::from_json(bytes).is_ok())
+                {
+                    Some(bytes) => dir.write_file(
+                        CREDENTIALS_FILE,
+                        &bytes,
+                        self.app_access(app, 0o640, 0o600),
+                    )?,
+                    None => {
+                        tracing::warn!(app = %app.name, "dropped an unreadable credentials file; `app rotate` issues new ones");
+                        dir.remove(CREDENTIALS_FILE)?;
+                    }
+                }
+            }
+        }
+        Ok(dir)
+    }
+
+    /// The app's credentials, read through its socket directory's descriptor (never
+    /// through a symlink).
+    ///
+    /// # Errors
+    ///
+    /// The file is missing, not a regular file, too large or not valid credentials.
+    pub fn read_credentials(&self, app: &App) -> Result<Credentials, String> {
+        let dir = fsutil::Dir::open(&self.socket_dir(&app.id)).map_err(|e| e.to_string())?;
+        let bytes = dir
+            .read_file(CREDENTIALS_FILE, CREDENTIALS_CAP)
+            .map_err(|e| e.to_string())?;
+        Credentials::from_json(&bytes).map_err(|e| e.to_string())
     }
 }
 
+/// The largest credentials file the daemon reads back.
+const CREDENTIALS_CAP: u64 = 64 * 1024;
+
 /// Binds the app's socket and starts serving it.
 fn serve_app(shared: &Arc<Shared>, app: &App) -> Result<(), DaemonError> {
-    let socket = ipc::bind_socket(&shared.socket_path(&app.id), Some(0o700), shared.owner(app))?;
+    let socket_error = |source| ipc::SocketError::Io {
+        path: shared.socket_path(&app.id),
+        source,
+    };
+    let dir = shared.socket_dir_handle(app).map_err(socket_error)?;
+    let socket = ipc::bind_socket(
+        &dir,
+        &format!("{}.sock", app.id),
+        shared.app_access(app, 0o660, 0o600),
+    )?;
     let runtime = Arc::clone(
         lock(&shared.runtimes)
             .entry(app.id.clone())
@@ -259,32 +343,31 @@ fn write_credentials(
         signing_key: secrets.signing_key.clone(),
         version: fold_ipc::version::CURRENT,
     };
-    let dir = shared.socket_dir(&app.id);
-    fsutil::private_dir(&dir, 0o700).map_err(setup("cannot create the app's socket directory"))?;
-    let path = dir.join(CREDENTIALS_FILE);
-    fsutil::write_atomic(&path, creds.to_json().as_bytes(), 0o600)
-        .map_err(setup("cannot write the credentials file"))?;
-    if let Some((uid, gid)) = shared.owner(app) {
-        fsutil::chown(&dir, uid, gid)
-            .map_err(setup("cannot hand the socket directory to the app"))?;
-        fsutil::chown(&path, uid, gid)
-            .map_err(setup("cannot hand the credentials file to the app"))?;
-    }
-    Ok(())
+    shared
+        .socket_dir_handle(app)
+        .and_then(|dir| {
+            dir.write_file(
+                CREDENTIALS_FILE,
+                creds.to_json().as_bytes(),
+                shared.app_access(app, 0o640, 0o600),
+            )
+        })
+        .map_err(setup("cannot write the credentials file"))
 }
 
 fn copy_binary(shared: &Shared, app: &App, source: &Path) -> Result<(), DaemonError> {
-    let dir = shared.app_dir(&app.id);
-    fsutil::private_dir(&dir, 0o755).map_err(setup("cannot create the app directory"))?;
-    let target = dir.join(&app.binary);
-    std::fs::copy(source, &target).map_err(setup(format!(
+    let dir = fsutil::Dir::open(&shared.config.apps_dir())
+        .and_then(|apps| apps.child_dir(&app.id, Access::private(0o755)))
+        .map_err(setup("cannot create the app directory"))?;
+    let mut binary =
+        std::fs::File::open(source).map_err(setup(format!("cannot read {}", source.display())))?;
+    dir.write_with(&app.binary, Access::private(0o755), |file| {
+        std::io::copy(&mut binary, file).map(drop)
+    })
+    .map_err(setup(format!(
         "cannot copy {} into the app directory",
         source.display()
-    )))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
-        .map_err(setup("cannot make the binary executable"))?;
-    Ok(())
+    )))
 }
 
 /// Installs an app and starts serving its socket at once.
@@ -379,6 +462,40 @@ pub async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Arc<App>, Daemon
 fn cleanup_files(shared: &Shared, app_id: &str) {
     let _ = std::fs::remove_dir_all(shared.socket_dir(app_id));
     let _ = std::fs::remove_dir_all(shared.app_dir(app_id));
+}
+
+/// Records where the app will run before it is launched there (`app launch --direct`
+/// places it on the host, `app launch` in a container); the peer rule follows the record.
+/// A live app keeps its placement: a running container must not become reachable from the
+/// host, nor a host process from a container.
+///
+/// # Errors
+///
+/// Unknown app, the app is running elsewhere, or the entry could not be saved.
+pub async fn place(
+    shared: &Arc<Shared>,
+    name: &str,
+    placement: Placement,
+) -> Result<Arc<App>, DaemonError> {
+    let app = shared.registry.find(name)?;
+    if app.placement == placement {
+        return Ok(app);
+    }
+    if shared
+        .supervisor
+        .state(&app.id)
+        .is_some_and(|(_, state)| state.is_live())
+    {
+        return Err(crate::sandbox::SandboxError::AlreadyRunning(app.name.clone()).into());
+    }
+    let app = shared
+        .registry
+        .update(&app.id, |a| a.placement = placement)?;
+    shared
+        .audit
+        .event(&app.id, Some(&app.name), "placement", placement.as_str())
+        .await;
+    Ok(app)
 }
 
 /// Replaces the app's grants.

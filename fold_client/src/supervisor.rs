@@ -15,7 +15,7 @@ pub use options::{backoff, LaunchOptions, RestartPolicy, MAX_BACKOFF, RESTART_RE
 use crate::audit::now_ms;
 use crate::daemon::Shared;
 use crate::ipc::CREDENTIALS_FILE;
-use crate::registry::{App, AuthMode};
+use crate::registry::{App, AuthMode, Placement};
 use crate::sandbox::direct::DirectSandbox;
 use crate::sandbox::docker::{DockerSandbox, DockerSettings};
 use crate::sandbox::{AppState, LaunchSpec, Sandbox, SandboxError, SandboxKind};
@@ -33,18 +33,25 @@ fn legacy_token(shared: &Shared, app: &App, direct: bool) -> Option<String> {
     if app.auth_mode != AuthMode::Token || !direct {
         return None;
     }
-    let path = shared.socket_dir(&app.id).join(CREDENTIALS_FILE);
-    fold_ipc::Credentials::load(&path).ok().map(|c| c.token)
+    shared.read_credentials(app).ok().map(|c| c.token)
 }
 
 /// Who may connect to an app's socket, besides the uid check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerRule {
-    /// Any process of the app's uid (direct mode, or never launched).
+    /// Any process of the app's uid: the app is placed on the host (dev mode).
     Uid,
-    /// Only processes in this container (the peer's cgroup must name it).
-    Container(String),
-    /// Nobody: the app was placed in a container that is not known (yet).
+    /// Only processes of this running container (same cgroups and pid namespace as its
+    /// init process, host pid `init_pid`).
+    Container {
+        /// The container's full id.
+        id: String,
+        /// Its init process's host pid.
+        init_pid: u32,
+    },
+    /// The container is starting; its init pid is not known yet.
+    Starting,
+    /// Nobody: the app is placed in a container and none is running.
     Nobody,
 }
 
@@ -415,17 +422,22 @@ impl Supervisor {
         })
     }
 
-    /// Who may connect to the app's socket besides its uid: an app placed in a container
-    /// is reachable only from that container.
-    pub fn peer_rule(&self, app_id: &str) -> PeerRule {
-        let kind = lock(&self.tracked).get(app_id).map(|t| t.kind);
-        match kind {
-            Some(SandboxKind::Docker) => self
-                .docker
-                .get()
-                .and_then(|d| d.container_id(app_id))
-                .map_or(PeerRule::Nobody, PeerRule::Container),
-            _ => PeerRule::Uid,
+    /// Who may connect to the app's socket besides its uid. Decided by the app's recorded
+    /// placement, never by whether it was launched since the daemon started: a container
+    /// app is reachable only from its running container.
+    pub fn peer_rule(&self, app: &App) -> PeerRule {
+        if app.placement == Placement::Host {
+            return PeerRule::Uid;
+        }
+        match self.docker.get().and_then(|d| d.current(&app.id)) {
+            Some((
+                id,
+                AppState::Running {
+                    pid: Some(init_pid),
+                },
+            )) => PeerRule::Container { id, init_pid },
+            Some((_, AppState::Starting)) => PeerRule::Starting,
+            _ => PeerRule::Nobody,
         }
     }
 

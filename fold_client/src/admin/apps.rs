@@ -2,7 +2,7 @@
 
 use super::{binary_name, parse_grants, parse_size, AdminRequest};
 use crate::daemon::{self, DaemonError, InstallRequest, Shared};
-use crate::registry::{App, AuthMode, InstallSpec};
+use crate::registry::{App, AuthMode, InstallSpec, Placement};
 use crate::sandbox::{ResourceLimits, SandboxKind};
 use crate::supervisor::{LaunchOptions, LaunchOutcome, RestartPolicy};
 use serde_json::{json, Value};
@@ -23,6 +23,7 @@ pub fn app_view(shared: &Shared, app: &App) -> Value {
         "gid": app.gid,
         "grants": app.grants.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "auth": app.auth_mode.as_str(),
+        "placement": app.placement.as_str(),
         "binary": app.binary,
         "image": app.image.clone().unwrap_or_else(|| shared.config.default_image.clone()),
         "network": app.network,
@@ -98,6 +99,14 @@ fn launch_options(
     Ok(options)
 }
 
+fn placement_of(direct: bool) -> Placement {
+    if direct {
+        Placement::Host
+    } else {
+        Placement::Container
+    }
+}
+
 fn sandbox_detail(kind: SandboxKind, outcome: &LaunchOutcome) -> String {
     match (kind, &outcome.container) {
         (SandboxKind::Direct, _) => "direct: NOT SANDBOXED".to_string(),
@@ -111,7 +120,7 @@ async fn launch(
     app: &str,
     options: LaunchOptions,
 ) -> Result<Value, DaemonError> {
-    let app = shared.registry.find(app)?;
+    let app = daemon::place(shared, app, placement_of(options.direct)).await?;
     let outcome = shared.supervisor.launch(shared, &app, options).await?;
     let kind = outcome.kind;
     let detail = sandbox_detail(kind, &outcome);
@@ -137,7 +146,7 @@ async fn run(
     options: LaunchOptions,
     timeout: Duration,
 ) -> Result<Value, DaemonError> {
-    let app = shared.registry.find(app)?;
+    let app = daemon::place(shared, app, placement_of(options.direct)).await?;
     let grace = shared.config.stop_grace;
     let outcome = shared
         .supervisor
@@ -202,6 +211,7 @@ pub(super) async fn execute(
             memory,
             cpus,
             pids,
+            direct,
         } => {
             let mut limits = ResourceLimits {
                 ..shared.config.default_limits
@@ -231,6 +241,7 @@ pub(super) async fn execute(
                 binary: binary_name(&binary)?,
                 grants: parse_grants(&grants)?,
                 auth_mode,
+                placement: placement_of(direct),
                 image,
                 network,
                 limits,

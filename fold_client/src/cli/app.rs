@@ -41,6 +41,10 @@ pub enum AppCommand {
         /// Process limit.
         #[arg(long)]
         pids: Option<u64>,
+        /// Place the app on the host (dev mode, NOT sandboxed): any process of its uid may
+        /// connect. By default only a process of its running container may.
+        #[arg(long)]
+        direct: bool,
     },
     /// List installed apps.
     List,
@@ -154,6 +158,7 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
             memory,
             cpus,
             pids,
+            direct,
         } => {
             let binary = std::path::absolute(&binary)
                 .with_context(|| format!("cannot resolve {}", binary.display()))?;
@@ -167,6 +172,7 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
                 memory,
                 cpus,
                 pids,
+                direct,
             }
         }
         AppCommand::List => AdminRequest::List,

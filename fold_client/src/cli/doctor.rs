@@ -181,13 +181,20 @@ fn engine_checks(config: &Config, report: &EngineReport, checks: &mut Vec<Check>
     }
 }
 
-fn mode_check(path: &Path, want_mode: u32, want_uid: Option<u32>) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// Checks `path` itself (a symlink is reported, never followed): its mode must be one of
+/// `modes`, and its owner `want_uid` when given.
+fn mode_check(path: &Path, modes: &[u32], want_uid: Option<u32>) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.file_type().is_symlink() {
+        return Err(format!("{} is a symlink", path.display()));
+    }
     let mode = meta.mode() & 0o7777;
-    if mode != want_mode {
+    if !modes.contains(&mode) {
+        let want: Vec<_> = modes.iter().map(|m| format!("{m:o}")).collect();
         return Err(format!(
-            "{} has mode {mode:o}, expected {want_mode:o}",
-            path.display()
+            "{} has mode {mode:o}, expected {}",
+            path.display(),
+            want.join(" or ")
         ));
     }
     if let Some(uid) = want_uid.filter(|u| meta.uid() != *u) {
@@ -229,32 +236,39 @@ fn host_checks(config: &Config, checks: &mut Vec<Check>) {
         return;
     }
     let mut bad = Vec::new();
-    if let Err(e) = mode_check(root, 0o711, Some(euid)) {
+    if let Err(e) = mode_check(root, &[0o711], Some(euid)) {
         bad.push(e);
     }
+    // Only the daemon may write an app's socket directory (the app's group may read).
     if let Ok(entries) = std::fs::read_dir(root) {
-        for dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
-            if let Err(e) = mode_check(&dir, 0o700, None) {
+        for dir in entries.flatten().map(|e| e.path()) {
+            if let Err(e) = mode_check(&dir, &[0o750, 0o700], Some(euid)) {
                 bad.push(e);
+                continue;
             }
             let creds = dir.join("credentials.json");
-            if creds.exists() {
-                let owner = std::fs::metadata(&dir).map(|m| m.uid()).ok();
-                if let Err(e) = mode_check(&creds, 0o600, owner) {
+            if std::fs::symlink_metadata(&creds).is_ok() {
+                if let Err(e) = mode_check(&creds, &[0o640, 0o600], Some(euid)) {
                     bad.push(e);
                 }
             }
         }
     }
     checks.push(if bad.is_empty() {
-        ok("socket root", format!("{}: 0711, app dirs 0700, credentials 0600", root.display()))
+        ok(
+            "socket root",
+            format!(
+                "{}: 0711; app dirs and credentials the daemon's, read-only to their app",
+                root.display()
+            ),
+        )
     } else {
         problem(
             "socket root",
             "FAIL",
             bad.join("; "),
             format!(
-                "chmod 0711 {0}; chmod 0700 {0}/*; chmod 0600 {0}/*/credentials.json (restarting the daemon also resets them)",
+                "stop the daemon, remove what is not the daemon's under {}, and start it: it recreates each app's directory (`app rotate` reissues lost credentials)",
                 root.display()
             ),
         )

@@ -48,6 +48,36 @@ impl AuthMode {
     }
 }
 
+/// Where an app's processes run, which decides who may connect to its socket. Part of the
+/// app's record, so the rule holds before the first launch and after every restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// In a container (the default): only a process of its running container may connect,
+    /// and nobody while none runs.
+    #[default]
+    Container,
+    /// On the host, unsandboxed (dev mode, chosen explicitly): any process of its uid.
+    Host,
+}
+
+impl Placement {
+    /// `container` or `host`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Container => "container",
+            Placement::Host => "host",
+        }
+    }
+    /// Parses `container` or `host`.
+    pub fn parse(text: &str) -> Option<Placement> {
+        match text {
+            "container" => Some(Placement::Container),
+            "host" => Some(Placement::Host),
+            _ => None,
+        }
+    }
+}
+
 /// One installed app. Immutable: changes replace the whole snapshot.
 #[derive(Debug, Clone)]
 pub struct App {
@@ -63,6 +93,8 @@ pub struct App {
     pub grants: Vec<Grant>,
     /// How the app authenticates.
     pub auth_mode: AuthMode,
+    /// Where it runs, and so who may connect.
+    pub placement: Placement,
     /// SHA-256 of the app's token.
     pub token_hash: [u8; 32],
     /// The app's ed25519 public key.
@@ -92,6 +124,8 @@ pub struct InstallSpec {
     pub grants: Vec<Grant>,
     /// How it authenticates.
     pub auth_mode: AuthMode,
+    /// Where it runs.
+    pub placement: Placement,
     /// Container image.
     pub image: Option<String>,
     /// Named network.
@@ -253,6 +287,7 @@ impl Registry {
             gid,
             grants: spec.grants,
             auth_mode: spec.auth_mode,
+            placement: spec.placement,
             token_hash: secrets::token_hash(&issued.token),
             public_key: issued.signing_key.verifying_key(),
             binary: spec.binary,
@@ -339,6 +374,7 @@ mod tests {
             binary: "app".into(),
             grants: vec!["query:post".parse().unwrap()],
             auth_mode: AuthMode::Signed,
+            placement: Placement::Container,
             image: None,
             network: None,
             limits: ResourceLimits::default(),

@@ -1,7 +1,7 @@
 //! Persistence of registry entries: one TOML file per app, written atomically, mode 0600 in a
 //! 0700 directory.
 
-use super::{App, AuthMode};
+use super::{App, AuthMode, Placement};
 use crate::fsutil;
 use crate::policy::Grant;
 use crate::sandbox::ResourceLimits;
@@ -19,6 +19,9 @@ struct StoredApp {
     gid: u32,
     grants: Vec<String>,
     auth: String,
+    /// Missing in entries written before placement was recorded: those are containers.
+    #[serde(default)]
+    placement: Option<String>,
     token_sha256: String,
     public_key: String,
     binary: String,
@@ -61,6 +64,7 @@ pub(super) fn save(dir: &Path, app: &App) -> std::io::Result<()> {
         gid: app.gid,
         grants: app.grants.iter().map(ToString::to_string).collect(),
         auth: app.auth_mode.as_str().to_string(),
+        placement: Some(app.placement.as_str().to_string()),
         token_sha256: hex::encode(app.token_hash),
         public_key: hex::encode(app.public_key.as_bytes()),
         binary: app.binary.clone(),
@@ -115,6 +119,11 @@ pub(super) fn load(path: &Path) -> Result<App, CorruptEntry> {
         .collect::<Result<_, _>>()?;
     let auth_mode = AuthMode::parse(&s.auth)
         .ok_or_else(|| corrupt(format!("auth {:?}: expected signed or token", s.auth)))?;
+    let placement = match s.placement.as_deref() {
+        None => Placement::Container,
+        Some(text) => Placement::parse(text)
+            .ok_or_else(|| corrupt(format!("placement {text:?}: expected container or host")))?,
+    };
     Ok(App {
         id: s.id,
         name: s.name,
@@ -122,6 +131,7 @@ pub(super) fn load(path: &Path) -> Result<App, CorruptEntry> {
         gid: s.gid,
         grants,
         auth_mode,
+        placement,
         token_hash,
         public_key,
         binary: s.binary,

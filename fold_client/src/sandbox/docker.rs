@@ -222,6 +222,14 @@ impl DockerSandbox {
             .and_then(|e| e.container())
     }
 
+    /// The app's current (or last) container and its state.
+    pub fn current(&self, app_id: &str) -> Option<(String, AppState)> {
+        let entry = lock(&self.inner.apps).get(app_id).cloned()?;
+        let id = entry.container()?;
+        let state = entry.state.borrow().clone();
+        Some((id, state))
+    }
+
     /// Whether this engine limits container storage, as known so far.
     pub fn storage(&self) -> StorageSupport {
         lock(&self.inner.storage).clone()

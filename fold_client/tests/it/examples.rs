@@ -115,6 +115,7 @@ async fn install_in(
         memory: None,
         cpus: None,
         pids: None,
+        direct: false,
     })
     .await
     .unwrap_or_else(|e| panic!("installing {name}: {e}"))

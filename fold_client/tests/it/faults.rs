@@ -140,7 +140,7 @@ impl ChildDaemon {
 
     /// Installs an app through the CLI; returns the credentials the daemon wrote for it.
     pub fn install(&self, name: &str, grants: &[&str], auth: Option<&str>) -> Credentials {
-        let mut args = vec!["app", "install", name, "--binary", "/bin/true"];
+        let mut args = vec!["app", "install", name, "--direct", "--binary", "/bin/true"];
         for grant in grants {
             args.extend(["--grant", grant]);
         }
@@ -624,6 +624,7 @@ async fn docker_engine_restarted_while_an_app_runs_shows_true_states_and_is_used
             memory: None,
             cpus: None,
             pids: None,
+            direct: false,
         },
     )
     .await
@@ -641,6 +642,7 @@ async fn docker_engine_restarted_while_an_app_runs_shows_true_states_and_is_used
             memory: None,
             cpus: None,
             pids: None,
+            direct: false,
         },
     )
     .await

@@ -47,6 +47,7 @@ async fn install(
             memory: Some(format!("{MEMORY_MIB}m")),
             cpus: Some(CPUS),
             pids: Some(PIDS),
+            direct: false,
         },
     )
     .await

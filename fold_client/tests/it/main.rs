@@ -3,6 +3,7 @@
 
 mod abuse;
 mod auth;
+mod boundary;
 mod docker;
 mod examples;
 mod faults;

@@ -49,6 +49,7 @@ async fn no_secret_in_audit_or_debug_log() {
         "app",
         "install",
         "leaky",
+        "--direct",
         "--binary",
         "/bin/true",
         "--grant",

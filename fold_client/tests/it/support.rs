@@ -37,6 +37,11 @@ pub async fn start_daemon(extra: &str) -> TestDaemon {
         .tempdir_in("/tmp")
         .unwrap();
     let config = config_in(dir.path(), extra);
+    start_with(dir, config).await
+}
+
+/// Starts a daemon with `config` (whose state lives in `dir`).
+pub async fn start_with(dir: tempfile::TempDir, config: Config) -> TestDaemon {
     let shared = daemon::start(config.clone()).await.unwrap();
     TestDaemon {
         shared,
@@ -57,9 +62,21 @@ impl TestDaemon {
         }
     }
 
-    /// Installs an app with `grants` (auth "signed" unless `auth` is given); returns its
-    /// credentials, read from the credentials file the daemon wrote.
+    /// Installs an app placed on the host (so this test process may connect as it) with
+    /// `grants` (auth "signed" unless `auth` is given); returns its credentials, read from
+    /// the credentials file the daemon wrote.
     pub async fn install(&self, name: &str, grants: &[&str], auth: Option<&str>) -> Credentials {
+        self.install_placed(name, grants, auth, true).await
+    }
+
+    /// Installs an app on the host (`direct`) or in a container (not launched).
+    pub async fn install_placed(
+        &self,
+        name: &str,
+        grants: &[&str],
+        auth: Option<&str>,
+        direct: bool,
+    ) -> Credentials {
         let view = self
             .admin(AdminRequest::Install {
                 name: name.into(),
@@ -71,6 +88,7 @@ impl TestDaemon {
                 memory: None,
                 cpus: None,
                 pids: None,
+                direct,
             })
             .await
             .unwrap();

@@ -173,6 +173,7 @@ pub async fn install(
             memory: memory.map(str::to_string),
             cpus: Some(0.5),
             pids: Some(32),
+            direct: false,
         },
     )
     .await

@@ -1,0 +1,252 @@
+//! Who is on the other end of an app's socket, and whether it is a process of the app's
+//! running container.
+//!
+//! The kernel names the peer at `connect` time: `SO_PEERCRED` gives its uid and pid, and
+//! `SO_PEERPIDFD` (Linux 6.5+) a pidfd of that very process. A pid alone can be reused
+//! once its process exits; the pidfd cannot, so every fact read from `/proc/<pid>` is
+//! trusted only if the pidfd still says the process is alive after the read.
+//!
+//! A container's identity is read from its init process (the host pid the engine reports):
+//! the exact text of its `/proc/<pid>/cgroup`, which must name the container, and its pid
+//! namespace. A peer belongs to the container when its cgroup text is identical and its pid
+//! namespace is the same one. Nothing is matched by substring.
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{getsockopt, sockopt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+/// The process that connected.
+#[derive(Debug)]
+pub struct Peer {
+    /// Its uid (host view).
+    pub uid: u32,
+    /// Its host pid.
+    pub pid: i32,
+    /// A pidfd of it, where the kernel gives one (`SO_PEERPIDFD`).
+    pidfd: Option<OwnedFd>,
+}
+
+/// What a container's processes share, read from its init process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerIdentity {
+    /// The container's id (full).
+    pub id: String,
+    /// The exact `/proc/<init>/cgroup` text.
+    cgroup: String,
+    /// The init's pid namespace (device, inode of `/proc/<init>/ns/pid`).
+    pid_ns: (u64, u64),
+}
+
+impl Peer {
+    /// Identifies the peer of a connected Unix stream.
+    ///
+    /// # Errors
+    ///
+    /// A message for the audit when the kernel gives no credentials, or the pidfd names
+    /// another process than `SO_PEERCRED` (or one that is gone).
+    pub fn of(stream: &impl AsFd) -> Result<Peer, String> {
+        let cred = getsockopt(stream, sockopt::PeerCredentials)
+            .map_err(|e| format!("no peer credentials: {e}"))?;
+        // ENOPROTOOPT on kernels before 6.5: the pid check then stands alone.
+        let pidfd = getsockopt(stream, sockopt::PeerPidfd).ok();
+        if let Some(fd) = &pidfd {
+            let pid = pidfd_pid(fd).ok_or("the peer process is gone")?;
+            if pid != cred.pid() {
+                return Err(format!(
+                    "peer pidfd names pid {pid}, SO_PEERCRED pid {}",
+                    cred.pid()
+                ));
+            }
+        }
+        Ok(Peer {
+            uid: cred.uid(),
+            pid: cred.pid(),
+            pidfd,
+        })
+    }
+
+    /// Whether the peer process has not exited (true without a pidfd: nothing to ask).
+    fn alive(&self) -> bool {
+        let Some(fd) = &self.pidfd else { return true };
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        // A pidfd becomes readable when its process exits.
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+
+    /// Checks that the peer is a process of the container `want`.
+    ///
+    /// # Errors
+    ///
+    /// Why not, for the audit.
+    pub fn check_in(&self, want: &ContainerIdentity) -> Result<(), String> {
+        let short = short(&want.id);
+        let (cgroup, pid_ns) = read_identity(self.pid)
+            .map_err(|e| format!("cannot read peer pid {}: {e}", self.pid))?;
+        if !self.alive() {
+            return Err(format!("peer pid {} exited during the check", self.pid));
+        }
+        if cgroup != want.cgroup {
+            return Err(format!(
+                "peer pid {} is not in the app's container {short} (other cgroups)",
+                self.pid
+            ));
+        }
+        if pid_ns != want.pid_ns {
+            return Err(format!(
+                "peer pid {} is not in the app's container {short} (other pid namespace)",
+                self.pid
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ContainerIdentity {
+    /// Reads the identity of container `id` from its init process `init_pid` (host pid),
+    /// checking that the process's cgroup names the container exactly.
+    ///
+    /// # Errors
+    ///
+    /// The process is gone or is not in that container.
+    pub fn of_init(id: &str, init_pid: u32) -> Result<ContainerIdentity, String> {
+        let (cgroup, pid_ns) = read_identity(i32::try_from(init_pid).unwrap_or(-1))
+            .map_err(|e| format!("cannot read the container's init pid {init_pid}: {e}"))?;
+        if !cgroup_names(&cgroup, id) {
+            return Err(format!(
+                "pid {init_pid} is no longer in container {}",
+                short(id)
+            ));
+        }
+        Ok(ContainerIdentity {
+            id: id.to_string(),
+            cgroup,
+            pid_ns,
+        })
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn read_identity(pid: i32) -> std::io::Result<(String, (u64, u64))> {
+    if pid <= 0 {
+        return Err(std::io::Error::other("no pid"));
+    }
+    let cgroup = crate::fsutil::read_capped(
+        std::path::Path::new(&format!("/proc/{pid}/cgroup")),
+        64 * 1024,
+    )?;
+    let ns = std::fs::metadata(format!("/proc/{pid}/ns/pid"))?;
+    Ok((cgroup, (ns.dev(), ns.ino())))
+}
+
+/// The pid a pidfd refers to (`Pid:` in its fdinfo; -1 once the process is gone).
+fn pidfd_pid(fd: &OwnedFd) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|pid| *pid > 0)
+}
+
+/// Whether a `/proc/<pid>/cgroup` text places the process in the container with this full
+/// id: some hierarchy's path ends in a component that is the id itself (cgroup v1 and the
+/// cgroupfs driver: `/docker/<id>`) or its systemd scope (`docker-<id>.scope`,
+/// `libpod-<id>.scope`). Whole components only, never a substring.
+pub fn cgroup_names(cgroup: &str, container_id: &str) -> bool {
+    container_id.len() >= 12
+        && cgroup
+            .lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .filter_map(|path| path.rsplit('/').next())
+            .any(|last| {
+                last == container_id
+                    || ["docker-", "libpod-"].iter().any(|prefix| {
+                        last.strip_prefix(prefix)
+                            .and_then(|rest| rest.strip_suffix(".scope"))
+                            == Some(container_id)
+                    })
+            })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f0c9a9b1d2e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a";
+
+    #[test]
+    fn cgroup_paths_name_their_container_exactly() {
+        let v1 = format!("12:memory:/docker/{ID}\n11:pids:/docker/{ID}\n");
+        let v2 = format!("0::/system.slice/docker-{ID}.scope\n");
+        assert!(cgroup_names(&v1, ID));
+        assert!(cgroup_names(&v2, ID));
+        assert!(!cgroup_names(
+            "12:memory:/user.slice\n0::/user.slice/session-1.scope\n",
+            ID
+        ));
+        assert!(!cgroup_names(&v1, ""), "an empty id matches nothing");
+        // A cgroup a local user made, whose name merely contains the id, is not the container.
+        let lookalike = format!("0::/user.slice/evil-{ID}\n12:memory:/docker/{ID}/child\n");
+        assert!(!cgroup_names(&lookalike, ID));
+        assert!(!cgroup_names(&v1, &ID[..12]), "a prefix is not the id");
+    }
+
+    #[test]
+    fn a_process_outside_the_container_is_refused() {
+        // This test process against a made-up container identity: cgroups differ.
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let peer = Peer::of(&a).unwrap();
+        assert_eq!(peer.pid, i32::try_from(std::process::id()).unwrap());
+        assert!(peer.alive());
+        let (cgroup, pid_ns) = read_identity(peer.pid).unwrap();
+        let same = ContainerIdentity {
+            id: ID.into(),
+            cgroup,
+            pid_ns,
+        };
+        assert_eq!(peer.check_in(&same), Ok(()));
+        let other_cgroup = ContainerIdentity {
+            cgroup: format!("12:memory:/docker/{ID}\n"),
+            ..same.clone()
+        };
+        assert!(peer.check_in(&other_cgroup).is_err());
+        let other_ns = ContainerIdentity {
+            pid_ns: (pid_ns.0, pid_ns.1 + 1),
+            ..same
+        };
+        assert!(peer.check_in(&other_ns).is_err());
+        assert!(ContainerIdentity::of_init(ID, std::process::id()).is_err());
+    }
+
+    #[test]
+    fn a_peer_that_exited_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])")
+            .arg(&path)
+            .spawn()
+            .unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        child.wait().unwrap();
+        match Peer::of(&stream) {
+            Err(_) => {} // the kernel already reports the pidfd's process as gone
+            Ok(peer) => {
+                let (cgroup, pid_ns) =
+                    read_identity(i32::try_from(std::process::id()).unwrap()).unwrap();
+                let want = ContainerIdentity {
+                    id: ID.into(),
+                    cgroup,
+                    pid_ns,
+                };
+                assert!(peer.check_in(&want).is_err(), "{peer:?}");
+            }
+        }
+    }
+}
