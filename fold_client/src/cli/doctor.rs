@@ -78,6 +78,7 @@ pub async fn doctor(ctx: &Context) -> Result<i32> {
     let report = docker::engine_report(&config.docker_host, config.engine_timeout, &images).await;
     engine_checks(&config, &report, &mut checks);
     host_checks(&config, &mut checks);
+    checks.push(peer_pidfd_check());
     let failed = checks.iter().any(|c| c.status == "FAIL");
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&checks)?);
@@ -205,6 +206,23 @@ fn mode_check(path: &Path, modes: &[u32], want_uid: Option<u32>) -> Result<(), S
         ));
     }
     Ok(())
+}
+
+/// Whether the kernel pins socket peers with a pidfd (`SO_PEERPIDFD`, Linux 6.5+), which the
+/// container peer check uses so a reused pid cannot pass.
+fn peer_pidfd_check() -> Check {
+    use nix::sys::socket::{getsockopt, sockopt::PeerPidfd};
+    let pair = std::os::unix::net::UnixStream::pair();
+    match pair.map(|(a, _b)| getsockopt(&a, PeerPidfd)) {
+        Ok(Ok(_)) => ok("peer pidfd", "SO_PEERPIDFD: socket peers are pinned by a pidfd"),
+        Ok(Err(e)) => problem(
+            "peer pidfd",
+            "WARN",
+            format!("SO_PEERPIDFD unavailable ({e}): the container peer check trusts the peer's pid without a liveness proof"),
+            "run a kernel of 6.5 or later",
+        ),
+        Err(e) => problem("peer pidfd", "WARN", format!("cannot make a socket pair: {e}"), "-"),
+    }
 }
 
 fn host_checks(config: &Config, checks: &mut Vec<Check>) {
