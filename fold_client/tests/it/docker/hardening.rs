@@ -78,41 +78,7 @@ async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
         && l.contains("\"auth\":\"signed\"")));
 
     // A host process with the app's uid and credentials is refused: not in the container.
-    // (As root the app uid must first be able to reach the socket at all, and later, in
-    // direct mode, its binary: make the directories above them traversable.)
-    if super::is_root() {
-        for dir in [
-            d.dir.path().to_path_buf(),
-            d.config.state_dir.clone(),
-            d.config.apps_dir(),
-        ] {
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
-        }
-    }
-    let socket_dir = d.shared.socket_dir(&app_id);
-    // The app uid runs a copy in the test's own directory: the build's target directory may
-    // sit below a directory it cannot traverse (a checkout under `mktemp -d` is 0700).
-    let host_app = if super::is_root() {
-        let copy = d.dir.path().join("host_test_app");
-        std::fs::copy(&env.app, &copy).unwrap();
-        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-        copy
-    } else {
-        env.app.clone()
-    };
-    let mut host = std::process::Command::new(&host_app);
-    host.arg("query")
-        .env_clear()
-        .env("FOLD_CLIENT_APP_ID", &app_id)
-        .env("FOLD_CLIENT_SOCKET_DIR", &socket_dir)
-        .env(
-            "FOLD_CLIENT_CREDENTIALS",
-            socket_dir.join("credentials.json"),
-        );
-    if super::is_root() {
-        let gid = view["gid"].as_u64().unwrap();
-        host.uid(uid as u32).gid(gid as u32);
-    }
+    let mut host = host_client(&d, &env, &view);
     let out = host.output().unwrap();
     assert!(!out.status.success(), "host peer was served: {out:?}");
     d.shared.audit.flush().await;
@@ -160,6 +126,92 @@ async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
     let direct: Vec<Value> = steps(&text, "query");
     assert_eq!(direct.last().unwrap()["sandbox"], "direct", "{text}");
     assert_eq!(direct.last().unwrap()["ok"], true);
+    d.stop().await;
+}
+
+/// The test app as a host process with the app's uid, gid and credentials, ready to run
+/// `query` against the app's socket.
+fn host_client(d: &DockerDaemon, env: &super::Env, view: &Value) -> std::process::Command {
+    let app_id = view["id"].as_str().unwrap();
+    let uid = view["uid"].as_u64().unwrap();
+    // As root the app uid must first be able to reach the socket at all, and later, in
+    // direct mode, its binary: make the directories above them traversable.
+    if super::is_root() {
+        for dir in [
+            d.dir.path().to_path_buf(),
+            d.config.state_dir.clone(),
+            d.config.apps_dir(),
+        ] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+        }
+    }
+    let socket_dir = d.shared.socket_dir(app_id);
+    // The app uid runs a copy in the test's own directory: the build's target directory may
+    // sit below a directory it cannot traverse (a checkout under `mktemp -d` is 0700).
+    let host_app = if super::is_root() {
+        let copy = d.dir.path().join("host_test_app");
+        std::fs::copy(&env.app, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    } else {
+        env.app.clone()
+    };
+    let mut host = std::process::Command::new(&host_app);
+    host.arg("query")
+        .env_clear()
+        .env("FOLD_CLIENT_APP_ID", app_id)
+        .env("FOLD_CLIENT_SOCKET_DIR", &socket_dir)
+        .env(
+            "FOLD_CLIENT_CREDENTIALS",
+            socket_dir.join("credentials.json"),
+        );
+    if super::is_root() {
+        let gid = view["gid"].as_u64().unwrap();
+        host.uid(uid as u32).gid(gid as u32);
+    }
+    host
+}
+
+/// The attack of the first review: the app's container ran, the daemon was stopped
+/// gracefully (which stops it) and started again, and a host process with the app's uid and
+/// credentials was then served because the rule fell back to the uid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_process_is_refused_after_a_graceful_restart_stopped_the_container() {
+    let Some(env) = setup() else { return };
+    let mut d = DockerDaemon::start("").await;
+    let view = d.install("restarted", &env, Some("64m")).await;
+    let log = PathBuf::from(view["log"].as_str().unwrap());
+    d.admin(launch(
+        "restarted",
+        &["query", "sleep", "60"],
+        "never",
+        None,
+    ))
+    .await
+    .unwrap();
+    let text = wait_for_text(&log, "\"step\":\"query\"", TIMEOUT).await;
+    assert_eq!(steps(&text, "query")[0]["ok"], true, "{text}");
+    fold_client::daemon::stop(&d.shared).await;
+    let before = std::fs::read_to_string(d.config.audit_path())
+        .unwrap()
+        .lines()
+        .count();
+    d.shared = fold_client::daemon::start(d.config.clone()).await.unwrap();
+    let out = host_client(&d, &env, &view).output().unwrap();
+    assert!(!out.status.success(), "host peer was served: {out:?}");
+    d.shared.audit.flush().await;
+    let audit = std::fs::read_to_string(d.config.audit_path()).unwrap();
+    let after: Vec<&str> = audit.lines().skip(before).collect();
+    assert!(
+        after
+            .iter()
+            .any(|l| l.contains("peer_rejected") && l.contains("none is running")),
+        "peer rejection audited: {after:?}"
+    );
+    assert!(
+        !after.iter().any(|l| l.contains("\"verdict\":\"allow\"")),
+        "nothing served after the restart: {after:?}"
+    );
     d.stop().await;
 }
 
