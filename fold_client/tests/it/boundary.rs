@@ -23,15 +23,7 @@ async fn per_app_daemon() -> Option<TestDaemon> {
         .tempdir_in("/tmp")
         .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    // A base of its own per test process, far from other users' ranges.
-    let base = 3_500_000_000u32 + (std::process::id() % 10_000) * 1_000;
-    let text = format!("uid_mode = \"per_app\"\nuid_base = {base}\n");
-    let file = FileConfig::parse(&text, Path::new("test.toml")).unwrap();
-    let over = Overrides {
-        state_dir: Some(dir.path().join("state")),
-        ..Overrides::default()
-    };
-    let config = Config::build(file, over, 0).unwrap();
+    let config = per_app_config(&dir);
     Some(start_with(dir, config).await)
 }
 
@@ -149,7 +141,7 @@ async fn a_socket_directory_of_the_earlier_layout_is_taken_back() {
     ));
     let before = Credentials::load(&creds_path).unwrap();
     let dir = d.stop().await;
-    let config = d_config(&dir);
+    let config = per_app_config(&dir);
     let d = start_with(dir, config).await;
     let meta = std::fs::symlink_metadata(&socket_dir).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o750));
@@ -164,7 +156,9 @@ async fn a_socket_directory_of_the_earlier_layout_is_taken_back() {
     d.stop().await;
 }
 
-fn d_config(dir: &tempfile::TempDir) -> Config {
+/// The config of a per-app-uid daemon whose state lives in `dir`.
+fn per_app_config(dir: &tempfile::TempDir) -> Config {
+    // A base of its own per test process, far from other users' ranges.
     let base = 3_500_000_000u32 + (std::process::id() % 10_000) * 1_000;
     let text = format!("uid_mode = \"per_app\"\nuid_base = {base}\n");
     let file = FileConfig::parse(&text, Path::new("test.toml")).unwrap();
