@@ -15,3 +15,4 @@ mod peer;
 mod sdk;
 mod secrets;
 mod support;
+mod tidy;
