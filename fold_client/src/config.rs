@@ -20,8 +20,20 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CONNECTIONS_PER_APP: usize = 64;
 /// Default number of nonces remembered per app.
 pub const DEFAULT_NONCE_CACHE: usize = 100_000;
-/// Default first uid of per-app uids (when the daemon runs as root).
-pub const DEFAULT_UID_BASE: u32 = 200_000;
+/// Default base of per-app uids (when the daemon runs as root); apps get `base + 1` on.
+///
+/// Outside every range the usual tools hand out (docs/operations.md, "Per-app uids"):
+/// above shadow's subordinate ids (`useradd` allocates `SUB_UID_COUNT` = 65536 ids between
+/// `SUB_UID_MIN` = 100000 and `SUB_UID_MAX` = 600100000) and systemd's container range
+/// (524288-1879048191), in the range systemd's UIDS-GIDS.md lists as unused
+/// (1879048192-2147483647), and below 2^31 (ids above it trouble some programs). The
+/// allocator still checks every uid against the host's databases and other daemons.
+pub const DEFAULT_UID_BASE: u32 = 2_000_000_000;
+/// Most per-app uids one daemon hands out (`base + 1` to `base + MAX_PER_APP_UIDS - 1`).
+pub const MAX_PER_APP_UIDS: u32 = 100_000;
+/// Default directory of the host-wide uid reservations, shared by every FoldClient daemon
+/// on the host (root's, 0700; one file per reserved uid).
+pub const DEFAULT_UID_RESERVATION_DIR: &str = "/var/lib/fold_client/uids";
 /// Default grace period between SIGTERM and SIGKILL when stopping an app.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Default size cap of an app's log file.
@@ -144,6 +156,11 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Whose uid apps run as.
     pub uid_mode: UidMode,
+    /// The host-wide uid reservations (per-app uids as root); shared by every daemon on
+    /// the host.
+    pub uid_reservation_dir: PathBuf,
+    /// The host's user databases a per-app uid must not overlap.
+    pub id_files: crate::uids::IdFiles,
     /// Default resource limits for new apps.
     pub default_limits: ResourceLimits,
     /// Default container image for new apps.
@@ -241,8 +258,18 @@ pub struct FileConfig {
     pub request_timeout_ms: Option<u64>,
     /// `per_app` (default when root) or `daemon`.
     pub uid_mode: Option<String>,
-    /// First per-app uid.
+    /// Base of per-app uids (apps get `uid_base + 1` on).
     pub uid_base: Option<u32>,
+    /// See [`Config::uid_reservation_dir`].
+    pub uid_reservation_dir: Option<PathBuf>,
+    /// The passwd file checked for overlaps (default `/etc/passwd`).
+    pub passwd_file: Option<PathBuf>,
+    /// The group file checked for overlaps (default `/etc/group`).
+    pub group_file: Option<PathBuf>,
+    /// The subordinate uid file checked for overlaps (default `/etc/subuid`).
+    pub subuid_file: Option<PathBuf>,
+    /// The subordinate gid file checked for overlaps (default `/etc/subgid`).
+    pub subgid_file: Option<PathBuf>,
     /// Default container image.
     pub default_image: Option<String>,
     /// Stop grace in milliseconds.
@@ -405,6 +432,33 @@ impl Config {
                 ))
             }
         };
+        if let UidMode::PerApp { base } = uid_mode {
+            if base.checked_add(MAX_PER_APP_UIDS).is_none() {
+                return Err(invalid(
+                    "uid_base",
+                    format!(
+                        "{base} is too large: uid_base + {MAX_PER_APP_UIDS} must stay below {}",
+                        u32::MAX
+                    ),
+                ));
+            }
+        }
+        let uid_reservation_dir = file
+            .uid_reservation_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_UID_RESERVATION_DIR));
+        if !uid_reservation_dir.is_absolute() {
+            return Err(invalid(
+                "uid_reservation_dir",
+                format!("{} is not an absolute path", uid_reservation_dir.display()),
+            ));
+        }
+        let defaults = crate::uids::IdFiles::default();
+        let id_files = crate::uids::IdFiles {
+            passwd: file.passwd_file.unwrap_or(defaults.passwd),
+            group: file.group_file.unwrap_or(defaults.group),
+            subuid: file.subuid_file.unwrap_or(defaults.subuid),
+            subgid: file.subgid_file.unwrap_or(defaults.subgid),
+        };
         let connection = ConnectionLimits {
             max_frame: positive(
                 "max_frame_bytes",
@@ -455,6 +509,8 @@ impl Config {
                 DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
             )?),
             uid_mode,
+            uid_reservation_dir,
+            id_files,
             default_limits: ResourceLimits::default(),
             default_image: file
                 .default_image
@@ -613,6 +669,11 @@ mod tests {
                 base: DEFAULT_UID_BASE
             }
         );
+        assert_eq!(
+            root.uid_reservation_dir,
+            PathBuf::from(DEFAULT_UID_RESERVATION_DIR)
+        );
+        assert_eq!(root.id_files, crate::uids::IdFiles::default());
     }
 
     #[test]
@@ -637,6 +698,16 @@ mod tests {
         assert!(err("state_dir = \"/x\"\naudit_max_bytes = 0").contains("audit_max_bytes"));
         assert!(err("state_dir = \"/x\"\naudit_keep = 0").contains("audit_keep"));
         assert!(err("state_dir = \"/x\"\naudit_keep = 1001").contains("audit_keep"));
+        let root_err = |text: &str| {
+            build(text, Overrides::default(), 0)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(root_err("state_dir = \"/x\"\nuid_base = 4294967000").contains("uid_base"));
+        assert!(
+            root_err("state_dir = \"/x\"\nuid_reservation_dir = \"rel\"")
+                .contains("uid_reservation_dir")
+        );
     }
 
     #[test]

@@ -135,6 +135,23 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
     let egid = nix::unistd::getegid().as_raw();
     let (registry, corrupt) = Registry::open(&config.registry_dir(), config.uid_mode, (euid, egid))
         .map_err(setup("cannot open the registry"))?;
+    // As root with per-app uids, uids come from the host-wide allocator (uids.rs): never
+    // one another user, another daemon or a leftover process could be.
+    let (registry, uid_conflicts) = if per_app {
+        let allocator = crate::uids::HostAllocator::new(
+            &config.uid_reservation_dir,
+            config.id_files.clone(),
+            &config.state_dir,
+        )
+        .map_err(setup("cannot open the uid reservation directory"))?;
+        registry.with_allocator(Arc::new(allocator))
+    } else {
+        (registry, Vec::new())
+    };
+    for conflict in &uid_conflicts {
+        tracing::error!("{conflict}; this app is refused at launch until it is reinstalled");
+        audit.event("-", None, "uid_conflict", conflict).await;
+    }
     for entry in &corrupt {
         tracing::error!(
             "{entry}; this app is not served until the file is fixed or the app reinstalled"
@@ -452,9 +469,38 @@ pub async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Arc<App>, Daemon
     }
     lock(&shared.runtimes).remove(&app.id);
     cleanup_files(shared, &app.id);
+    // The uid is free again only once no process of it remains on the host (a process the
+    // app left behind would otherwise be the next app installed with it).
+    let mut detail = String::new();
+    if shared.registry.owns_uids() {
+        let (uid, gid) = (app.uid, app.gid);
+        let killed = tokio::task::spawn_blocking(move || {
+            crate::uids::kill_all(uid, gid, crate::uids::KILL_TIMEOUT)
+        })
+        .await
+        .unwrap_or_else(|_| Err(Vec::new()));
+        detail = match killed {
+            Ok(killed) => match shared.registry.release_uid(&app) {
+                Ok(()) if killed == 0 => format!("uid {uid} released"),
+                Ok(()) => format!("uid {uid} released after killing {killed} leftover processes"),
+                Err(e) => format!("uid {uid} kept reserved (never reused): {e}"),
+            },
+            Err(survivors) => {
+                tracing::error!(
+                    uid,
+                    ?survivors,
+                    "processes of a removed app survived SIGKILL; its uid stays reserved"
+                );
+                format!(
+                    "uid {uid} kept reserved (never reused): processes {survivors:?} survived SIGKILL for {} s",
+                    crate::uids::KILL_TIMEOUT.as_secs()
+                )
+            }
+        };
+    }
     shared
         .audit
-        .event(&app.id, Some(&app.name), "remove", "")
+        .event(&app.id, Some(&app.name), "remove", &detail)
         .await;
     Ok(app)
 }

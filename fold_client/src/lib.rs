@@ -20,6 +20,8 @@
 //!   dev mode (`direct`, NOT sandboxed), and a recording fake for unit tests.
 //! - [`supervisor`]: launching, stopping, restarting and tracking apps; adoption after a
 //!   daemon restart.
+//! - [`uids`]: per-app uids that belong to the app alone (host databases, live processes,
+//!   host-wide reservations).
 //! - [`admin`]: the admin socket the CLI uses.
 //! - [`daemon`]: startup, app lifecycle, shutdown; [`run`] is the entry point.
 
@@ -36,6 +38,7 @@ pub mod proxy;
 pub mod registry;
 pub mod sandbox;
 pub mod supervisor;
+pub mod uids;
 pub mod verifier;
 
 pub use daemon::{run, DaemonError};

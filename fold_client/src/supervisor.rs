@@ -254,6 +254,13 @@ impl Supervisor {
         app: &App,
         options: LaunchOptions,
     ) -> Result<LaunchOutcome, SandboxError> {
+        // The uid must still be the app's alone (users and ranges may be added after install).
+        if let Some(problem) = shared.registry.uid_problem(app) {
+            return Err(SandboxError::UidNotOwned {
+                app: app.name.clone(),
+                problem,
+            });
+        }
         if self.state(&app.id).is_some_and(|(_, s)| s.is_live()) {
             return Err(SandboxError::AlreadyRunning(app.name.clone()));
         }

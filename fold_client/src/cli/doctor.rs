@@ -245,6 +245,7 @@ fn host_checks(config: &Config, checks: &mut Vec<Check>) {
             },
         ));
     }
+    uid_checks(config, checks);
     let root = &config.socket_root;
     if !root.exists() {
         checks.push(ok(
@@ -289,6 +290,134 @@ fn host_checks(config: &Config, checks: &mut Vec<Check>) {
                 "stop the daemon, remove what is not the daemon's under {}, and start it: it recreates each app's directory (`app rotate` reissues lost credentials)",
                 root.display()
             ),
+        )
+    });
+}
+
+/// Per-app uids must belong to their app alone: the configured range against the host's
+/// user databases (a warning: install skips what is taken), and every uid reserved on the
+/// host (by any daemon) against them (a failure: that user could become the app).
+fn uid_checks(config: &Config, checks: &mut Vec<Check>) {
+    use fold_client::config::MAX_PER_APP_UIDS;
+    use fold_client::uids::{HostIds, Reservations};
+    let UidMode::PerApp { base } = config.uid_mode else {
+        return;
+    };
+    let host = match HostIds::load(&config.id_files) {
+        Ok(host) => host,
+        Err(e) => {
+            checks.push(problem(
+                "uids",
+                "FAIL",
+                e.to_string(),
+                "make the user databases readable (run doctor as root)",
+            ));
+            return;
+        }
+    };
+    // The range itself: a sample every 1000 ids plus both ends is enough to name ranges.
+    let mut in_range: Vec<String> = Vec::new();
+    for id in (1..MAX_PER_APP_UIDS)
+        .step_by(997)
+        .chain([MAX_PER_APP_UIDS - 1])
+        .filter_map(|n| base.checked_add(n))
+    {
+        for entry in host.overlaps(id) {
+            let shown = entry.to_string();
+            if !in_range.contains(&shown) {
+                in_range.push(shown);
+            }
+        }
+    }
+    checks.push(if in_range.is_empty() {
+        ok(
+            "uid range",
+            format!(
+                "{}-{} overlaps no user, group or subordinate range",
+                base + 1,
+                base + MAX_PER_APP_UIDS - 1
+            ),
+        )
+    } else {
+        problem(
+            "uid range",
+            "warn",
+            format!(
+                "{}-{} overlaps {}; install skips those uids",
+                base + 1,
+                base + MAX_PER_APP_UIDS - 1,
+                in_range.join("; ")
+            ),
+            format!(
+                "set uid_base to a free range (the default {} is outside the usual ones)",
+                fold_client::config::DEFAULT_UID_BASE
+            ),
+        )
+    });
+    let dir = &config.uid_reservation_dir;
+    if std::fs::symlink_metadata(dir).is_err() {
+        checks.push(ok(
+            "uid reservations",
+            format!("{} not created yet (serve creates it)", dir.display()),
+        ));
+        return;
+    }
+    let reservations = match Reservations::open(dir) {
+        Ok(r) => r,
+        Err(e) => {
+            checks.push(problem(
+                "uid reservations",
+                "FAIL",
+                e.to_string(),
+                format!(
+                    "{} must be root's, mode 700, under root-owned directories; run doctor as root",
+                    dir.display()
+                ),
+            ));
+            return;
+        }
+    };
+    let listed = match reservations.list() {
+        Ok(listed) => listed,
+        Err(e) => {
+            checks.push(problem(
+                "uid reservations",
+                "FAIL",
+                format!("{}: {e}", dir.display()),
+                "run doctor as root",
+            ));
+            return;
+        }
+    };
+    let mut bad = Vec::new();
+    for (id, holder) in &listed {
+        let who = match holder {
+            Ok(h) => h.to_string(),
+            Err(e) => format!("an unknown holder ({e})"),
+        };
+        for entry in host.overlaps(*id) {
+            bad.push(format!("uid {id} of {who} overlaps {entry}"));
+        }
+    }
+    let ours = listed
+        .iter()
+        .filter(|(_, h)| h.as_ref().is_ok_and(|h| h.state_dir == config.state_dir))
+        .count();
+    checks.push(if bad.is_empty() {
+        ok(
+            "uid reservations",
+            format!(
+                "{}: {} uids reserved on this host ({ours} by this daemon), none overlaps a user, group or subordinate range",
+                dir.display(),
+                listed.len()
+            ),
+        )
+    } else {
+        problem(
+            "uid reservations",
+            "FAIL",
+            bad.join("; "),
+            "launches of those apps are refused: `fold_client app remove` each and install it again (it gets a free uid), or remove the overlapping range (edit /etc/subuid and /etc/subgid, e.g. `usermod --del-subuids FIRST-LAST USER`) or give that user or group another id",
         )
     });
 }

@@ -15,6 +15,7 @@ use crate::config::UidMode;
 use crate::fsutil;
 use crate::policy::Grant;
 use crate::sandbox::ResourceLimits;
+use crate::uids::UidAllocator;
 use ed25519_dalek::VerifyingKey;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -146,8 +147,12 @@ pub enum RegistryError {
     /// The name breaks the naming rule.
     #[error("app name {0:?} is invalid: use 1-32 lowercase letters, digits, '_' or '-', starting with a letter")]
     BadName(String),
-    /// Every uid in the per-app range is used.
-    #[error("no free uid left for a new app")]
+    /// Every uid in the per-app range is used, or belongs to someone else on the host.
+    #[error(
+        "no free uid left for a new app: every uid from uid_base + 1 on is installed, \
+         covered by /etc/passwd, /etc/group, /etc/subuid or /etc/subgid, held by a process, \
+         or reserved by another daemon; set another uid_base"
+    )]
     NoFreeUid,
     /// Writing the entry failed; nothing changed.
     #[error("cannot save registry entry: {0}")]
@@ -163,6 +168,9 @@ pub struct Registry {
     apps: RwLock<HashMap<String, Arc<App>>>,
     /// Serialises changes, so check-then-write (names, uids) cannot race.
     changes: Mutex<()>,
+    /// Decides which per-app uids belong to nobody else on the host (root daemons); without
+    /// one, a uid only has to be free in this registry.
+    allocator: Option<Arc<dyn UidAllocator>>,
 }
 
 fn valid_app_name(name: &str) -> bool {
@@ -205,8 +213,52 @@ impl Registry {
             daemon_ids,
             apps: RwLock::new(apps),
             changes: Mutex::new(()),
+            allocator: None,
         };
         Ok((registry, corrupt))
+    }
+
+    /// Hands per-app uids out through `allocator` from now on, and reserves the uids of the
+    /// apps installed already (they keep them). Returns one message per app whose uid is
+    /// someone else's; such an app is refused at launch until it is reinstalled.
+    pub fn with_allocator(mut self, allocator: Arc<dyn UidAllocator>) -> (Registry, Vec<String>) {
+        let mut conflicts = Vec::new();
+        if matches!(self.uid_mode, UidMode::PerApp { .. }) {
+            for app in self.list() {
+                if let Err(e) = allocator.keep(app.uid, &app.id) {
+                    conflicts.push(format!("app {} ({}): {e}", app.name, app.id));
+                }
+            }
+        }
+        self.allocator = Some(allocator);
+        (self, conflicts)
+    }
+
+    /// Whether apps get uids of their own from the host allocator (root, per-app uids).
+    pub fn owns_uids(&self) -> bool {
+        self.allocator.is_some() && matches!(self.uid_mode, UidMode::PerApp { .. })
+    }
+
+    /// Why the app's uid is not its alone right now (see `uids::check_ids`); `None` when
+    /// it is, or when apps do not get uids of their own.
+    pub fn uid_problem(&self, app: &App) -> Option<String> {
+        if !self.owns_uids() {
+            return None;
+        }
+        self.allocator.as_ref()?.problem(app.uid, &app.id)
+    }
+
+    /// Releases a removed app's uid reservation. Call only once none of its processes
+    /// remain (`uids::kill_all`); a uid whose processes survive stays reserved.
+    ///
+    /// # Errors
+    ///
+    /// The reservation could not be removed.
+    pub fn release_uid(&self, app: &App) -> std::io::Result<()> {
+        match (&self.allocator, self.owns_uids()) {
+            (Some(allocator), true) => allocator.release(app.uid, &app.id),
+            _ => Ok(()),
+        }
     }
 
     /// The app with this id, as it is now.
@@ -263,25 +315,30 @@ impl Registry {
         if existing.iter().any(|a| a.name == spec.name) {
             return Err(RegistryError::NameTaken(spec.name));
         }
-        let (uid, gid) = match self.uid_mode {
-            UidMode::Daemon => self.daemon_ids,
-            UidMode::PerApp { base } => {
-                let uid = (1..100_000u32)
-                    .map(|n| base + n)
-                    .find(|uid| existing.iter().all(|a| a.uid != *uid))
-                    .ok_or(RegistryError::NoFreeUid)?;
-                (uid, uid)
-            }
-        };
         let id = loop {
             let id = secrets::new_app_id();
             if self.get(&id).is_none() {
                 break id;
             }
         };
+        let (uid, gid) = match self.uid_mode {
+            UidMode::Daemon => self.daemon_ids,
+            UidMode::PerApp { base } => {
+                // Free in this registry, then (root) free on the host and reserved for it.
+                let mut candidates = (1..crate::config::MAX_PER_APP_UIDS)
+                    .filter_map(|n| base.checked_add(n))
+                    .filter(|uid| existing.iter().all(|a| a.uid != *uid && a.gid != *uid));
+                let uid = match &self.allocator {
+                    Some(allocator) => allocator.allocate(&mut candidates, &id)?,
+                    None => candidates.next(),
+                }
+                .ok_or(RegistryError::NoFreeUid)?;
+                (uid, uid)
+            }
+        };
         let issued = IssuedSecrets::generate();
         let app = App {
-            id,
+            id: id.clone(),
             name: spec.name,
             uid,
             gid,
@@ -297,7 +354,16 @@ impl Registry {
             created_ms: now_ms,
             generation: 1,
         };
-        let app = self.commit(app)?;
+        let app = match self.commit(app) {
+            Ok(app) => app,
+            Err(e) => {
+                if let (Some(allocator), UidMode::PerApp { .. }) = (&self.allocator, self.uid_mode)
+                {
+                    let _ = allocator.release(uid, &id);
+                }
+                return Err(e);
+            }
+        };
         Ok((app, issued))
     }
 
@@ -421,6 +487,92 @@ mod tests {
         let a2 = reg.find("alpha").unwrap();
         assert_eq!(a2.token_hash, a.token_hash);
         assert_eq!(a2.grants, a.grants);
+    }
+
+    /// Takes every candidate except `refused`; records what it saw.
+    #[derive(Debug, Default)]
+    struct FakeAllocator {
+        refused: Vec<u32>,
+        taken: Mutex<Vec<(u32, String)>>,
+        released: Mutex<Vec<u32>>,
+    }
+
+    impl UidAllocator for FakeAllocator {
+        fn allocate(
+            &self,
+            candidates: &mut dyn Iterator<Item = u32>,
+            app_id: &str,
+        ) -> std::io::Result<Option<u32>> {
+            let mut uid = None;
+            for u in candidates {
+                if !self.refused.contains(&u) {
+                    uid = Some(u);
+                    break;
+                }
+            }
+            if let Some(uid) = uid {
+                self.taken.lock().unwrap().push((uid, app_id.to_string()));
+            }
+            Ok(uid)
+        }
+        fn keep(&self, id: u32, _app_id: &str) -> Result<(), String> {
+            if self.refused.contains(&id) {
+                Err(format!("uid {id} is someone else's"))
+            } else {
+                Ok(())
+            }
+        }
+        fn release(&self, id: u32, _app_id: &str) -> std::io::Result<()> {
+            self.released.lock().unwrap().push(id);
+            Ok(())
+        }
+        fn problem(&self, id: u32, _app_id: &str) -> Option<String> {
+            self.refused.contains(&id).then(|| format!("{id} overlaps"))
+        }
+    }
+
+    #[test]
+    fn per_app_uids_come_from_the_allocator_and_are_released_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = UidMode::PerApp { base: 300_000 };
+        let (reg, _) = Registry::open(dir.path(), mode, (0, 0)).unwrap();
+        let (a, _) = reg.install(spec("alpha"), 1).unwrap();
+        assert_eq!(a.uid, 300_001);
+        let fake = Arc::new(FakeAllocator {
+            refused: vec![300_002, 300_003, 300_001],
+            ..FakeAllocator::default()
+        });
+        let (reg, conflicts) = Registry::open(dir.path(), mode, (0, 0))
+            .unwrap()
+            .0
+            .with_allocator(fake.clone());
+        assert_eq!(conflicts.len(), 1, "alpha's uid is someone else's now");
+        assert!(reg.uid_problem(&a).is_some());
+        let (b, _) = reg.install(spec("beta"), 2).unwrap();
+        assert_eq!(
+            (b.uid, b.gid),
+            (300_004, 300_004),
+            "refused uids are skipped"
+        );
+        assert_eq!(fake.taken.lock().unwrap()[0], (300_004, b.id.clone()));
+        reg.remove("beta").unwrap();
+        assert!(
+            fake.released.lock().unwrap().is_empty(),
+            "remove alone keeps it"
+        );
+        reg.release_uid(&b).unwrap();
+        assert_eq!(*fake.released.lock().unwrap(), [300_004]);
+
+        // Daemon mode never asks the allocator.
+        let dir2 = tempfile::tempdir().unwrap();
+        let (reg, _) = Registry::open(dir2.path(), UidMode::Daemon, (7, 7))
+            .unwrap()
+            .0
+            .with_allocator(fake);
+        assert!(!reg.owns_uids());
+        let (c, _) = reg.install(spec("gamma"), 3).unwrap();
+        assert_eq!(c.uid, 7);
+        assert!(reg.uid_problem(&c).is_none());
     }
 
     #[test]

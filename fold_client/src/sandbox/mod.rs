@@ -216,6 +216,16 @@ pub enum SandboxError {
         /// Why, e.g. `Connection refused (os error 111)`.
         cause: String,
     },
+    /// The app's uid or gid is not its alone any more (a user, group or subordinate range
+    /// added after install covers it, or another daemon reserved it): launching would let
+    /// someone else be the app. The message names the entry and the fix.
+    #[error("refusing to launch app {app}: {problem}")]
+    UidNotOwned {
+        /// The app's name.
+        app: String,
+        /// What overlaps, and the fix.
+        problem: String,
+    },
     /// Anything else from the backend (engine errors, signals).
     #[error("{0}")]
     Backend(String),

@@ -16,3 +16,4 @@ mod sdk;
 mod secrets;
 mod support;
 mod tidy;
+mod uids;
