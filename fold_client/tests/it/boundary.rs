@@ -160,7 +160,11 @@ async fn a_socket_directory_of_the_earlier_layout_is_taken_back() {
 fn per_app_config(dir: &tempfile::TempDir) -> Config {
     // A base of its own per test process, far from other users' ranges.
     let base = 3_500_000_000u32 + (std::process::id() % 10_000) * 1_000;
-    let text = format!("uid_mode = \"per_app\"\nuid_base = {base}\n");
+    // uid reservations in the test's own directory, not the host's shared one.
+    let text = format!(
+        "uid_mode = \"per_app\"\nuid_base = {base}\nuid_reservation_dir = \"{}\"\n",
+        dir.path().join("uids").display()
+    );
     let file = FileConfig::parse(&text, Path::new("test.toml")).unwrap();
     let over = Overrides {
         state_dir: Some(dir.path().join("state")),

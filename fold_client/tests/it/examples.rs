@@ -67,7 +67,10 @@ async fn example_daemon() -> TestDaemon {
         .unwrap();
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let uid_base = 600_000 + (std::process::id() % 1000) * 100 + n * 10;
-    let text = format!("uid_mode = \"per_app\"\nuid_base = {uid_base}\n");
+    let text = format!(
+        "uid_mode = \"per_app\"\nuid_base = {uid_base}\nuid_reservation_dir = \"{}\"\n",
+        dir.path().join("uids").display()
+    );
     let file = FileConfig::parse(&text, Path::new("test.toml")).unwrap();
     let over = Overrides {
         state_dir: Some(dir.path().join("state")),

@@ -64,7 +64,10 @@ pub fn config_text(label: &str, uid_base: u32, extra: &str) -> String {
 }
 
 pub fn build_config(state: &Path, text: &str) -> Config {
-    let file = FileConfig::parse(text, Path::new("test.toml")).unwrap();
+    let mut file = FileConfig::parse(text, Path::new("test.toml")).unwrap();
+    // uid reservations beside the state, not in the host's shared directory.
+    file.uid_reservation_dir
+        .get_or_insert_with(|| state.with_file_name("uids"));
     let over = Overrides {
         state_dir: Some(state.to_path_buf()),
         docker_host: Some(fold_testkit::docker_host()),
