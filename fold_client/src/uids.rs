@@ -209,6 +209,17 @@ impl HostIds {
         HostIds { entries }
     }
 
+    /// Every entry covering some id from `first` to `last` (inclusive).
+    pub fn overlapping(&self, first: u32, last: u32) -> Vec<&IdEntry> {
+        self.entries
+            .iter()
+            .filter(|e| {
+                u64::from(e.first) <= u64::from(last)
+                    && u64::from(e.first) + e.count > u64::from(first)
+            })
+            .collect()
+    }
+
     /// Every entry covering `id`. An app's uid and gid are the same number, so an id given
     /// to anyone as a uid or as a gid overlaps.
     pub fn overlaps(&self, id: u32) -> Vec<&IdEntry> {
@@ -863,6 +874,9 @@ mod tests {
         assert_eq!(host.overlaps(300_009)[0].owner, "1001", "numeric owners");
         assert!(host.overlaps(300_010).is_empty());
         assert_eq!(host.overlaps(u32::MAX).len(), 1, "no overflow at the top");
+        assert_eq!(host.overlapping(300_009, 400_000).len(), 1);
+        assert_eq!(host.overlapping(100_000, 165_536).len(), 1);
+        assert!(host.overlapping(231_072, 299_999).is_empty());
         let shown = host.overlaps(200_003)[0].to_string();
         assert_eq!(
             shown,

@@ -315,37 +315,23 @@ fn uid_checks(config: &Config, checks: &mut Vec<Check>) {
             return;
         }
     };
-    // The range itself: a sample every 1000 ids plus both ends is enough to name ranges.
-    let mut in_range: Vec<String> = Vec::new();
-    for id in (1..MAX_PER_APP_UIDS)
-        .step_by(997)
-        .chain([MAX_PER_APP_UIDS - 1])
-        .filter_map(|n| base.checked_add(n))
-    {
-        for entry in host.overlaps(id) {
-            let shown = entry.to_string();
-            if !in_range.contains(&shown) {
-                in_range.push(shown);
-            }
-        }
-    }
+    let (first, last) = (base + 1, base + MAX_PER_APP_UIDS - 1);
+    let in_range: Vec<String> = host
+        .overlapping(first, last)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     checks.push(if in_range.is_empty() {
         ok(
             "uid range",
-            format!(
-                "{}-{} overlaps no user, group or subordinate range",
-                base + 1,
-                base + MAX_PER_APP_UIDS - 1
-            ),
+            format!("{first}-{last} overlaps no user, group or subordinate range"),
         )
     } else {
         problem(
             "uid range",
             "warn",
             format!(
-                "{}-{} overlaps {}; install skips those uids",
-                base + 1,
-                base + MAX_PER_APP_UIDS - 1,
+                "{first}-{last} overlaps {}; install skips those uids",
                 in_range.join("; ")
             ),
             format!(
