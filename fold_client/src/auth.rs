@@ -6,6 +6,11 @@
 //! socket's app, token (constant time), signature (`verify_strict`), timestamp window,
 //! nonce. The nonce is remembered only after the signature verified, so forged requests
 //! cannot fill the cache.
+//!
+//! Across restarts the caller keeps the replay check true: it journals each accepted nonce
+//! before the request goes on and loads the journal back into the caches at start
+//! (`crate::nonce_journal`), and passes a floor under which timestamps are refused
+//! ([`Freshness::not_before_ms`]) for what a power loss may have dropped from the journal.
 
 use crate::registry::{secrets, App, AuthMode};
 use ed25519_dalek::Signature;
@@ -54,6 +59,16 @@ pub enum AuthError {
         /// The window, in ms.
         window_ms: u64,
     },
+    /// The timestamp is from before the floor: this daemon started after a crash, and a
+    /// request signed before that may have been accepted by the daemon that crashed.
+    #[error(
+        "timestamp is {before_ms} ms before this daemon started (after an unclean stop); \
+         requests signed before a restart are refused: sign again with the current time"
+    )]
+    SignedBeforeStart {
+        /// How far before the floor, in ms.
+        before_ms: u64,
+    },
     /// The nonce was used before.
     #[error("nonce was already used: replayed request")]
     Replayed,
@@ -74,7 +89,9 @@ impl AuthError {
             AuthError::SignatureRequired | AuthError::Missing(_) | AuthError::BadSignature(_) => {
                 ErrorCode::BadSignature
             }
-            AuthError::Stale { .. } | AuthError::Replayed => ErrorCode::Replay,
+            AuthError::Stale { .. } | AuthError::SignedBeforeStart { .. } | AuthError::Replayed => {
+                ErrorCode::Replay
+            }
             AuthError::NonceCacheFull | AuthError::RateLimited => ErrorCode::RateLimited,
         }
     }
@@ -89,6 +106,7 @@ impl AuthError {
             AuthError::Missing(_) => "missing_signed_field",
             AuthError::BadSignature(_) => "bad_signature",
             AuthError::Stale { .. } => "stale_timestamp",
+            AuthError::SignedBeforeStart { .. } => "signed_before_start",
             AuthError::Replayed => "replayed_nonce",
             AuthError::NonceCacheFull => "nonce_cache_full",
             AuthError::RateLimited => "rate_limited",
@@ -161,18 +179,38 @@ fn check_app_and_token(request: &Request, app: &App) -> Result<(), AuthError> {
     }
 }
 
-/// Checks a verified request's timestamp against the window and records its nonce.
+/// The timestamp rules [`check_freshness`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// Timestamps further than this from the daemon's clock are refused.
+    pub window: Duration,
+    /// Timestamps before this (ms since the epoch) are refused; 0 for none.
+    pub not_before_ms: u64,
+}
+
+/// A request that passed [`check_freshness`]: its nonce is in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fresh {
+    /// When its nonce may be forgotten (ms): the window rejects its timestamp from then.
+    pub expires_ms: u64,
+    /// Whether it is stamped ahead of the daemon's clock.
+    pub ahead: bool,
+}
+
+/// Checks a verified request's timestamp against the window and the floor, and records its
+/// nonce.
 ///
 /// # Errors
 ///
-/// [`AuthError::Stale`], [`AuthError::Replayed`] or [`AuthError::NonceCacheFull`].
+/// [`AuthError::Stale`], [`AuthError::SignedBeforeStart`], [`AuthError::Replayed`] or
+/// [`AuthError::NonceCacheFull`].
 pub fn check_freshness(
     request: &Request,
     now_ms: u64,
-    window: Duration,
+    rules: Freshness,
     nonces: &mut NonceCache,
-) -> Result<(), AuthError> {
-    let window_ms = window.as_millis() as u64;
+) -> Result<Fresh, AuthError> {
+    let window_ms = u64::try_from(rules.window.as_millis()).unwrap_or(u64::MAX);
     let (Some(timestamp), Some(nonce)) = (request.timestamp, request.nonce.as_deref()) else {
         return Err(AuthError::Missing(signing::MissingField("timestamp")));
     };
@@ -180,8 +218,18 @@ pub fn check_freshness(
     if skew_ms > window_ms {
         return Err(AuthError::Stale { skew_ms, window_ms });
     }
+    if timestamp < rules.not_before_ms {
+        return Err(AuthError::SignedBeforeStart {
+            before_ms: rules.not_before_ms - timestamp,
+        });
+    }
     // The nonce must be remembered until the window would reject its timestamp anyway.
-    nonces.insert(nonce, timestamp.saturating_add(window_ms), now_ms)
+    let expires_ms = timestamp.saturating_add(window_ms);
+    nonces.insert(nonce, expires_ms, now_ms)?;
+    Ok(Fresh {
+        expires_ms,
+        ahead: timestamp > now_ms,
+    })
 }
 
 /// The nonces an app used recently. Bounded: entries whose timestamps the window already
@@ -227,6 +275,22 @@ impl NonceCache {
         }
         self.seen.insert(nonce.into(), expires_ms);
         Ok(())
+    }
+
+    /// Puts back a nonce remembered across a restart, even beyond the capacity (a live
+    /// nonce is never dropped; new requests are refused until there is room again).
+    pub fn restore(&mut self, nonce: &str, expires_ms: u64) {
+        let expiry = self.seen.entry(nonce.into()).or_insert(expires_ms);
+        *expiry = (*expiry).max(expires_ms);
+    }
+
+    /// Calls `visit` with every nonce still live at `now_ms` and its expiry.
+    pub fn for_each_live(&self, now_ms: u64, mut visit: impl FnMut(&str, u64)) {
+        for (nonce, expiry) in &self.seen {
+            if *expiry >= now_ms {
+                visit(nonce, *expiry);
+            }
+        }
     }
 
     /// Live and not yet swept entries.
@@ -402,31 +466,83 @@ mod tests {
         check(&legacy, &t, &Err(AuthError::BadToken));
     }
 
+    const RULES: Freshness = Freshness {
+        window: WINDOW,
+        not_before_ms: 0,
+    };
+
     #[test]
     fn freshness_window_and_replay() {
         let (a, s) = app(AuthMode::Signed);
         let mut nonces = NonceCache::new(10);
         let r = signed(&a, &s, "n1", NOW);
-        assert_eq!(check_freshness(&r, NOW, WINDOW, &mut nonces), Ok(()));
         assert_eq!(
-            check_freshness(&r, NOW + 1, WINDOW, &mut nonces),
+            check_freshness(&r, NOW, RULES, &mut nonces),
+            Ok(Fresh {
+                expires_ms: NOW + 60_000,
+                ahead: false
+            })
+        );
+        assert_eq!(
+            check_freshness(&r, NOW + 1, RULES, &mut nonces),
             Err(AuthError::Replayed)
         );
         let old = signed(&a, &s, "n2", NOW - 61_000);
         assert!(matches!(
-            check_freshness(&old, NOW, WINDOW, &mut nonces),
+            check_freshness(&old, NOW, RULES, &mut nonces),
             Err(AuthError::Stale { .. })
         ));
         let future = signed(&a, &s, "n3", NOW + 61_000);
         assert!(matches!(
-            check_freshness(&future, NOW, WINDOW, &mut nonces),
+            check_freshness(&future, NOW, RULES, &mut nonces),
             Err(AuthError::Stale { .. })
         ));
+        let ahead = signed(&a, &s, "n4", NOW + 5);
+        assert_eq!(
+            check_freshness(&ahead, NOW, RULES, &mut nonces).map(|f| f.ahead),
+            Ok(true)
+        );
         // Once the window has passed, the replay is refused as stale, and the nonce may go.
         assert!(matches!(
-            check_freshness(&r, NOW + 61_000, WINDOW, &mut nonces),
+            check_freshness(&r, NOW + 61_000, RULES, &mut nonces),
             Err(AuthError::Stale { .. })
         ));
+    }
+
+    #[test]
+    fn timestamps_before_the_floor_are_refused_without_using_the_nonce() {
+        let (a, s) = app(AuthMode::Signed);
+        let mut nonces = NonceCache::new(10);
+        let rules = Freshness {
+            window: WINDOW,
+            not_before_ms: NOW,
+        };
+        let before = signed(&a, &s, "n1", NOW - 1);
+        let e = check_freshness(&before, NOW + 10, rules, &mut nonces).unwrap_err();
+        assert_eq!(e, AuthError::SignedBeforeStart { before_ms: 1 });
+        assert_eq!(
+            (e.code(), e.reason()),
+            (ErrorCode::Replay, "signed_before_start")
+        );
+        assert!(nonces.is_empty());
+        let at = signed(&a, &s, "n2", NOW);
+        assert!(check_freshness(&at, NOW + 10, rules, &mut nonces).is_ok());
+    }
+
+    #[test]
+    fn restored_nonces_are_refused_even_beyond_the_capacity() {
+        let mut c = NonceCache::new(1);
+        c.restore("a", 100);
+        c.restore("b", 100);
+        c.restore("b", 50);
+        assert_eq!(c.insert("a", 100, 10), Err(AuthError::Replayed));
+        assert_eq!(c.insert("b", 100, 99), Err(AuthError::Replayed));
+        assert_eq!(c.insert("c", 100, 10), Err(AuthError::NonceCacheFull));
+        let mut live = Vec::new();
+        c.for_each_live(100, |n, e| live.push((n.to_string(), e)));
+        live.sort();
+        assert_eq!(live, [("a".to_string(), 100), ("b".to_string(), 100)]);
+        c.for_each_live(101, |_, _| panic!("nothing is live after its expiry"));
     }
 
     #[test]

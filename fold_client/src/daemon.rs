@@ -6,6 +6,7 @@ use crate::audit::{now_ms, Audit};
 use crate::config::{Config, UidMode};
 use crate::fsutil::{self, Access};
 use crate::ipc::{self, AppRuntime, CREDENTIALS_FILE};
+use crate::nonce_journal::NonceJournal;
 use crate::proxy::NodeClient;
 use crate::registry::{App, InstallSpec, IssuedSecrets, Placement, Registry, RegistryError};
 use crate::supervisor::Supervisor;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub supervisor: Supervisor,
     /// Where requests spend their time (see `fold_bench`).
     pub metrics: crate::metrics::Metrics,
+    /// Accepted nonces, kept across restarts (`nonce_journal`); and the timestamp floor.
+    pub journal: Arc<NonceJournal>,
     /// Per-app listener cancellation, by app id.
     listeners: Mutex<HashMap<String, CancellationToken>>,
     /// Per-app authentication state, by app id.
@@ -166,6 +169,26 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
             context: "cannot set up the node".into(),
             source: Box::new(e),
         })?;
+    // Nonces accepted before this start (until their window passes), so that a replay is
+    // refused across a restart; apps no longer installed are dropped.
+    let (journal, loaded) =
+        NonceJournal::open(&config.state_dir, now_ms(), |id| registry.get(id).is_some())
+            .map_err(setup("cannot open the nonce journal"))?;
+    if !loaded.skipped.is_empty() {
+        let lines: Vec<_> = loaded.skipped.iter().map(ToString::to_string).collect();
+        let detail = format!("skipped {} lines: {}", lines.len(), lines.join("; "));
+        tracing::warn!("nonce journal: {detail}");
+        audit
+            .event("-", None, "nonce_journal_skipped", &detail)
+            .await;
+    }
+    if !loaded.clean {
+        tracing::info!(
+            nonces = loaded.entries.len(),
+            "no clean shutdown recorded: timestamps from before this start are refused for one auth window"
+        );
+    }
+    let runtimes = AppRuntime::restore(&config, &loaded.entries);
     let chown_to_app = euid == 0 && matches!(config.uid_mode, UidMode::PerApp { .. });
     let shared = Arc::new(Shared {
         supervisor: Supervisor::new(&config),
@@ -177,7 +200,8 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         listeners: Mutex::new(HashMap::new()),
-        runtimes: Mutex::new(HashMap::new()),
+        runtimes: Mutex::new(runtimes),
+        journal: Arc::new(journal),
         chown_to_app,
         socket_root,
     });
@@ -194,6 +218,16 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
         }
     }
     admin::spawn(&shared, admin_socket);
+    let weak = Arc::downgrade(&shared);
+    shared.tasks.spawn(crate::nonce_journal::maintain(
+        Arc::clone(&shared.journal),
+        move |visit| {
+            if let Some(shared) = weak.upgrade() {
+                shared.live_nonces(visit);
+            }
+        },
+        shared.shutdown.clone(),
+    ));
     tracing::info!(state = %shared.config.state_dir.display(), apps = shared.registry.list().len(), "fold_client daemon started");
     Ok(shared)
 }
@@ -214,6 +248,12 @@ pub async fn stop(shared: &Arc<Shared>) {
         tracing::warn!("some connections did not finish within 10 s of shutdown");
     }
     let _ = std::fs::remove_file(&shared.config.admin_socket);
+    // No request is served any more: fsync the nonce journal and mark the stop clean.
+    if let Err(e) = shared.journal.close(now_ms(), shared.config.auth_window) {
+        tracing::error!(
+            "cannot close the nonce journal (the next start refuses older timestamps): {e}"
+        );
+    }
     // The audit writer gathers lines for a few milliseconds; write them before the runtime ends.
     shared.audit.flush().await;
     tracing::info!("fold_client daemon stopped");
@@ -224,6 +264,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Calls `visit(app id, nonce, expiry)` for every live nonce of every app (the nonce
+    /// journal's rewrite).
+    fn live_nonces(&self, visit: &mut dyn FnMut(&str, &str, u64)) {
+        let now = now_ms();
+        let runtimes: Vec<_> = lock(&self.runtimes)
+            .iter()
+            .map(|(id, runtime)| (id.clone(), Arc::clone(runtime)))
+            .collect();
+        for (id, runtime) in runtimes {
+            lock(&runtime.nonces).for_each_live(now, |nonce, expiry| visit(&id, nonce, expiry));
+        }
+    }
+
     /// The app's socket directory.
     pub fn socket_dir(&self, app_id: &str) -> PathBuf {
         self.config.socket_root.join(app_id)

@@ -11,6 +11,7 @@
 //! - [`registry`]: installed apps, their uids, token hashes and public keys.
 //! - [`ipc`]: per-app sockets, the peer check, and the request handler.
 //! - [`auth`]: token, signature, timestamp and nonce checks; pure.
+//! - [`nonce_journal`]: accepted nonces kept across restarts, so replays stay refused.
 //! - [`verifier`]: signature verification, in batches when an app's requests arrive together.
 //! - [`policy`]: grants; deny by default.
 //! - [`proxy`]: the only way to the node (embedded or external).
@@ -33,6 +34,7 @@ pub mod daemon;
 pub mod fsutil;
 pub mod ipc;
 pub mod metrics;
+pub mod nonce_journal;
 pub mod policy;
 pub mod proxy;
 pub mod registry;

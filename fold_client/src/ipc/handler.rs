@@ -2,7 +2,7 @@
 //! audit. Transport concerns (framing, timeouts, concurrency) are `fold_ipc::server`'s.
 
 use crate::audit::{now_ms, RequestRecord, Verdict};
-use crate::auth::{self, Authenticated, FailureLimiter, NonceCache};
+use crate::auth::{self, Authenticated, FailureLimiter, Freshness, NonceCache};
 use crate::daemon::Shared;
 use crate::metrics::Stage;
 use crate::policy;
@@ -11,6 +11,7 @@ use fold_ipc::operation::SchemaList;
 use fold_ipc::server::{Handler, ServerStats};
 use fold_ipc::{ErrorCode, Operation, Request, Response, WireError};
 use serde_json::value::RawValue;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -36,6 +37,28 @@ impl AppRuntime {
             )),
             verifier: Verifier::default(),
         }
+    }
+
+    /// Per-app state for every app with nonces in `entries` (loaded from the nonce journal
+    /// at start), their caches holding those nonces.
+    pub fn restore(
+        config: &crate::config::Config,
+        entries: &[crate::nonce_journal::Entry],
+    ) -> HashMap<String, Arc<AppRuntime>> {
+        let mut runtimes: HashMap<String, AppRuntime> = HashMap::new();
+        for e in entries {
+            runtimes
+                .entry(e.app_id.clone())
+                .or_insert_with(|| AppRuntime::new(config))
+                .nonces
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .restore(&e.nonce, e.expires_ms);
+        }
+        runtimes
+            .into_iter()
+            .map(|(id, runtime)| (id, Arc::new(runtime)))
+            .collect()
     }
 }
 
@@ -174,17 +197,45 @@ impl AppHandler {
                 .map_err(auth::AuthError::BadSignature),
             Err(e) => Err(e),
         };
+        let rules = Freshness {
+            window: config.auth_window,
+            not_before_ms: self.shared.journal.floor_ms(),
+        };
         let checked = checked.and_then(|kind| {
-            if kind == Authenticated::Signed {
-                auth::check_freshness(
+            let fresh = match kind {
+                Authenticated::Signed => Some(auth::check_freshness(
                     request,
                     now,
-                    config.auth_window,
+                    rules,
                     &mut lock(&self.runtime.nonces),
-                )?;
-            }
-            Ok(kind)
+                )?),
+                Authenticated::Unsigned => None,
+            };
+            Ok((kind, fresh))
         });
+        let checked = match checked {
+            Ok((kind, Some(fresh))) => {
+                // The nonce reaches the journal (the kernel, or the disk when stamped ahead
+                // of the clock) before the request goes anywhere; if it cannot, the request
+                // is refused: a restarted daemon would not know it.
+                let nonce = request.nonce.as_deref().unwrap_or_default();
+                if let Err(e) =
+                    self.shared
+                        .journal
+                        .append(&app.id, nonce, fresh.expires_ms, fresh.ahead)
+                {
+                    tracing::error!(app = %app.name, "refusing a request: {e}");
+                    return Err(Denial::new(
+                        ErrorCode::Internal,
+                        format!("{e}; the request was not applied"),
+                        "nonce_journal_failed",
+                    ));
+                }
+                Ok(kind)
+            }
+            Ok((kind, None)) => Ok(kind),
+            Err(e) => Err(e),
+        };
         let kind = match checked {
             Ok(kind) => kind,
             Err(e) => {

@@ -118,6 +118,22 @@ impl ChildDaemon {
         }
     }
 
+    /// SIGTERM (a graceful stop), and reap.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let status = child.wait().unwrap();
+            assert!(
+                status.success(),
+                "daemon exited with {status} after SIGTERM: {}",
+                self.log_text()
+            );
+        }
+    }
+
     /// Runs the CLI against this daemon (`fold_client --json ...`); returns its JSON output.
     pub fn cli(&self, args: &[&str]) -> serde_json::Value {
         let out = Command::new(env!("CARGO_BIN_EXE_fold_client"))

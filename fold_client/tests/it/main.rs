@@ -12,6 +12,7 @@ mod lifecycle;
 mod node;
 mod operations;
 mod peer;
+mod replay;
 mod sdk;
 mod secrets;
 mod support;

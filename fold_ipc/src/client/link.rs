@@ -68,7 +68,12 @@ impl Link {
             .map(|open| Arc::clone(&open.mux))
     }
 
-    /// Sends `request` and waits for its response until `deadline`.
+    /// Sends the request `make` builds and waits for its response until `deadline`.
+    ///
+    /// `make` is called once per attempt, after the connection is open, so every attempt is
+    /// stamped and signed afresh: a request signed before the daemon restarted would be
+    /// refused by the new daemon (`replay`, docs/protocol.md 6.5), and a request is never
+    /// sent twice with one nonce.
     ///
     /// A request is sent at most once on a connection where it may have arrived: if the
     /// connection closes with it in flight the caller gets `Disconnected { sent: true }`.
@@ -77,13 +82,18 @@ impl Link {
     ///
     /// [`Error::Disconnected`] (with `sent` saying whether it may have arrived),
     /// [`Error::Timeout`], or [`Error::Protocol`] for a request over the frame cap.
-    pub(crate) async fn call(&self, request: &Request, deadline: Instant) -> Result<Response> {
+    pub(crate) async fn call(
+        &self,
+        make: impl Fn() -> Request,
+        deadline: Instant,
+    ) -> Result<Response> {
         let mut attempts = 0;
         loop {
             attempts += 1;
             let conn = self.connection(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match conn.call(request, remaining).await {
+            let request = make();
+            match conn.call(&request, remaining).await {
                 Err(CallError::Disconnected { sent: false })
                     if attempts < NOT_SENT_ATTEMPTS && Instant::now() < deadline => {}
                 other => return other.map_err(Error::from),

@@ -232,8 +232,9 @@ impl Client {
         let mut reloaded = false;
         loop {
             let auth = self.current_auth();
-            let request = auth.request(self.inner.ids.next(), operation, params.clone());
-            let response = match self.inner.link.call(&request, deadline).await {
+            // Stamped and signed once the connection is open (again on each attempt).
+            let make = || auth.request(self.inner.ids.next(), operation, params.clone());
+            let response = match self.inner.link.call(make, deadline).await {
                 Err(Error::Timeout { .. }) => {
                     return Err(Error::Timeout {
                         message: format!(

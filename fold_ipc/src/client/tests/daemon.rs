@@ -18,7 +18,7 @@ use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UnixListener;
@@ -45,6 +45,11 @@ pub(super) struct State {
     /// Whether unsigned (token-only) requests are accepted.
     pub(super) token_only: bool,
     nonces: Mutex<HashSet<String>>,
+    /// Timestamps before this are refused, as the real daemon does after an unclean stop:
+    /// set at every (re)start.
+    pub(super) floor_ms: AtomicU64,
+    /// Requests refused for a timestamp before the floor.
+    pub(super) signed_before_start: AtomicUsize,
     /// Requests that passed authentication.
     pub(super) accepted: AtomicUsize,
     /// Of those, how many were unsigned.
@@ -71,6 +76,8 @@ impl FakeDaemon {
             expected: Mutex::new(credentials(1)),
             token_only,
             nonces: Mutex::new(HashSet::new()),
+            floor_ms: AtomicU64::new(0),
+            signed_before_start: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
             unsigned: AtomicUsize::new(0),
             slow: AtomicUsize::new(0),
@@ -88,6 +95,7 @@ impl FakeDaemon {
 
     /// Binds the socket again (after [`FakeDaemon::kill`]) and serves it.
     pub(super) fn restart(&mut self) {
+        self.state.floor_ms.store(now_ms(), Ordering::SeqCst);
         let listener = UnixListener::bind(&self.path).unwrap();
         let state = Arc::clone(&self.state);
         self.accept = Some(tokio::spawn(accept_loop(listener, state)));
@@ -161,6 +169,13 @@ impl State {
                 if request.v != Some(crate::version::CURRENT) {
                     return Err(bad("wrong version"));
                 }
+                if fields.timestamp < self.floor_ms.load(Ordering::SeqCst) {
+                    self.signed_before_start.fetch_add(1, Ordering::SeqCst);
+                    return Err(WireError::new(
+                        ErrorCode::Replay,
+                        "timestamp is from before this daemon started",
+                    ));
+                }
                 let nonce = fields.nonce.to_string();
                 if !self.nonces.lock().unwrap().insert(nonce) {
                     return Err(WireError::new(ErrorCode::Replay, "nonce seen before"));
@@ -227,4 +242,10 @@ impl State {
         };
         Ok(value)
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

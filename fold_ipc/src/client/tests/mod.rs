@@ -255,6 +255,24 @@ async fn while_the_daemon_is_down_calls_fail_after_bounded_backoff() {
 }
 
 #[tokio::test]
+async fn a_call_waiting_for_a_restarted_daemon_is_signed_after_it_came_up() {
+    // A restarted daemon refuses timestamps from before its start (docs/protocol.md 6.5):
+    // a call made while the daemon is down must be stamped and signed once connected.
+    let mut daemon = FakeDaemon::start(false).await;
+    let client = client(&daemon).await;
+    client.ping().await.unwrap();
+    daemon.kill().await;
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.create("post", json!({"n": 1})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    daemon.restart();
+    call.await.unwrap().unwrap();
+    assert_eq!(daemon.state.signed_before_start.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn rotated_credentials_are_re_read_once() {
     let daemon = FakeDaemon::start(false).await;
     let path = daemon.dir.path().join("credentials.json");
