@@ -468,6 +468,8 @@ pub async fn install(
     if let Err(e) = result {
         let _ = shared.registry.remove(&app.id);
         cleanup_files(shared, &app.id);
+        // Never launched, so no process of the uid exists: its reservation can go.
+        let _ = shared.registry.release_uid(&app);
         return Err(e);
     }
     let grants: Vec<_> = app.grants.iter().map(ToString::to_string).collect();
