@@ -40,6 +40,7 @@ pub mod proxy;
 pub mod registry;
 pub mod sandbox;
 pub mod supervisor;
+pub mod terminal;
 pub mod uids;
 pub mod verifier;
 

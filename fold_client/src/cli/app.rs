@@ -120,6 +120,10 @@ pub enum AppCommand {
         /// Container image for this run instead of the app's.
         #[arg(long)]
         image: Option<String>,
+        /// Print the app's output as it is, control characters included (for piping); by
+        /// default they are shown escaped (`\x1b`).
+        #[arg(long)]
+        raw: bool,
         /// Arguments for the app.
         #[arg(last = true)]
         args: Vec<String>,
@@ -142,6 +146,10 @@ pub enum AppCommand {
         /// Keep printing as the log grows.
         #[arg(short, long)]
         follow: bool,
+        /// Print the log as it is, control characters included (for piping); by default
+        /// they are shown escaped (`\x1b`).
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -211,6 +219,7 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
             timeout,
             direct,
             image,
+            raw,
             args,
         } => {
             let request = AdminRequest::Run {
@@ -220,20 +229,22 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
                 image,
                 timeout_ms: millis(&timeout)?,
             };
-            return super::run::run(ctx, request).await;
+            return super::run::run(ctx, request, raw).await;
         }
         AppCommand::Stop { app, grace } => AdminRequest::Stop {
             app,
             grace_ms: grace.map(|g| (g * 1000.0) as u64),
         },
         AppCommand::Ps => AdminRequest::Ps,
-        AppCommand::Logs { app, follow } => return logs(ctx, &app, follow).await.map(|()| 0),
+        AppCommand::Logs { app, follow, raw } => {
+            return logs(ctx, &app, follow, raw).await.map(|()| 0)
+        }
     };
     let list = matches!(request, AdminRequest::List | AdminRequest::Ps);
     let ps = matches!(request, AdminRequest::Ps);
     let result = ctx.admin(&request, ADMIN_TIMEOUT).await?;
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        println!("{}", super::json(&result)?);
     } else if list {
         print_list(&result, ps);
     } else {
@@ -284,7 +295,7 @@ fn print_object(result: &Value) {
         // Warnings go to stderr, after the object.
         for (k, v) in map.iter().filter(|(k, _)| *k != "warnings") {
             let shown = if v.is_object() {
-                v.to_string()
+                fold_client::terminal::escape_json(&v.to_string()).into_owned()
             } else {
                 text(v)
             };
@@ -293,7 +304,7 @@ fn print_object(result: &Value) {
     }
 }
 
-async fn logs(ctx: &Context, app: &str, follow: bool) -> Result<()> {
+async fn logs(ctx: &Context, app: &str, follow: bool, raw: bool) -> Result<()> {
     let shown = ctx
         .admin(
             &AdminRequest::Show {
@@ -302,6 +313,6 @@ async fn logs(ctx: &Context, app: &str, follow: bool) -> Result<()> {
             ADMIN_TIMEOUT,
         )
         .await?;
-    let path = PathBuf::from(text(&shown["log"]));
-    super::audit::print_file(&path, follow, |_| true).await
+    let path = PathBuf::from(shown["log"].as_str().unwrap_or_default());
+    super::audit::print_file(&path, follow, raw, |_| true).await
 }

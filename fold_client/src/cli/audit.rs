@@ -8,6 +8,7 @@ use super::Context;
 use anyhow::{Context as _, Result};
 use fold_client::audit::rotated_path;
 use fold_client::config::{Overrides, MAX_AUDIT_KEEP};
+use fold_client::terminal;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
@@ -80,13 +81,15 @@ pub async fn audit(ctx: &Context, cmd: AuditCommand) -> Result<()> {
     Ok(())
 }
 
+/// Prints one audit record; every field an app could have chosen is escaped (`text`), and
+/// a line that is not JSON is shown escaped as a whole.
 fn print_record(line: &str, json: bool) {
     if json {
-        println!("{line}");
+        println!("{}", terminal::escape_json(line));
         return;
     }
     let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-        println!("{line}");
+        println!("{}", terminal::escape(line));
         return;
     };
     let s = |k: &str| super::text(&v[k]);
@@ -113,20 +116,33 @@ fn print_record(line: &str, json: bool) {
     }
 }
 
-/// Prints a file (lines passing `keep`), then, with `follow`, what is appended to it.
-pub async fn print_file(path: &Path, follow: bool, keep: impl Fn(&str) -> bool) -> Result<()> {
+/// Prints a file (lines passing `keep`), then, with `follow`, what is appended to it; each
+/// line escaped for the terminal unless `raw`.
+pub async fn print_file(
+    path: &Path,
+    follow: bool,
+    raw: bool,
+    keep: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let show = |line: &str| {
+        if raw {
+            println!("{line}");
+        } else {
+            println!("{}", terminal::escape_line(line));
+        }
+    };
     let text = match tokio::fs::read(path).await {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     for line in text.lines().filter(|l| keep(l)) {
-        println!("{line}");
+        show(line);
     }
     if follow {
         follow_from(path, text.len() as u64, |line| {
             if keep(line) {
-                println!("{line}");
+                show(line);
             }
         })
         .await?;

@@ -16,6 +16,7 @@ pub use serve::{serve, ServeArgs};
 use anyhow::{bail, Context as _, Result};
 use fold_client::admin::{self, AdminRequest};
 use fold_client::config::{Config, FileConfig, Overrides};
+use fold_client::terminal::escape;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,8 +76,25 @@ impl Context {
     }
 }
 
+/// `--json` output: pretty JSON in which nothing a terminal acts on is left raw (serde_json
+/// escapes C0 controls; `terminal::escape_json` the C1 controls and bidi overrides it keeps).
+///
+/// # Errors
+///
+/// Serialization failed.
+pub fn json(value: &Value) -> Result<String> {
+    let text = serde_json::to_string_pretty(value)?;
+    Ok(fold_client::terminal::escape_json(&text).into_owned())
+}
+
 /// Prints rows as an aligned table.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    // Cells may hold app-controlled text: escaped before they are measured.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| escape(c).into_owned()).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -97,11 +115,13 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// A JSON value as plain text for a table cell.
+/// A JSON value as plain text for a table cell or a message, with every control character
+/// escaped (`fold_client::terminal`): the values come from the daemon but may carry
+/// app-controlled text.
 pub fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => escape(s).into_owned(),
         Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }

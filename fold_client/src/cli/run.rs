@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use fold_client::admin::AdminRequest;
 use fold_client::config::Overrides;
 use fold_client::sandbox::docker;
+use fold_client::terminal;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -83,7 +84,7 @@ pub async fn launch(ctx: &Context, request: AdminRequest, wait: bool) -> Result<
         .await?;
     warn_all(&result);
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        println!("{}", super::json(&result)?);
     } else {
         let sandbox = match (&result["sandboxed"], &result["container"]) {
             (Value::Bool(true), Value::String(c)) => {
@@ -137,9 +138,9 @@ fn exit_code(state: &str) -> i32 {
     }
 }
 
-/// `app run`: streams the app's output while it runs; returns its exit code, 124 when it
-/// was killed at the timeout.
-pub async fn run(ctx: &Context, request: AdminRequest) -> Result<i32> {
+/// `app run`: streams the app's output while it runs (escaped for the terminal unless
+/// `raw`); returns its exit code, 124 when it was killed at the timeout.
+pub async fn run(ctx: &Context, request: AdminRequest, raw: bool) -> Result<i32> {
     let (app, direct, image) = request_app(&request);
     let AdminRequest::Run { timeout_ms, .. } = &request else {
         bail!("not a run request");
@@ -152,10 +153,10 @@ pub async fn run(ctx: &Context, request: AdminRequest) -> Result<i32> {
             super::app::ADMIN_TIMEOUT,
         )
         .await?;
-    let log = PathBuf::from(text(&shown["log"]));
+    let log = PathBuf::from(shown["log"].as_str().unwrap_or_default());
     let offset = tokio::fs::metadata(&log).await.map_or(0, |m| m.len());
     let (done_tx, done_rx) = watch::channel(false);
-    let tail = (!ctx.json).then(|| tokio::spawn(tail(log, offset, done_rx)));
+    let tail = (!ctx.json).then(|| tokio::spawn(tail(log, offset, done_rx, raw)));
     let deadline =
         Duration::from_millis(*timeout_ms) + config.stop_grace + config.pull_timeout + LAUNCH_SLACK;
     let result = ctx.admin(&request, deadline).await;
@@ -167,7 +168,7 @@ pub async fn run(ctx: &Context, request: AdminRequest) -> Result<i32> {
     warn_all(&result);
     let timed_out = result["timed_out"] == Value::Bool(true);
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        println!("{}", super::json(&result)?);
     } else if timed_out {
         eprintln!(
             "{} timed out after {:.1} s: killed ({})",
@@ -194,10 +195,10 @@ pub async fn run(ctx: &Context, request: AdminRequest) -> Result<i32> {
 }
 
 /// Prints what is appended to the app's log from `offset` until `done` (then once more).
-async fn tail(path: PathBuf, mut offset: u64, mut done: watch::Receiver<bool>) {
+async fn tail(path: PathBuf, mut offset: u64, mut done: watch::Receiver<bool>, raw: bool) {
     loop {
         let finished = *done.borrow();
-        offset = print_new(&path, offset).await;
+        offset = print_new(&path, offset, raw).await;
         if finished {
             return;
         }
@@ -208,8 +209,9 @@ async fn tail(path: PathBuf, mut offset: u64, mut done: watch::Receiver<bool>) {
     }
 }
 
-/// Prints the complete lines after `offset`; returns the offset after them.
-async fn print_new(path: &Path, offset: u64) -> u64 {
+/// Prints the complete lines after `offset` (escaped unless `raw`); returns the offset
+/// after them.
+async fn print_new(path: &Path, offset: u64, raw: bool) -> u64 {
     let Ok(mut file) = tokio::fs::File::open(path).await else {
         return offset;
     };
@@ -226,12 +228,17 @@ async fn print_new(path: &Path, offset: u64) -> u64 {
         return offset;
     };
     for line in String::from_utf8_lossy(&bytes[..end]).lines() {
-        if let Some(out) = line.strip_prefix("stdout: ") {
+        let shown = if raw {
+            std::borrow::Cow::Borrowed(line)
+        } else {
+            terminal::escape_line(line)
+        };
+        if let Some(out) = shown.strip_prefix("stdout: ") {
             println!("{out}");
-        } else if let Some(err) = line.strip_prefix("stderr: ") {
+        } else if let Some(err) = shown.strip_prefix("stderr: ") {
             eprintln!("{err}");
         } else {
-            eprintln!("{line}");
+            eprintln!("{shown}");
         }
     }
     offset + end as u64 + 1

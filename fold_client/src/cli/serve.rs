@@ -35,6 +35,8 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
             tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?,
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = ctx.config(Overrides {
         socket_root: args.socket_root,

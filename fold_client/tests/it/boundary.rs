@@ -1,44 +1,13 @@
 //! The boundary between an app and root, and between an app and the host: each test is an
 //! attack the first attacker's review made (docs/security.md, "Files" and "Peer rule").
 
-use crate::support::{start_daemon, start_with, Conn, TestDaemon};
-use fold_client::config::{Config, FileConfig, Overrides};
+use crate::support::{per_app_config, per_app_daemon, run_as, start_daemon, start_with, Conn};
 use fold_ipc::frame::{encode_frame, DEFAULT_MAX_FRAME};
 use fold_ipc::Credentials;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A root daemon giving each app its own uid, in a fresh temp dir others may traverse
-/// (so a process with the app's uid can reach its socket directory, as in production).
-async fn per_app_daemon() -> Option<TestDaemon> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: per-app uids need a root daemon");
-        return None;
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("fcb")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let config = per_app_config(&dir);
-    Some(start_with(dir, config).await)
-}
-
-/// Runs `sh -c script` as `uid:gid`; returns whether it succeeded.
-fn run_as(uid: u32, gid: u32, script: &str) -> bool {
-    use std::os::unix::process::CommandExt;
-    Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .uid(uid)
-        .gid(gid)
-        .status()
-        .unwrap()
-        .success()
-}
 
 #[tokio::test]
 async fn root_never_writes_through_a_symlink_the_app_planted() {
@@ -154,23 +123,6 @@ async fn a_socket_directory_of_the_earlier_layout_is_taken_back() {
     assert_eq!(std::fs::metadata(&creds_path).unwrap().uid(), 0);
     assert_eq!(std::fs::read(&victim).unwrap(), b"root's\n");
     d.stop().await;
-}
-
-/// The config of a per-app-uid daemon whose state lives in `dir`.
-fn per_app_config(dir: &tempfile::TempDir) -> Config {
-    // A base of its own per test process, far from other users' ranges.
-    let base = 3_500_000_000u32 + (std::process::id() % 10_000) * 1_000;
-    // uid reservations in the test's own directory, not the host's shared one.
-    let text = format!(
-        "uid_mode = \"per_app\"\nuid_base = {base}\nuid_reservation_dir = \"{}\"\n",
-        dir.path().join("uids").display()
-    );
-    let file = FileConfig::parse(&text, Path::new("test.toml")).unwrap();
-    let over = Overrides {
-        state_dir: Some(dir.path().join("state")),
-        ..Overrides::default()
-    };
-    Config::build(file, over, 0).unwrap()
 }
 
 /// Whether a signed `ping` from this (host) process, which has the app's uid and

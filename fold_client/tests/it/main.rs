@@ -16,5 +16,6 @@ mod replay;
 mod sdk;
 mod secrets;
 mod support;
+mod terminal;
 mod tidy;
 mod uids;

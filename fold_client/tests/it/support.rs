@@ -7,6 +7,7 @@ use fold_client::daemon::{self, Shared};
 use fold_ipc::mux::MuxConnection;
 use fold_ipc::signing::sign_request;
 use fold_ipc::{Credentials, Operation, Request, Response};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -181,4 +182,50 @@ fn rand_u64() -> u64 {
 pub fn code(r: &Response) -> fold_ipc::ErrorCode {
     assert!(!r.success, "expected a failure, got {:?}", r.result);
     r.error.as_ref().unwrap().code
+}
+
+/// A root daemon giving each app its own uid, in a fresh temp dir others may traverse
+/// (so a process with the app's uid can reach its socket directory, as in production).
+pub async fn per_app_daemon() -> Option<TestDaemon> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: per-app uids need a root daemon");
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("fcb")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let config = per_app_config(&dir);
+    Some(start_with(dir, config).await)
+}
+
+/// Runs `sh -c script` as `uid:gid`; returns whether it succeeded.
+pub fn run_as(uid: u32, gid: u32, script: &str) -> bool {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .uid(uid)
+        .gid(gid)
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// The config of a per-app-uid daemon whose state lives in `dir`.
+pub fn per_app_config(dir: &tempfile::TempDir) -> Config {
+    // A base of its own per test process, far from other users' ranges.
+    let base = 3_500_000_000u32 + (std::process::id() % 10_000) * 1_000;
+    // uid reservations in the test's own directory, not the host's shared one.
+    let text = format!(
+        "uid_mode = \"per_app\"\nuid_base = {base}\nuid_reservation_dir = \"{}\"\n",
+        dir.path().join("uids").display()
+    );
+    let file = FileConfig::parse(&text, Path::new("test.toml")).unwrap();
+    let over = Overrides {
+        state_dir: Some(dir.path().join("state")),
+        ..Overrides::default()
+    };
+    Config::build(file, over, 0).unwrap()
 }

@@ -89,6 +89,8 @@ pub fn image_mismatch(binary: &Path, image: &str) -> Option<String> {
     };
     let glibc = interp.contains("ld-linux") || interp.contains("ld64.so");
     let musl = interp.contains("ld-musl");
+    // The loader path is the binary's bytes: escaped before it becomes a message.
+    let interp = crate::terminal::escape(&interp);
     if glibc && is_musl_like_image(image) {
         return Some(format!(
             "{} is dynamically linked against glibc (loader {interp}) but image {image} is musl/busybox based: \

@@ -1,0 +1,229 @@
+//! App-controlled text never reaches the operator's terminal raw. Each test is an attack of
+//! the first review: a forged audit line, a hostile ELF interpreter in an install warning,
+//! escape codes in an app's output (`app run`, `app logs`), and colour codes in the daemon's
+//! log file. The real `fold_client` binary prints; its bytes are checked for ESC.
+
+use crate::support::{per_app_daemon, start_daemon, Conn};
+use fold_client::admin::AdminRequest;
+use fold_ipc::signing::sign_request;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+const ESC: u8 = 0x1b;
+
+/// The attacker's sequence: up one line, erase it, carriage return, then the forgery.
+const FORGED: &str = "\u{1b}[1A\u{1b}[2K\rallow";
+
+/// Runs the CLI without blocking the test's runtime (which serves the daemon).
+async fn cli(state: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_fold_client"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap()
+}
+
+fn has_esc(out: &Output) -> bool {
+    out.stdout.contains(&ESC) || out.stderr.contains(&ESC)
+}
+
+fn shown(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn audit_tail_shows_a_forged_operation_escaped() {
+    let d = start_daemon("").await;
+    let creds = d.install("forger", &["query:post"], None).await;
+    let conn = Conn::connect(&d.socket(&creds.app_id), creds.clone()).await;
+    let mut request = conn.signed(&fold_ipc::Operation::Ping);
+    request.operation = format!("query{FORGED}");
+    sign_request(&mut request, &creds.signing_key).unwrap();
+    let answer = conn.send(&request).await;
+    assert!(!answer.success);
+    d.shared.audit.flush().await;
+    let audit = std::fs::read_to_string(d.config.audit_path()).unwrap();
+    assert!(
+        audit.contains("[2K"),
+        "the forgery is in the audit: {audit}"
+    );
+
+    let state = d.config.state_dir.clone();
+    let out = cli(&state, &["audit", "tail"]).await;
+    assert!(out.status.success(), "{}", shown(&out));
+    assert!(!has_esc(&out), "raw ESC on the terminal: {:?}", shown(&out));
+    assert!(
+        shown(&out).contains("\\x1b[1A\\x1b[2K\\rallow"),
+        "{}",
+        shown(&out)
+    );
+    let out = cli(&state, &["--json", "audit", "tail"]).await;
+    assert!(out.status.success() && !has_esc(&out), "{}", shown(&out));
+    d.stop().await;
+}
+
+/// `/bin/true` (glibc, dynamic) with its loader path rewritten to carry the forgery, same
+/// length, so the ELF stays well formed and still names `ld-linux`.
+fn hostile_interpreter_binary(dir: &Path) -> std::path::PathBuf {
+    let mut bytes = std::fs::read("/bin/true").unwrap();
+    let loader = b"/lib64/ld-linux-x86-64.so.2\0";
+    let hostile = b"/lib64/ld-linux\x1b[1A\x1b[2K\r.so\0";
+    assert_eq!(loader.len(), hostile.len());
+    let at = bytes
+        .windows(loader.len())
+        .position(|w| w == loader)
+        .expect("/bin/true is a dynamic glibc binary");
+    bytes[at..at + loader.len()].copy_from_slice(hostile);
+    let path = dir.join("hostile_interp");
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn install_warning_shows_a_hostile_elf_interpreter_escaped() {
+    let d = start_daemon("").await;
+    let binary = hostile_interpreter_binary(d.dir.path());
+    let out = cli(
+        &d.config.state_dir,
+        &[
+            "app",
+            "install",
+            "interp",
+            "--binary",
+            binary.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", shown(&out));
+    let text = shown(&out);
+    assert!(text.contains("WARNING"), "the glibc/musl warning: {text}");
+    assert!(!has_esc(&out), "raw ESC on the terminal: {text:?}");
+    assert!(text.contains("ld-linux\\x1b[1A\\x1b[2K\\r.so"), "{text}");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn app_run_and_app_logs_show_app_output_escaped_unless_raw() {
+    let Some(d) = per_app_daemon().await else {
+        return;
+    };
+    let script = d.dir.path().join("printer.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf 'real line\\n\\033[1A\\033[2K\\rforged line\\n'\nprintf 'err\\033]0;title\\007\\n' >&2\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    d.admin(AdminRequest::Install {
+        name: "printer".into(),
+        binary: script,
+        grants: vec![],
+        image: None,
+        auth: None,
+        network: None,
+        memory: None,
+        cpus: None,
+        pids: None,
+        direct: true,
+    })
+    .await
+    .unwrap();
+    let state = d.config.state_dir.clone();
+    let run = |raw: bool| {
+        let mut args = vec!["app", "run", "printer", "--direct", "--timeout", "20s"];
+        if raw {
+            args.push("--raw");
+        }
+        args
+    };
+    let out = cli(&state, &run(false)).await;
+    assert!(out.status.success(), "{}", shown(&out));
+    assert!(!has_esc(&out), "raw ESC from app run: {:?}", shown(&out));
+    assert!(
+        shown(&out).contains("\\x1b[2K\\rforged line"),
+        "{}",
+        shown(&out)
+    );
+    assert!(
+        shown(&out).contains("err\\x1b]0;title\\x07"),
+        "{}",
+        shown(&out)
+    );
+    // `--raw` is for piping: the bytes as the app wrote them (so the check above can fail).
+    let raw = cli(&state, &run(true)).await;
+    assert!(has_esc(&raw), "--raw keeps the bytes: {:?}", shown(&raw));
+
+    let logs = cli(&state, &["app", "logs", "printer"]).await;
+    assert!(logs.status.success(), "{}", shown(&logs));
+    assert!(shown(&logs).contains("forged line"), "{}", shown(&logs));
+    assert!(!has_esc(&logs), "raw ESC from app logs: {:?}", shown(&logs));
+    let raw_logs = cli(&state, &["app", "logs", "printer", "--raw"]).await;
+    assert!(has_esc(&raw_logs), "--raw keeps the bytes");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn the_daemon_log_carries_no_colour_codes_when_not_a_terminal() {
+    let dir = tempfile::Builder::new()
+        .prefix("ft")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let state = dir.path().join("state");
+    let log_path = dir.path().join("daemon.log");
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_fold_client"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["serve", "--uid-mode", "daemon", "--log", "debug"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let admin = state.join("admin.sock");
+    for _ in 0..200 {
+        if admin.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = cli(
+        &state,
+        &[
+            "app",
+            "install",
+            "plain",
+            "--direct",
+            "--binary",
+            "/bin/true",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", shown(&out));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(daemon.id().unwrap()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(20), daemon.wait()).await;
+    let log = std::fs::read(&log_path).unwrap();
+    assert!(
+        String::from_utf8_lossy(&log).contains("daemon started"),
+        "the log has lines: {}",
+        String::from_utf8_lossy(&log)
+    );
+    assert!(
+        !log.contains(&ESC),
+        "colour codes in a log file: {}",
+        String::from_utf8_lossy(&log)
+    );
+}
