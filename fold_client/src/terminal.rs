@@ -5,15 +5,29 @@
 //! Printed raw, an escape sequence in any of them can move the cursor, erase lines, forge an
 //! `allow` over a `deny`, retitle the window or, on some terminals, answer back. So every
 //! control character (C0 and C1, DEL) and every bidirectional override is shown visibly,
-//! as Rust writes them (`\x1b`, `\r`, `\u{202e}`), and backslashes are left alone: escaping
-//! twice changes nothing. `--raw` on `app logs` and `app run` skips this for piping.
+//! as Rust writes them (`\x1b`, `\r`, `\u{202e}`), bytes that are not UTF-8 as `\xNN`, and
+//! backslashes are left alone: escaping twice changes nothing. `--raw` on `app logs` and
+//! `app run` skips this for piping.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
-/// Whether `c` must not reach a terminal as it is. `keep_tab` keeps `\t` (app output).
-fn is_unsafe(c: char, keep_tab: bool) -> bool {
+/// Which of the harmless layout controls a kind of output keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// A field (name, operation, note): nothing, so it stays on its line.
+    Nothing,
+    /// A line of an app's output: tabs.
+    Tab,
+    /// A message of several lines: tabs and newlines.
+    TabNewline,
+}
+
+/// Whether `c` must not reach a terminal as it is.
+fn is_unsafe(c: char, keep: Keep) -> bool {
     match c {
-        '\t' => !keep_tab,
+        '\t' => keep == Keep::Nothing,
+        '\n' => keep != Keep::TabNewline,
         '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => true,
         // Bidirectional embeddings, overrides and isolates (Trojan Source), and the line and
         // paragraph separators some terminals break lines at.
@@ -22,49 +36,85 @@ fn is_unsafe(c: char, keep_tab: bool) -> bool {
     }
 }
 
-fn escape_with(text: &str, keep_tab: bool) -> Cow<'_, str> {
-    if !text.chars().any(|c| is_unsafe(c, keep_tab)) {
+/// Appends `c`, which [`is_unsafe`], as it is written in Rust source.
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if (c as u32) < 0x80 => {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        }
+        c => {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+}
+
+fn escape_into(out: &mut String, text: &str, keep: Keep) {
+    for c in text.chars() {
+        if is_unsafe(c, keep) {
+            push_escaped(out, c);
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+fn escape_with(text: &str, keep: Keep) -> Cow<'_, str> {
+    if !text.chars().any(|c| is_unsafe(c, keep)) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if !is_unsafe(c, keep_tab) {
-            out.push(c);
-            continue;
-        }
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-        }
-    }
+    escape_into(&mut out, text, keep);
     Cow::Owned(out)
 }
 
 /// One field (a name, an operation, a note): every control character escaped, newlines
 /// and tabs included, so the field stays on its line.
 pub fn escape(text: &str) -> Cow<'_, str> {
-    escape_with(text, false)
+    escape_with(text, Keep::Nothing)
 }
 
 /// One line of an app's output (without its newline): like [`escape`], but tabs are kept.
 pub fn escape_line(text: &str) -> Cow<'_, str> {
-    escape_with(text, true)
+    escape_with(text, Keep::Tab)
+}
+
+/// A message that may span lines (an error from the daemon): like [`escape_line`], but
+/// newlines are kept.
+pub fn escape_text(text: &str) -> Cow<'_, str> {
+    escape_with(text, Keep::TabNewline)
+}
+
+/// One line of an app's log, as the bytes the app wrote (without the newline): like
+/// [`escape_line`], and each byte that is not part of valid UTF-8 shown as `\xNN`.
+pub fn escape_bytes(bytes: &[u8]) -> Cow<'_, str> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return escape_line(text);
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        escape_into(&mut out, chunk.valid(), Keep::Tab);
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// A line of JSON (the audit with `--json`): the characters JSON allows raw but a terminal
 /// acts on (C1 controls, DEL, bidirectional overrides) become `\uXXXX` escapes, so the line
-/// stays valid JSON with the same meaning; raw C0 bytes (invalid in JSON) likewise.
+/// stays valid JSON with the same meaning; raw C0 bytes (invalid in JSON) likewise. Newlines
+/// and tabs are kept: in valid JSON they are only whitespace between tokens (pretty output).
 pub fn escape_json(line: &str) -> Cow<'_, str> {
-    if !line.chars().any(|c| is_unsafe(c, false)) {
+    if !line.chars().any(|c| is_unsafe(c, Keep::TabNewline)) {
         return Cow::Borrowed(line);
     }
     let mut out = String::with_capacity(line.len() + 8);
     for c in line.chars() {
-        if is_unsafe(c, false) {
-            out.push_str(&format!("\\u{:04x}", c as u32));
+        if is_unsafe(c, Keep::TabNewline) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
         } else {
             out.push(c);
         }
@@ -87,6 +137,7 @@ mod tests {
         );
         assert_eq!(escape("two\nlines\t"), "two\\nlines\\t");
         assert_eq!(escape_line("col\tcol\u{7}"), "col\tcol\\x07");
+        assert_eq!(escape_text("one\ntwo\u{1b}[2K"), "one\ntwo\\x1b[2K");
         assert!(matches!(escape("plain ünïcode ✓"), Cow::Borrowed(_)));
         let once = escape(forged).into_owned();
         assert_eq!(escape(&once), once, "escaping twice changes nothing");
@@ -110,5 +161,31 @@ mod tests {
         let audit = serde_json::json!({ "operation": "\u{1b}[2K" }).to_string();
         assert!(!audit.contains('\u{1b}'));
         assert!(matches!(escape_json(&audit), Cow::Borrowed(_)));
+        // Pretty output (`--json`) keeps its layout and stays JSON.
+        let pretty =
+            serde_json::to_string_pretty(&serde_json::json!({ "note": "x\u{1b}\u{9b}\n" }))
+                .unwrap();
+        let shown = escape_json(&pretty);
+        assert!(shown.contains('\n') && !shown.contains('\u{9b}'));
+        let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(v["note"], "x\u{1b}\u{9b}\n");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_shown_as_hex() {
+        assert_eq!(escape_bytes(b"plain\ttab"), "plain\ttab");
+        assert_eq!(
+            escape_bytes(b"a\xff\x1b[2K\xc3\xa9\xe2\x80\xae\xc3"),
+            "a\\xff\\x1b[2K\u{e9}\\u{202e}\\xc3"
+        );
+        // A C1 control written as its single byte is not UTF-8: shown as hex, never sent.
+        assert_eq!(escape_bytes(b"\x9b31m"), "\\x9b31m");
+        for b in 0u8..=255 {
+            let shown = escape_bytes(&[b, b'.']).into_owned();
+            assert!(
+                !shown.chars().any(|s| s.is_control() && s != '\t'),
+                "{b:#x} shown as {shown:?}"
+            );
+        }
     }
 }

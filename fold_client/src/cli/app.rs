@@ -314,5 +314,5 @@ async fn logs(ctx: &Context, app: &str, follow: bool, raw: bool) -> Result<()> {
         )
         .await?;
     let path = PathBuf::from(shown["log"].as_str().unwrap_or_default());
-    super::audit::print_file(&path, follow, raw, |_| true).await
+    super::audit::print_file(&path, follow, raw).await
 }

@@ -72,8 +72,10 @@ pub async fn audit(ctx: &Context, cmd: AuditCommand) -> Result<()> {
     if follow {
         let json = ctx.json;
         follow_from(&path, text.len() as u64, |line| {
-            if matches(line) {
-                print_record(line, json);
+            // The daemon writes the audit as JSON, so UTF-8; anything else is shown escaped.
+            let line = String::from_utf8_lossy(line);
+            if matches(&line) {
+                print_record(&line, json);
             }
         })
         .await?;
@@ -116,38 +118,45 @@ fn print_record(line: &str, json: bool) {
     }
 }
 
-/// Prints a file (lines passing `keep`), then, with `follow`, what is appended to it; each
-/// line escaped for the terminal unless `raw`.
-pub async fn print_file(
-    path: &Path,
-    follow: bool,
-    raw: bool,
-    keep: impl Fn(&str) -> bool,
-) -> Result<()> {
-    let show = |line: &str| {
-        if raw {
-            println!("{line}");
-        } else {
-            println!("{}", terminal::escape_line(line));
-        }
-    };
-    let text = match tokio::fs::read(path).await {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+/// Prints an app's log file, then, with `follow`, what is appended to it: each line
+/// escaped for the terminal (`terminal::escape_bytes`: the app wrote these bytes), or with
+/// `raw` the bytes as they are.
+pub async fn print_file(path: &Path, follow: bool, raw: bool) -> Result<()> {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    for line in text.lines().filter(|l| keep(l)) {
-        show(line);
+    let mut stdout = std::io::stdout();
+    for line in lines(&bytes) {
+        show_line(&mut stdout, line, raw);
     }
     if follow {
-        follow_from(path, text.len() as u64, |line| {
-            if keep(line) {
-                show(line);
-            }
+        follow_from(path, bytes.len() as u64, |line| {
+            show_line(&mut stdout, line, raw);
         })
         .await?;
     }
     Ok(())
+}
+
+/// The lines of `bytes` without their newlines (a last one without a newline included).
+pub fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(move |_| !bytes.is_empty())
+}
+
+/// Writes one line of app output to `out`: escaped, or with `raw` as it is.
+pub fn show_line(out: &mut impl std::io::Write, line: &[u8], raw: bool) {
+    let written = if raw {
+        out.write_all(line).and_then(|()| out.write_all(b"\n"))
+    } else {
+        writeln!(out, "{}", terminal::escape_bytes(line))
+    };
+    // As `println!` does: output that cannot be written ends the command.
+    written.expect("cannot write the app's output");
 }
 
 /// The identity of the file at `path` (device and inode), if it exists.
@@ -180,14 +189,15 @@ impl Followed {
 
     /// Hands each whole line appended since the last call to `each`; a line still being
     /// written stays in `partial` until its newline arrives.
-    async fn drain(&mut self, partial: &mut String, each: &mut impl FnMut(&str)) -> Result<()> {
+    /// Lines are bytes: an app's log need not be UTF-8.
+    async fn drain(&mut self, partial: &mut Vec<u8>, each: &mut impl FnMut(&[u8])) -> Result<()> {
         loop {
-            let read = self.reader.read_line(partial).await?;
-            if read == 0 || !partial.ends_with('\n') {
+            let read = self.reader.read_until(b'\n', partial).await?;
+            if read == 0 || partial.last() != Some(&b'\n') {
                 return Ok(());
             }
             self.offset += partial.len() as u64;
-            each(partial.trim_end());
+            each(&partial[..partial.len() - 1]);
             partial.clear();
         }
     }
@@ -213,9 +223,9 @@ async fn rotated_since(path: &Path, old: (u64, u64)) -> Vec<std::path::PathBuf> 
 /// is rotated (renamed to `<path>.1`, a new one created at `path`), the old one is read to
 /// its end first, and any rotated out whole since, so no line written before the rotation is
 /// missed; a truncated file is read again from its start.
-async fn follow_from(path: &Path, offset: u64, mut each: impl FnMut(&str)) -> Result<()> {
+async fn follow_from(path: &Path, offset: u64, mut each: impl FnMut(&[u8])) -> Result<()> {
     let mut followed = Followed::open(path, offset).await;
-    let mut partial = String::new();
+    let mut partial = Vec::new();
     loop {
         match &mut followed {
             None => followed = Followed::open(path, 0).await,

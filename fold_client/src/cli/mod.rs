@@ -66,12 +66,11 @@ impl Context {
         if response.ok {
             Ok(response.result)
         } else {
-            bail!(
-                "{}",
-                response
-                    .error
-                    .unwrap_or_else(|| "the daemon refused the request".into())
-            )
+            // The daemon's message may quote what an app chose (a name, its binary's bytes).
+            let error = response
+                .error
+                .unwrap_or_else(|| "the daemon refused the request".into());
+            bail!("{}", fold_client::terminal::escape_text(&error))
         }
     }
 }

@@ -6,7 +6,6 @@ use anyhow::{bail, Result};
 use fold_client::admin::AdminRequest;
 use fold_client::config::Overrides;
 use fold_client::sandbox::docker;
-use fold_client::terminal;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,7 +35,8 @@ async fn prepare(ctx: &Context, app: &str, direct: bool, image: Option<&str>) ->
     let mut last = String::new();
     let mut progress = |line: &str| {
         if !quiet && line != last {
-            eprintln!("{line}");
+            // Progress comes from the engine and the registry: escaped like app text.
+            eprintln!("{}", fold_client::terminal::escape(line));
             last = line.to_string();
         }
     };
@@ -227,18 +227,14 @@ async fn print_new(path: &Path, offset: u64, raw: bool) -> u64 {
     let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else {
         return offset;
     };
-    for line in String::from_utf8_lossy(&bytes[..end]).lines() {
-        let shown = if raw {
-            std::borrow::Cow::Borrowed(line)
+    // The app wrote these bytes (need not be UTF-8): each line escaped unless `raw`.
+    for line in super::audit::lines(&bytes[..=end]) {
+        if let Some(out) = line.strip_prefix(b"stdout: ") {
+            super::audit::show_line(&mut std::io::stdout(), out, raw);
+        } else if let Some(err) = line.strip_prefix(b"stderr: ") {
+            super::audit::show_line(&mut std::io::stderr(), err, raw);
         } else {
-            terminal::escape_line(line)
-        };
-        if let Some(out) = shown.strip_prefix("stdout: ") {
-            println!("{out}");
-        } else if let Some(err) = shown.strip_prefix("stderr: ") {
-            eprintln!("{err}");
-        } else {
-            eprintln!("{shown}");
+            super::audit::show_line(&mut std::io::stderr(), line, raw);
         }
     }
     offset + end as u64 + 1

@@ -68,6 +68,15 @@ async fn audit_tail_shows_a_forged_operation_escaped() {
     );
     let out = cli(&state, &["--json", "audit", "tail"]).await;
     assert!(out.status.success() && !has_esc(&out), "{}", shown(&out));
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let record: serde_json::Value = serde_json::from_str(line).expect("--json stays JSON");
+        assert!(record.is_object());
+    }
+    // An object with `--json` (pretty, several lines) stays JSON too.
+    let out = cli(&state, &["--json", "app", "show", "forger"]).await;
+    assert!(out.status.success() && !has_esc(&out), "{}", shown(&out));
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json is JSON");
+    assert_eq!(view["name"], "forger");
     d.stop().await;
 }
 
@@ -226,4 +235,137 @@ async fn the_daemon_log_carries_no_colour_codes_when_not_a_terminal() {
         "colour codes in a log file: {}",
         String::from_utf8_lossy(&log)
     );
+}
+
+/// Spawns the CLI with `args` and gathers its stdout until it holds `want` (or 20 s pass);
+/// then ends it. Returns what it printed (stdout, then stderr).
+async fn follow_until(
+    state: &Path,
+    args: &[&str],
+    want: &[u8],
+    meanwhile: impl std::future::Future<Output = ()>,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fold_client"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // Let it print what is there and start following before anything new is written.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    meanwhile.await;
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        while !seen.windows(want.len()).any(|w| w == want) {
+            match stdout.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let _ = child.start_kill();
+    let mut err = Vec::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), stderr.read_to_end(&mut err)).await;
+    }
+    let _ = child.wait().await;
+    seen.extend_from_slice(&err);
+    seen
+}
+
+#[tokio::test]
+async fn audit_tail_follow_shows_a_forged_operation_escaped() {
+    let d = start_daemon("").await;
+    let creds = d.install("forger", &["query:post"], None).await;
+    let conn = Conn::connect(&d.socket(&creds.app_id), creds.clone()).await;
+    let state = d.config.state_dir.clone();
+    let forge = async {
+        let mut request = conn.signed(&fold_ipc::Operation::Ping);
+        request.operation = format!("query{FORGED}");
+        sign_request(&mut request, &creds.signing_key).unwrap();
+        assert!(!conn.send(&request).await.success);
+        d.shared.audit.flush().await;
+    };
+    let out = follow_until(&state, &["audit", "tail", "-f"], b"\\rallow", forge).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(!out.contains(&ESC), "raw ESC from audit tail -f: {text:?}");
+    assert!(
+        text.contains("query\\x1b[1A\\x1b[2K\\rallow"),
+        "the forged operation, shown: {text}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn app_logs_follow_shows_an_apps_bytes_escaped_even_when_not_utf8() {
+    let Some(d) = per_app_daemon().await else {
+        return;
+    };
+    let script = d.dir.path().join("bytes.sh");
+    // ESC, a lone C1 CSI byte (0x9b, not UTF-8) and a byte that is never UTF-8 (0xff).
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf 'start\\n\\033[2K\\233\\377forged\\n'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    d.admin(AdminRequest::Install {
+        name: "bytes".into(),
+        binary: script,
+        grants: vec![],
+        image: None,
+        auth: None,
+        network: None,
+        memory: None,
+        cpus: None,
+        pids: None,
+        direct: true,
+    })
+    .await
+    .unwrap();
+    let state = d.config.state_dir.clone();
+    let run = async {
+        let out = cli(
+            &state,
+            &["app", "run", "bytes", "--direct", "--timeout", "20s"],
+        )
+        .await;
+        assert!(out.status.success(), "{}", shown(&out));
+        assert!(!has_esc(&out), "raw ESC from app run: {:?}", shown(&out));
+        assert!(
+            shown(&out).contains("\\x1b[2K\\x9b\\xffforged"),
+            "{}",
+            shown(&out)
+        );
+    };
+    let out = follow_until(&state, &["app", "logs", "bytes", "-f"], b"forged", run).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        !out.contains(&ESC) && !out.contains(&0x9b),
+        "raw from app logs -f: {text:?}"
+    );
+    assert!(text.contains("\\x1b[2K\\x9b\\xffforged"), "{text}");
+    // Read back whole, and raw for piping: the app's bytes exactly.
+    let whole = cli(&state, &["app", "logs", "bytes"]).await;
+    assert!(
+        shown(&whole).contains("\\x1b[2K\\x9b\\xffforged"),
+        "{}",
+        shown(&whole)
+    );
+    let raw = cli(&state, &["app", "logs", "bytes", "--raw"]).await;
+    let written: &[u8] = b"\x1b[2K\x9b\xffforged";
+    assert!(
+        raw.stdout.windows(written.len()).any(|w| w == written),
+        "--raw keeps the bytes: {:?}",
+        shown(&raw)
+    );
+    d.stop().await;
 }
