@@ -15,6 +15,7 @@ use rusqlite::Connection;
 use serde_json::value::{to_raw_value, RawValue};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -270,14 +271,19 @@ impl Node {
             .await
             .map_err(|_| NodeError::Closed)?;
         if placement == Placement::Inline {
-            match self.inner.with_reader(Some(INLINE_READ_BUDGET), &f) {
+            match self.inner.with_reader(Stop::After(INLINE_READ_BUDGET), &f) {
                 Err(e) if is_interrupt(&e) => {}
                 done => return done,
             }
         }
         let inner = Arc::clone(&self.inner);
+        // The read on the pool runs until it ends or its caller stops waiting (the daemon
+        // answered `timeout` and dropped this future): then its statement is interrupted,
+        // and the core and the read slot are free again within one progress check.
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let _flag_on_drop = Abandon(Arc::clone(&abandoned));
         tokio::task::spawn_blocking(move || {
-            let result = inner.with_reader(None, &f);
+            let result = inner.with_reader(Stop::WhenAbandoned(abandoned), &f);
             drop(permit);
             result
         })
@@ -330,6 +336,23 @@ pub const INLINE_READ_BUDGET: Duration = Duration::from_micros(100);
 /// SQLite virtual-machine steps between two checks of the read budget.
 const BUDGET_CHECK_OPS: i32 = 1000;
 
+/// When a read's statement is interrupted.
+enum Stop {
+    /// Once this much time has passed (a read inline on the async worker).
+    After(Duration),
+    /// Once its caller has stopped waiting for it (a read on the blocking pool).
+    WhenAbandoned(Arc<AtomicBool>),
+}
+
+/// Raises its flag when dropped: with the future of a read, when the caller stops waiting.
+struct Abandon(Arc<AtomicBool>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn is_interrupt(e: &NodeError) -> bool {
     matches!(e, NodeError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
         if f.code == rusqlite::ErrorCode::OperationInterrupted)
@@ -337,10 +360,10 @@ fn is_interrupt(e: &NodeError) -> bool {
 
 impl Inner {
     /// Runs `f` on an idle read connection (opening one if none is idle), interrupted
-    /// once `budget` has passed.
+    /// when `stop` says.
     fn with_reader<T>(
         &self,
-        budget: Option<Duration>,
+        stop: Stop,
         f: impl FnOnce(&Connection, &Catalog) -> Result<T, NodeError>,
     ) -> Result<T, NodeError> {
         let idle = self
@@ -352,12 +375,14 @@ impl Inner {
             Some(conn) => conn,
             None => store::open(&self.db_path, self.config.durability, false)?,
         };
-        match budget {
-            Some(budget) => {
+        match stop {
+            Stop::After(budget) => {
                 let deadline = Instant::now() + budget;
                 conn.progress_handler(BUDGET_CHECK_OPS, Some(move || Instant::now() > deadline));
             }
-            None => conn.progress_handler(0, None::<fn() -> bool>),
+            Stop::WhenAbandoned(flag) => {
+                conn.progress_handler(BUDGET_CHECK_OPS, Some(move || flag.load(Ordering::Relaxed)));
+            }
         }
         // One snapshot for the whole read (the schema lookup and the query agree). BEGIN and
         // ROLLBACK are cached statements: `Connection::transaction` parses both again on

@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod deadline;
 mod history;
 mod query;
 mod records;

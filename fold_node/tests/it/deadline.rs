@@ -1,0 +1,78 @@
+//! A read whose caller gave up stops at once: it neither keeps a core busy nor holds one of
+//! the node's read slots for the reads of others (the expensive-query attack of issue 13).
+
+use fold_ipc::Operation;
+use fold_node::{Node, NodeConfig};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+async fn call(node: &Node, operation: &str, params: Value) -> Value {
+    let params = serde_json::value::to_raw_value(&params).unwrap();
+    let op = Operation::parse(operation, Some(&params)).unwrap();
+    let raw = node.execute(Some("app_test"), op).await.unwrap();
+    serde_json::from_str(raw.get()).unwrap()
+}
+
+fn parse(operation: &str, params: &Value) -> Operation {
+    let params = serde_json::value::to_raw_value(params).unwrap();
+    Operation::parse(operation, Some(&params)).unwrap()
+}
+
+#[tokio::test]
+async fn an_abandoned_expensive_query_frees_its_read_slot_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig::new(dir.path().join("node"));
+    config.readers = 1; // the attacker's query holds the only read slot
+    let node = Node::open_with(config).unwrap();
+    call(
+        &node,
+        "create_schema",
+        json!({"name": "blob", "fields": {"text": {"type": "string"}}}),
+    )
+    .await;
+    let text = "a".repeat(64 * 1024);
+    for _ in 0..16 {
+        call(
+            &node,
+            "mutation",
+            json!({"schema": "blob", "action": "create", "data": {"text": text}}),
+        )
+        .await;
+    }
+    let victim = call(
+        &node,
+        "mutation",
+        json!({"schema": "blob", "action": "create", "data": {"text": "short"}}),
+    )
+    .await;
+    let victim_id = victim["id"].as_str().unwrap().to_string();
+
+    // Within today's query limits: an `or` of 200 `contains`, each needle 2,000 bytes that
+    // almost match everywhere (seconds of work per row).
+    let needle = format!("{}b", "a".repeat(1999));
+    let filters: Vec<Value> = (0..200)
+        .map(|_| json!({"op": "contains", "field": "text", "value": needle}))
+        .collect();
+    let heavy = parse(
+        "query",
+        &json!({"schema": "blob", "filter": {"op": "or", "filters": filters}, "limit": 100}),
+    );
+    // The caller (the daemon's proxy) gives up, as it does at its request timeout.
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), node.execute(None, heavy)).await;
+    assert!(
+        gave_up.is_err(),
+        "the expensive query was meant to run long"
+    );
+
+    // The victim's one-row read gets the slot: it does not wait for the abandoned scan.
+    let point = parse(
+        "query",
+        &json!({"schema": "blob", "filter": {"op": "eq", "field": "id", "value": victim_id}}),
+    );
+    let answered = tokio::time::timeout(Duration::from_secs(5), node.execute(None, point))
+        .await
+        .expect("the read slot is still held by the abandoned query")
+        .unwrap();
+    let page: Value = serde_json::from_str(answered.get()).unwrap();
+    assert_eq!(page["rows"].as_array().map(Vec::len), Some(1), "{page}");
+}
