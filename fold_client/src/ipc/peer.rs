@@ -236,7 +236,8 @@ mod tests {
         let (stream, _) = listener.accept().unwrap();
         child.wait().unwrap();
         match Peer::of(&stream) {
-            Err(_) => {} // the kernel already reports the pidfd's process as gone
+            // The kernel already reports the pidfd's process as gone.
+            Err(e) => assert!(e.contains("gone"), "{e}"),
             Ok(peer) => {
                 let (cgroup, pid_ns) =
                     read_identity(i32::try_from(std::process::id()).unwrap()).unwrap();

@@ -27,12 +27,19 @@ pub struct ChildDaemon {
     /// Paths the daemon derived from its config (socket root, admin socket, audit).
     pub config: fold_client::config::Config,
     log: PathBuf,
+    /// `--log`.
+    filter: String,
 }
 
 impl ChildDaemon {
     /// Starts `fold_client serve` with `uid_mode = "daemon"` plus `extra` in its config file,
     /// and waits until its admin socket answers.
     pub fn start(dir: &Path, extra: &str) -> ChildDaemon {
+        ChildDaemon::start_logging(dir, extra, "warn")
+    }
+
+    /// Like [`ChildDaemon::start`], logging at `filter` (e.g. `debug`).
+    pub fn start_logging(dir: &Path, extra: &str, filter: &str) -> ChildDaemon {
         let config_file = dir.join("daemon.toml");
         std::fs::write(&config_file, format!("uid_mode = \"daemon\"\n{extra}\n")).unwrap();
         let state_dir = dir.join("state");
@@ -44,6 +51,7 @@ impl ChildDaemon {
             state_dir,
             config,
             log: dir.join("daemon.log"),
+            filter: filter.to_string(),
         };
         daemon.spawn();
         daemon
@@ -62,7 +70,7 @@ impl ChildDaemon {
             .arg(&self.state_dir)
             .arg("--config")
             .arg(&self.config_file)
-            .args(["serve", "--log", "warn"])
+            .args(["serve", "--log", &self.filter])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -3,7 +3,8 @@
 //! escape codes in an app's output (`app run`, `app logs`), and colour codes in the daemon's
 //! log file. The real `fold_client` binary prints; its bytes are checked for ESC.
 
-use crate::support::{per_app_daemon, start_daemon, Conn};
+use crate::faults::ChildDaemon;
+use crate::support::{per_app_daemon, start_daemon, Conn, TestDaemon};
 use fold_client::admin::AdminRequest;
 use fold_ipc::signing::sign_request;
 use std::os::unix::fs::PermissionsExt;
@@ -121,20 +122,13 @@ async fn install_warning_shows_a_hostile_elf_interpreter_escaped() {
     d.stop().await;
 }
 
-#[tokio::test]
-async fn app_run_and_app_logs_show_app_output_escaped_unless_raw() {
-    let Some(d) = per_app_daemon().await else {
-        return;
-    };
-    let script = d.dir.path().join("printer.sh");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\nprintf 'real line\\n\\033[1A\\033[2K\\rforged line\\n'\nprintf 'err\\033]0;title\\007\\n' >&2\n",
-    )
-    .unwrap();
+/// Installs a shell script printing what an app chooses, placed on the host (direct).
+async fn install_script(d: &TestDaemon, name: &str, body: &str) {
+    let script = d.dir.path().join(format!("{name}.sh"));
+    std::fs::write(&script, body).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     d.admin(AdminRequest::Install {
-        name: "printer".into(),
+        name: name.into(),
         binary: script,
         grants: vec![],
         image: None,
@@ -147,6 +141,14 @@ async fn app_run_and_app_logs_show_app_output_escaped_unless_raw() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn app_run_and_app_logs_show_app_output_escaped_unless_raw() {
+    let Some(d) = per_app_daemon().await else {
+        return;
+    };
+    install_script(&d, "printer", "#!/bin/sh\nprintf 'real line\\n\\033[1A\\033[2K\\rforged line\\n'\nprintf 'err\\033]0;title\\007\\n' >&2\n").await;
     let state = d.config.state_dir.clone();
     let run = |raw: bool| {
         let mut args = vec!["app", "run", "printer", "--direct", "--timeout", "20s"];
@@ -187,44 +189,10 @@ async fn the_daemon_log_carries_no_colour_codes_when_not_a_terminal() {
         .prefix("ft")
         .tempdir_in("/tmp")
         .unwrap();
-    let state = dir.path().join("state");
-    let log_path = dir.path().join("daemon.log");
-    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_fold_client"))
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["serve", "--uid-mode", "daemon", "--log", "debug"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let admin = state.join("admin.sock");
-    for _ in 0..200 {
-        if admin.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let out = cli(
-        &state,
-        &[
-            "app",
-            "install",
-            "plain",
-            "--direct",
-            "--binary",
-            "/bin/true",
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "{}", shown(&out));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(daemon.id().unwrap()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(20), daemon.wait()).await;
-    let log = std::fs::read(&log_path).unwrap();
+    let mut daemon = ChildDaemon::start_logging(dir.path(), "", "debug");
+    daemon.install("plain", &[], None);
+    daemon.terminate();
+    let log = daemon.log_text().into_bytes();
     assert!(
         String::from_utf8_lossy(&log).contains("daemon started"),
         "the log has lines: {}",
@@ -309,28 +277,13 @@ async fn app_logs_follow_shows_an_apps_bytes_escaped_even_when_not_utf8() {
     let Some(d) = per_app_daemon().await else {
         return;
     };
-    let script = d.dir.path().join("bytes.sh");
     // ESC, a lone C1 CSI byte (0x9b, not UTF-8) and a byte that is never UTF-8 (0xff).
-    std::fs::write(
-        &script,
+    install_script(
+        &d,
+        "bytes",
         "#!/bin/sh\nprintf 'start\\n\\033[2K\\233\\377forged\\n'\n",
     )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    d.admin(AdminRequest::Install {
-        name: "bytes".into(),
-        binary: script,
-        grants: vec![],
-        image: None,
-        auth: None,
-        network: None,
-        memory: None,
-        cpus: None,
-        pids: None,
-        direct: true,
-    })
-    .await
-    .unwrap();
+    .await;
     let state = d.config.state_dir.clone();
     let run = async {
         let out = cli(
