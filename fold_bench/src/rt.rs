@@ -135,6 +135,7 @@ pub async fn install(
             cpus: None,
             pids: None,
             direct: image.is_none(),
+            node_limits: Default::default(),
         },
     )
     .await?;
@@ -245,6 +246,7 @@ async fn accept_loop(listener: UnixListener, handler: Arc<FloorHandler>, stop: C
 /// Creates schema `item` and `records` records through the node; returns their ids.
 async fn seed(shared: &Shared, records: usize) -> Result<Vec<String>> {
     let timeout = Duration::from_secs(30);
+    let limits = fold_client::app_limits::NodeLimits::default().for_request(timeout);
     let def = serde_json::from_value(json!({"name": "item", "fields": {
         "name": {"type": "string", "required": true},
         "cat": {"type": "string", "indexed": true},
@@ -252,7 +254,7 @@ async fn seed(shared: &Shared, records: usize) -> Result<Vec<String>> {
     }}))?;
     shared
         .node
-        .call("bench", Operation::CreateSchema(def), timeout)
+        .call("bench", Operation::CreateSchema(def), timeout, &limits)
         .await
         .map_err(|e| anyhow::anyhow!("create schema: {e}"))?;
     let mut ids = Vec::with_capacity(records);
@@ -265,7 +267,7 @@ async fn seed(shared: &Shared, records: usize) -> Result<Vec<String>> {
         });
         let raw = shared
             .node
-            .call("bench", op, timeout)
+            .call("bench", op, timeout, &limits)
             .await
             .map_err(|e| anyhow::anyhow!("create: {e}"))?;
         let v: serde_json::Value = serde_json::from_str(raw.get())?;

@@ -9,6 +9,7 @@ mod apps;
 
 pub use apps::app_view;
 
+use crate::app_limits::LimitSettings;
 use crate::daemon::{DaemonError, Shared};
 use crate::ipc::AppSocket;
 use crate::policy::Grant;
@@ -63,6 +64,16 @@ pub enum AdminRequest {
         /// it, only a process of its running container may.
         #[serde(default)]
         direct: bool,
+        /// Node limits set for this app; the rest come from the config.
+        #[serde(default)]
+        node_limits: LimitSettings,
+    },
+    /// Change an app's node limits (only those set).
+    Limits {
+        /// Name or id.
+        app: String,
+        /// The limits to change.
+        node_limits: LimitSettings,
     },
     /// List apps.
     List,

@@ -371,6 +371,7 @@ mod tests {
             image: None,
             network: None,
             limits: ResourceLimits::default(),
+            node_limits: Default::default(),
             created_ms: 0,
             generation: 1,
         };

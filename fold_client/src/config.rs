@@ -4,6 +4,7 @@
 //! The library never reads argv or the environment: `main.rs` does, and hands the result
 //! here as [`Overrides`]. Defaults are `pub const`s so docs and tests can name them.
 
+use crate::app_limits::{LimitSettings, NodeLimits};
 use crate::sandbox::ResourceLimits;
 use crate::supervisor::RestartPolicy;
 use fold_ipc::server::ConnectionLimits;
@@ -163,6 +164,9 @@ pub struct Config {
     pub id_files: crate::uids::IdFiles,
     /// Default resource limits for new apps.
     pub default_limits: ResourceLimits,
+    /// Node limits (share, quota, write rate, bytes in flight) of every app that did not
+    /// set its own (`[app_limits]` in the file).
+    pub default_node_limits: NodeLimits,
     /// Default container image for new apps.
     pub default_image: String,
     /// Grace between SIGTERM and SIGKILL when stopping an app.
@@ -298,6 +302,8 @@ pub struct FileConfig {
     pub restart_backoff_ms: Option<u64>,
     /// Default maximum app lifetime in seconds.
     pub max_lifetime_secs: Option<u64>,
+    /// `[app_limits]`: defaults of every app's share, quota and write rate.
+    pub app_limits: Option<LimitSettings>,
 }
 
 impl FileConfig {
@@ -512,6 +518,11 @@ impl Config {
             uid_reservation_dir,
             id_files,
             default_limits: ResourceLimits::default(),
+            default_node_limits: {
+                let settings = file.app_limits.unwrap_or_default();
+                settings.validate().map_err(|m| invalid("app_limits", m))?;
+                settings.resolve(&NodeLimits::default())
+            },
             default_image: file
                 .default_image
                 .unwrap_or_else(|| DEFAULT_IMAGE.to_string()),

@@ -387,6 +387,7 @@ fn serve_app(shared: &Arc<Shared>, app: &App) -> Result<(), DaemonError> {
             .entry(app.id.clone())
             .or_insert_with(|| Arc::new(AppRuntime::new(&shared.config))),
     );
+    runtime.apply(&app.node_limits.resolve(&shared.config.default_node_limits));
     let cancel = shared.shutdown.child_token();
     if let Some(old) = lock(&shared.listeners).insert(app.id.clone(), cancel.clone()) {
         old.cancel();
@@ -595,6 +596,32 @@ pub async fn place(
     shared
         .audit
         .event(&app.id, Some(&app.name), "placement", placement.as_str())
+        .await;
+    Ok(app)
+}
+
+/// Changes the node limits set for an app (those `settings` sets) and audits the result;
+/// its next request is held to them.
+///
+/// # Errors
+///
+/// Unknown app, or the entry could not be saved.
+pub async fn set_node_limits(
+    shared: &Arc<Shared>,
+    name: &str,
+    settings: &crate::app_limits::LimitSettings,
+) -> Result<Arc<App>, DaemonError> {
+    let app = shared.registry.update(name, |app| {
+        app.node_limits = app.node_limits.updated(settings);
+    })?;
+    let runtime = lock(&shared.runtimes).get(&app.id).cloned();
+    if let Some(runtime) = runtime {
+        runtime.apply(&app.node_limits.resolve(&shared.config.default_node_limits));
+    }
+    let detail = serde_json::to_string(&app.node_limits).unwrap_or_default();
+    shared
+        .audit
+        .event(&app.id, Some(&app.name), "limits", &detail)
         .await;
     Ok(app)
 }

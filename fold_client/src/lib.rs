@@ -27,6 +27,7 @@
 //! - [`daemon`]: startup, app lifecycle, shutdown; [`run`] is the entry point.
 
 pub mod admin;
+pub mod app_limits;
 pub mod audit;
 pub mod auth;
 pub mod config;

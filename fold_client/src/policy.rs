@@ -61,9 +61,16 @@ impl Grant {
 
 /// Whether `grants` allow `op`.
 pub fn allows(grants: &[Grant], op: &Operation) -> bool {
-    match op.schema() {
+    allows_on(grants, op.kind(), op.schema())
+}
+
+/// Whether `grants` permit an operation of `kind` on `schema` (`None`: on no schema, which
+/// every authenticated app may do); what [`allows`] decides, from the parts a server reads
+/// before it builds the operation.
+pub fn allows_on(grants: &[Grant], kind: OperationKind, schema: Option<&str>) -> bool {
+    match schema {
         None => true,
-        Some(schema) => grants.iter().any(|g| g.covers(op.kind(), schema)),
+        Some(schema) => grants.iter().any(|g| g.covers(kind, schema)),
     }
 }
 

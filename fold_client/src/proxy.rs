@@ -5,6 +5,7 @@
 //! `node_unavailable`; the pool reconnects on the next call, so service resumes by itself.
 
 use crate::config::NodeTarget;
+use fold_ipc::limits::RequestLimits;
 use fold_ipc::mux::{CallError, MuxConnection};
 use fold_ipc::{ErrorCode, Operation, Request, WireError};
 use serde_json::value::RawValue;
@@ -98,15 +99,17 @@ impl NodeClient {
         writer: &str,
         op: Operation,
         timeout: Duration,
+        limits: &RequestLimits,
     ) -> Result<Box<RawValue>, WireError> {
         match self {
             NodeClient::Embedded(node) => {
-                match tokio::time::timeout(timeout, node.execute(Some(writer), op)).await {
+                let run = node.execute_limited(Some(writer), op, Some(limits));
+                match tokio::time::timeout(timeout, run).await {
                     Ok(result) => result,
                     Err(_) => Err(timeout_error(timeout)),
                 }
             }
-            NodeClient::Remote(remote) => remote.call(writer, &op, timeout).await,
+            NodeClient::Remote(remote) => remote.call(writer, &op, timeout, limits).await,
         }
     }
 }
@@ -206,6 +209,7 @@ impl RemoteNode {
         writer: &str,
         op: &Operation,
         timeout: Duration,
+        limits: &RequestLimits,
     ) -> Result<Box<RawValue>, WireError> {
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut request = Request::unsigned(
@@ -214,6 +218,9 @@ impl RemoteNode {
             op,
         );
         request.token.clone_from(&self.secret);
+        // The deadline travels with the request, so the node stops the work when the
+        // daemon stops waiting.
+        request.limits = Some(*limits);
         // One retry, only when the request certainly did not leave (a stale pooled connection).
         for attempt in 0..2 {
             let conn = self.connection(slot).await?;

@@ -56,6 +56,23 @@ pub async fn read_frame<R>(reader: &mut R, max: usize) -> Result<Option<Vec<u8>>
 where
     R: AsyncRead + Unpin + ?Sized,
 {
+    match read_header(reader, max).await? {
+        None => Ok(None),
+        Some(len) => read_body(reader, len).await.map(Some),
+    }
+}
+
+/// Reads one frame header: the body's length, checked against `max`. `Ok(None)` on a clean
+/// end of stream. With [`read_body`], what [`read_frame`] does, for a caller that decides
+/// between the two (for example, waits until it may take in that many bytes).
+///
+/// # Errors
+///
+/// As for [`read_frame`].
+pub async fn read_header<R>(reader: &mut R, max: usize) -> Result<Option<usize>, FrameError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -79,15 +96,26 @@ where
             max,
         });
     }
-    let len = len as usize;
-    // The buffer grows with the bytes that actually arrive (doubling, never past `len`), so
-    // a peer that announces a large frame and sends little of it costs little memory.
-    let mut body = Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY));
+    Ok(Some(len as usize))
+}
+
+/// Reads a frame body of `len` bytes (from [`read_header`]).
+///
+/// # Errors
+///
+/// [`FrameError::Truncated`] when the stream ends first, [`FrameError::Io`] otherwise.
+pub async fn read_body<R>(reader: &mut R, len: usize) -> Result<Vec<u8>, FrameError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    // A large body gets its whole buffer at once: growing it by doubling would leave the
+    // smaller buffers behind, resident in the allocator, and cost about twice the frame. A
+    // peer that announces a large frame and sends little of it still costs little memory:
+    // a fresh allocation of this size is mapped, not touched, and only the pages the bytes
+    // arrive in become resident.
+    let mut body = Vec::with_capacity(len);
     let mut limited = reader.take(len as u64);
     while body.len() < len {
-        if body.len() == body.capacity() {
-            body.reserve_exact(body.capacity().min(len - body.len()));
-        }
         if limited.read_buf(&mut body).await? == 0 {
             return Err(FrameError::Truncated {
                 expected: len,
@@ -95,11 +123,8 @@ where
             });
         }
     }
-    Ok(Some(body))
+    Ok(body)
 }
-
-/// Capacity a frame body starts with; it doubles as bytes arrive.
-const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 
 /// Writes one frame (header and body) and flushes.
 ///

@@ -32,6 +32,7 @@ pub mod limits;
 pub mod message;
 pub mod mux;
 pub mod operation;
+pub mod params;
 pub mod query;
 pub mod schema;
 pub mod server;

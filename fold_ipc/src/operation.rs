@@ -67,6 +67,14 @@ impl OperationKind {
         }
     }
 
+    /// Whether it changes data (and so goes through the node's writer).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            OperationKind::CreateSchema | OperationKind::DeleteSchema | OperationKind::Mutation
+        )
+    }
+
     /// The kind named `name`, if there is one.
     pub fn from_name(name: &str) -> Option<OperationKind> {
         OperationKind::ALL.into_iter().find(|k| k.as_str() == name)

@@ -10,7 +10,7 @@
 //! responses go out in completion order, matched by `request_id`.
 
 use crate::error::{ErrorCode, WireError};
-use crate::frame::{encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME};
+use crate::frame::{encode_frame, read_body, read_header, FrameError, DEFAULT_MAX_FRAME};
 use crate::message::{Request, Response};
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 /// Answers requests. One handler value serves one connection, so it can carry what the
@@ -32,6 +32,59 @@ pub trait Handler: Send + Sync + 'static {
     /// default) records nothing. Asked once per connection.
     fn stats(&self) -> Option<Arc<ServerStats>> {
         None
+    }
+
+    /// The request bytes this connection's frames draw on, shared with other connections
+    /// (for example, all of one app's); `None` (the default) is no budget beyond the
+    /// per-connection caps. Asked once per connection.
+    fn byte_budget(&self) -> Option<Arc<ByteBudget>> {
+        None
+    }
+}
+
+/// Request bytes that may be held at once by the connections sharing the budget. A
+/// connection that has read a frame's header waits, before reading its body, until the
+/// body fits; the bytes are given back when the request's response is queued. So what
+/// its requests hold in memory is bounded by the budget, however many connections and
+/// requests in flight the peer opens.
+#[derive(Debug)]
+pub struct ByteBudget {
+    units: Arc<Semaphore>,
+    total_units: usize,
+}
+
+/// A [`ByteBudget`] counts in units of this many bytes (so a permit count fits a `u32`).
+const BUDGET_UNIT: usize = 1024;
+
+impl ByteBudget {
+    /// A budget of `bytes` (at least one unit of 1 KiB).
+    pub fn new(bytes: u64) -> Arc<ByteBudget> {
+        let total_units = usize::try_from(bytes / BUDGET_UNIT as u64)
+            .unwrap_or(usize::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(ByteBudget {
+            units: Arc::new(Semaphore::new(total_units)),
+            total_units,
+        })
+    }
+
+    /// The budget's size in bytes.
+    pub fn total(&self) -> usize {
+        self.total_units.saturating_mul(BUDGET_UNIT)
+    }
+
+    /// Bytes not held by any request now.
+    pub fn available(&self) -> usize {
+        self.units.available_permits().saturating_mul(BUDGET_UNIT)
+    }
+
+    /// Waits until `len` bytes fit (a frame larger than the whole budget takes all of it).
+    async fn admit(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let units = len.div_ceil(BUDGET_UNIT).clamp(1, self.total_units);
+        Arc::clone(&self.units)
+            .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX))
+            .await
+            .ok()
     }
 }
 
@@ -148,11 +201,17 @@ impl<R: AsyncRead + Unpin> AsyncRead for TimedRead<R> {
 struct Outgoing {
     body: Vec<u8>,
     queued: Option<Instant>,
+    /// The request's share of the [`ByteBudget`], given back once the response is written.
+    held: Option<OwnedSemaphorePermit>,
 }
 
 impl Outgoing {
     fn untimed(body: Vec<u8>) -> Outgoing {
-        Outgoing { body, queued: None }
+        Outgoing {
+            body,
+            queued: None,
+            held: None,
+        }
     }
 }
 
@@ -216,6 +275,7 @@ where
 {
     let (read_half, write_half) = tokio::io::split(stream);
     let stats = handler.stats();
+    let budget = handler.byte_budget();
     let mut reader = BufReader::new(TimedRead {
         inner: read_half,
         stats: stats.clone(),
@@ -248,17 +308,39 @@ where
             Ok(Ok([])) => break ConnectionEnd::Closed,
             Ok(Ok(_)) => {}
         }
-        let frame = match tokio::time::timeout(
+        let header = match tokio::time::timeout(
             limits.read_timeout,
-            read_frame(&mut reader, limits.max_frame),
+            read_header(&mut reader, limits.max_frame),
         )
         .await
         {
             Err(_) => break ConnectionEnd::SlowRead,
-            Ok(frame) => frame,
+            Ok(header) => header,
         };
-        let body = match frame {
-            Ok(Some(body)) => body,
+        let frame = match header {
+            Ok(Some(len)) => {
+                // Waiting for the budget is back-pressure, not a slow peer: it is outside
+                // the read timeout, and the body stays in the socket meanwhile.
+                let admitted = match &budget {
+                    None => None,
+                    Some(budget) => tokio::select! {
+                        () = &mut shutdown => break ConnectionEnd::Shutdown,
+                        p = budget.admit(len) => match p {
+                            Some(p) => Some(p),
+                            None => break ConnectionEnd::Shutdown,
+                        },
+                    },
+                };
+                match tokio::time::timeout(limits.read_timeout, read_body(&mut reader, len)).await {
+                    Err(_) => break ConnectionEnd::SlowRead,
+                    Ok(body) => body.map(|b| Some((b, admitted))),
+                }
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let (body, admitted) = match frame {
+            Ok(Some(frame)) => frame,
             Ok(None) => break ConnectionEnd::Closed,
             Err(FrameError::TooLarge { len, max }) => {
                 let error = WireError::new(
@@ -312,7 +394,12 @@ where
             let body = encode_capped(&response, max_frame);
             let queued = lap(|s| &s.encode_ns, handled);
             answering.fetch_sub(1, Ordering::Relaxed);
-            let _ = tx.send(Outgoing { body, queued }).await;
+            let out = Outgoing {
+                body,
+                queued,
+                held: admitted,
+            };
+            let _ = tx.send(out).await;
             drop(permit);
         });
         // Most requests are answered without waiting on anything (an inline read, a
@@ -358,8 +445,11 @@ async fn write_responses<W: AsyncWrite + Unpin>(
     answering: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
+    // Budget shares of the responses in `batch`: given back once it is written.
+    let mut held = Vec::new();
+    while let Some(mut first) = rx.recv().await {
         batch.clear();
+        held.extend(first.held.take());
         let took = |out: &Outgoing| {
             if let (Some(stats), Some(queued)) = (&stats, out.queued) {
                 add_elapsed(&stats.queue_ns, queued);
@@ -370,9 +460,10 @@ async fn write_responses<W: AsyncWrite + Unpin>(
         let mut yielded = false;
         while batch.len() < 64 * 1024 {
             match rx.try_recv() {
-                Ok(out) => {
+                Ok(mut out) => {
                     took(&out);
                     push_frame(&mut batch, &out.body);
+                    held.extend(out.held.take());
                 }
                 Err(_) if !yielded && answering.load(Ordering::Relaxed) > 0 => {
                     yielded = true;
@@ -386,7 +477,9 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             writer.write_all(&batch).await?;
             writer.flush().await
         };
-        match tokio::time::timeout(limits.write_timeout, write).await {
+        let written = tokio::time::timeout(limits.write_timeout, write).await;
+        held.clear();
+        match written {
             Ok(Ok(())) => {}
             // The peer is gone or not reading: stop; the reader side ends on its own.
             _ => break,
@@ -409,7 +502,7 @@ fn push_frame(batch: &mut Vec<u8>, body: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::write_frame;
+    use crate::frame::{read_frame, write_frame};
     use crate::operation::Operation;
     use tokio::io::{duplex, AsyncReadExt, DuplexStream};
 

@@ -34,6 +34,8 @@ pub fn app_view(shared: &Shared, app: &App) -> Value {
             "nofile": app.limits.nofile,
             "tmpfs_bytes": app.limits.tmpfs_bytes,
         },
+        "node_limits": node_limits_view(&app.node_limits.resolve(&shared.config.default_node_limits)),
+        "node_limits_set": app.node_limits,
         "generation": app.generation,
         "created_ms": app.created_ms,
         "socket": shared.socket_path(&app.id),
@@ -45,6 +47,22 @@ pub fn app_view(shared: &Shared, app: &App) -> Value {
         "restarts": status.as_ref().map(|s| s.restarts),
         "note": status.as_ref().and_then(|s| s.note.clone()),
         "container": status.and_then(|s| s.container),
+    })
+}
+
+/// An app's node limits as shown: `null` for an unlimited quota or rate.
+fn node_limits_view(limits: &crate::app_limits::NodeLimits) -> Value {
+    let rate = (limits.write_rate > 0).then_some(limits.write_rate);
+    json!({
+        "share_reads": limits.share.reads,
+        "share_writes": limits.share.writes,
+        "max_bytes": limits.quota.max_bytes,
+        "max_records": limits.quota.max_records,
+        "max_versions": limits.quota.max_versions,
+        "history": limits.quota.history,
+        "write_rate": rate,
+        "write_burst": limits.write_burst,
+        "bytes_in_flight": limits.bytes_in_flight,
     })
 }
 
@@ -212,7 +230,9 @@ pub(super) async fn execute(
             cpus,
             pids,
             direct,
+            node_limits,
         } => {
+            node_limits.validate().map_err(DaemonError::Invalid)?;
             let mut limits = ResourceLimits {
                 ..shared.config.default_limits
             };
@@ -245,6 +265,7 @@ pub(super) async fn execute(
                 image,
                 network,
                 limits,
+                node_limits,
             };
             let app = daemon::install(
                 shared,
@@ -281,6 +302,11 @@ pub(super) async fn execute(
         AdminRequest::Ungrant { app, grants } => {
             let drop = parse_grants(&grants)?;
             let app = daemon::set_grants(shared, &app, |g| g.retain(|x| !drop.contains(x))).await?;
+            app_view(shared, &app)
+        }
+        AdminRequest::Limits { app, node_limits } => {
+            node_limits.validate().map_err(DaemonError::Invalid)?;
+            let app = daemon::set_node_limits(shared, &app, &node_limits).await?;
             app_view(shared, &app)
         }
         AdminRequest::Rotate { app } => app_view(shared, &*daemon::rotate(shared, &app).await?),

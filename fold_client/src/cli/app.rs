@@ -45,6 +45,18 @@ pub enum AppCommand {
         /// connect. By default only a process of its running container may.
         #[arg(long)]
         direct: bool,
+        /// Its share of the node, storage quota and write rate (default: the config's).
+        #[command(flatten)]
+        node_limits: LimitArgs,
+    },
+    /// Change an app's share of the node, storage quota or write rate; applies to its
+    /// next request. Only the limits given change.
+    Limits {
+        /// Name or id.
+        app: String,
+        /// The limits to change.
+        #[command(flatten)]
+        node_limits: LimitArgs,
     },
     /// List installed apps.
     List,
@@ -167,6 +179,7 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
             cpus,
             pids,
             direct,
+            node_limits,
         } => {
             let binary = std::path::absolute(&binary)
                 .with_context(|| format!("cannot resolve {}", binary.display()))?;
@@ -181,8 +194,13 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
                 cpus,
                 pids,
                 direct,
+                node_limits: node_limits.settings()?,
             }
         }
+        AppCommand::Limits { app, node_limits } => AdminRequest::Limits {
+            app,
+            node_limits: node_limits.settings()?,
+        },
         AppCommand::List => AdminRequest::List,
         AppCommand::Show { app } => AdminRequest::Show { app },
         AppCommand::Grant { app, grants } => AdminRequest::Grant { app, grants },
@@ -315,4 +333,70 @@ async fn logs(ctx: &Context, app: &str, follow: bool, raw: bool) -> Result<()> {
         .await?;
     let path = PathBuf::from(shown["log"].as_str().unwrap_or_default());
     super::audit::print_file(&path, follow, raw).await
+}
+
+/// Flags setting an app's node limits; each one not given keeps its current value (at
+/// install: the config's default). Quotas and the write rate take 0 for unlimited.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LimitArgs {
+    /// Most reads of the app the node runs at once while other apps wait.
+    #[arg(long)]
+    share_reads: Option<u32>,
+    /// Most writes of the app queued at the node's writer while other apps wait.
+    #[arg(long)]
+    share_writes: Option<u32>,
+    /// Storage quota: bytes of record data (current and kept versions), e.g. 256m; 0 for none.
+    #[arg(long)]
+    max_bytes: Option<String>,
+    /// Storage quota: live records the app created; 0 for none.
+    #[arg(long)]
+    max_records: Option<u64>,
+    /// Versions kept per record, the current one included; 0 keeps all.
+    #[arg(long)]
+    max_versions: Option<u32>,
+    /// Past --max-versions: `prune` the oldest (default) or `refuse` the write.
+    #[arg(long)]
+    history: Option<String>,
+    /// Writes per second; 0 for unlimited.
+    #[arg(long)]
+    write_rate: Option<u32>,
+    /// Writes allowed at once after a pause.
+    #[arg(long)]
+    write_burst: Option<u32>,
+    /// Request bytes the app may have in flight over all its connections, e.g. 16m.
+    #[arg(long)]
+    bytes_in_flight: Option<String>,
+}
+
+impl LimitArgs {
+    fn settings(&self) -> Result<fold_client::app_limits::LimitSettings> {
+        let size = |flag: &str, text: &Option<String>| -> Result<Option<u64>> {
+            match text.as_deref().map(str::trim) {
+                None => Ok(None),
+                Some("0" | "none") => Ok(Some(0)),
+                Some(t) => fold_client::admin::parse_size(t)
+                    .map(Some)
+                    .map_err(|m| anyhow::anyhow!("--{flag}: {m}")),
+            }
+        };
+        let history = match self.history.as_deref() {
+            None => None,
+            Some("prune") => Some(fold_ipc::limits::HistoryPolicy::Prune),
+            Some("refuse") => Some(fold_ipc::limits::HistoryPolicy::Refuse),
+            Some(other) => anyhow::bail!("--history {other:?}: expected prune or refuse"),
+        };
+        let settings = fold_client::app_limits::LimitSettings {
+            share_reads: self.share_reads,
+            share_writes: self.share_writes,
+            max_bytes: size("max-bytes", &self.max_bytes)?,
+            max_records: self.max_records,
+            max_versions: self.max_versions,
+            history,
+            write_rate: self.write_rate,
+            write_burst: self.write_burst,
+            bytes_in_flight: size("bytes-in-flight", &self.bytes_in_flight)?,
+        };
+        settings.validate().map_err(|m| anyhow::anyhow!("{m}"))?;
+        Ok(settings)
+    }
 }

@@ -1,6 +1,7 @@
 //! One app request, from decoded envelope to response: authenticate, check grants, proxy,
 //! audit. Transport concerns (framing, timeouts, concurrency) are `fold_ipc::server`'s.
 
+use crate::app_limits::TokenBucket;
 use crate::audit::{now_ms, RequestRecord, Verdict};
 use crate::auth::{self, Authenticated, FailureLimiter, Freshness, NonceCache};
 use crate::daemon::Shared;
@@ -8,8 +9,8 @@ use crate::metrics::Stage;
 use crate::policy;
 use crate::verifier::Verifier;
 use fold_ipc::operation::SchemaList;
-use fold_ipc::server::{Handler, ServerStats};
-use fold_ipc::{ErrorCode, Operation, Request, Response, WireError};
+use fold_ipc::server::{ByteBudget, Handler, ServerStats};
+use fold_ipc::{ErrorCode, Operation, OperationKind, Request, Response, WireError};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,6 +25,11 @@ pub struct AppRuntime {
     pub failures: Mutex<FailureLimiter>,
     /// Signatures waiting to be verified together.
     pub verifier: Verifier,
+    /// The app's write rate.
+    pub writes: Mutex<TokenBucket>,
+    /// Request bytes the app's connections may hold at once (new connections take the
+    /// current one).
+    pub bytes: Mutex<Arc<ByteBudget>>,
 }
 
 impl AppRuntime {
@@ -36,6 +42,20 @@ impl AppRuntime {
                 config.failure_window,
             )),
             verifier: Verifier::default(),
+            writes: Mutex::new(TokenBucket::full(
+                config.default_node_limits.write_burst,
+                Instant::now(),
+            )),
+            bytes: Mutex::new(ByteBudget::new(config.default_node_limits.bytes_in_flight)),
+        }
+    }
+
+    /// Sizes the app's byte budget by `limits`; connections opened from now on use it.
+    pub fn apply(&self, limits: &crate::app_limits::NodeLimits) {
+        let mut bytes = lock(&self.bytes);
+        let wanted = ByteBudget::new(limits.bytes_in_flight);
+        if wanted.total() != bytes.total() {
+            *bytes = wanted;
         }
     }
 
@@ -91,6 +111,10 @@ impl Denial {
 impl Handler for AppHandler {
     fn stats(&self) -> Option<Arc<ServerStats>> {
         Some(self.shared.metrics.transport())
+    }
+
+    fn byte_budget(&self) -> Option<Arc<ByteBudget>> {
+        Some(Arc::clone(&lock(&self.runtime.bytes)))
     }
 
     async fn handle(&self, request: Request) -> Response {
@@ -249,31 +273,74 @@ impl AppHandler {
         *auth_kind = Some(kind);
         let metrics = &self.shared.metrics;
         let authenticated = metrics.add(Stage::Auth, started);
-        let op = request.operation().map_err(|error| Denial {
+        let bad = |error| Denial {
             error,
             reason: "bad_request",
-        })?;
-        *schema = op.schema().map(str::to_string);
-        if !policy::allows(&app.grants, &op) {
-            let target = op.schema().unwrap_or("*");
+        };
+        // The grant is checked on the operation's name and the schema its params name,
+        // before the params are built: a request for something the app may not do costs
+        // no more memory than its frame.
+        let Some(kind) = OperationKind::from_name(&request.operation) else {
+            return Err(bad(request.operation().err().unwrap_or_else(|| {
+                WireError::bad_field("operation", "unknown operation")
+            })));
+        };
+        let params = request.params.as_deref();
+        let target = fold_ipc::params::target_schema(kind, params).map_err(bad)?;
+        schema.clone_from(&target);
+        if !policy::allows_on(&app.grants, kind, target.as_deref()) {
+            let target = target.as_deref().unwrap_or("*");
+            let op = kind.as_str();
             return Err(Denial::new(
                 ErrorCode::Forbidden,
                 format!(
-                    "app {} is not granted {} on schema {target:?}; an operator can grant it with `fold_client app grant {} {}:{target}`",
-                    app.name,
-                    op.name(),
-                    app.name,
-                    op.name()
+                    "app {} is not granted {op} on schema {target:?}; an operator can grant it with `fold_client app grant {} {op}:{target}`",
+                    app.name, app.name,
                 ),
                 "not_granted",
             ));
         }
+        fold_ipc::params::check_value_count(params, fold_ipc::params::MAX_PARAM_VALUES)
+            .map_err(bad)?;
+        let op = request.operation().map_err(bad)?;
+        if op.schema() != target.as_deref() {
+            return Err(bad(WireError::bad_field(
+                "params",
+                "names its schema more than once",
+            )));
+        }
+        let limits = app.node_limits.resolve(&config.default_node_limits);
+        if kind.is_write() {
+            let taken = lock(&self.runtime.writes).take(
+                limits.write_rate,
+                limits.write_burst,
+                Instant::now(),
+            );
+            if let Err(wait) = taken {
+                return Err(Denial {
+                    error: WireError::over_limit(
+                        ErrorCode::RateLimited,
+                        "write_rate",
+                        format!(
+                            "app {} may make {} writes a second (burst {}); retry in {} ms",
+                            app.name,
+                            limits.write_rate,
+                            limits.write_burst,
+                            wait.as_millis().max(1)
+                        ),
+                    )
+                    .retry_after(wait.max(std::time::Duration::from_millis(1))),
+                    reason: "write_rate",
+                });
+            }
+        }
         let is_list = matches!(op, Operation::ListSchemas);
         let allowed = metrics.add(Stage::Policy, authenticated);
+        let timeout = config.request_timeout;
         let result = self
             .shared
             .node
-            .call(&app.id, op, config.request_timeout)
+            .call(&app.id, op, timeout, &limits.for_request(timeout))
             .await;
         metrics.add(Stage::Node, allowed);
         Ok(if is_list {

@@ -11,6 +11,7 @@ mod store;
 pub use secrets::IssuedSecrets;
 pub use store::CorruptEntry;
 
+use crate::app_limits::LimitSettings;
 use crate::config::UidMode;
 use crate::fsutil;
 use crate::policy::Grant;
@@ -108,6 +109,8 @@ pub struct App {
     pub network: Option<String>,
     /// Resource limits.
     pub limits: ResourceLimits,
+    /// Its own node limits (share, quota, write rate); the config fills in the rest.
+    pub node_limits: LimitSettings,
     /// When it was installed (ms since the epoch).
     pub created_ms: u64,
     /// Bumped on every rotation.
@@ -133,6 +136,8 @@ pub struct InstallSpec {
     pub network: Option<String>,
     /// Resource limits.
     pub limits: ResourceLimits,
+    /// Node limits set for this app.
+    pub node_limits: LimitSettings,
 }
 
 /// Why a registry change failed.
@@ -351,6 +356,7 @@ impl Registry {
             image: spec.image,
             network: spec.network,
             limits: spec.limits,
+            node_limits: spec.node_limits,
             created_ms: now_ms,
             generation: 1,
         };
@@ -444,6 +450,7 @@ mod tests {
             image: None,
             network: None,
             limits: ResourceLimits::default(),
+            node_limits: LimitSettings::default(),
         }
     }
 

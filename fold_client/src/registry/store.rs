@@ -2,6 +2,7 @@
 //! 0700 directory.
 
 use super::{App, AuthMode, Placement};
+use crate::app_limits::LimitSettings;
 use crate::fsutil;
 use crate::policy::Grant;
 use crate::sandbox::ResourceLimits;
@@ -30,6 +31,13 @@ struct StoredApp {
     created_ms: u64,
     generation: u64,
     limits: StoredLimits,
+    /// Missing in entries written before node limits existed: the config's defaults.
+    #[serde(default, skip_serializing_if = "is_default")]
+    node_limits: LimitSettings,
+}
+
+fn is_default(settings: &LimitSettings) -> bool {
+    *settings == LimitSettings::default()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -79,6 +87,7 @@ pub(super) fn save(dir: &Path, app: &App) -> std::io::Result<()> {
             nofile: app.limits.nofile,
             tmpfs_bytes: app.limits.tmpfs_bytes,
         },
+        node_limits: app.node_limits,
     };
     let text = toml::to_string(&stored).map_err(std::io::Error::other)?;
     fsutil::write_atomic(&path_of(dir, &app.id), text.as_bytes(), 0o600)
@@ -146,5 +155,6 @@ pub(super) fn load(path: &Path) -> Result<App, CorruptEntry> {
             nofile: s.limits.nofile,
             tmpfs_bytes: s.limits.tmpfs_bytes,
         },
+        node_limits: s.node_limits,
     })
 }

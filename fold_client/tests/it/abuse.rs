@@ -21,14 +21,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// A raw connection: arbitrary bytes out, frames in.
-struct Raw {
+pub(crate) struct Raw {
     stream: UnixStream,
 }
 
 impl Raw {
     /// Connects, retrying while the listen backlog is full (a non-blocking connect to a
     /// busy Unix socket fails with `EAGAIN` instead of waiting).
-    async fn connect(path: &Path) -> Raw {
+    pub(crate) async fn connect(path: &Path) -> Raw {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match UnixStream::connect(path).await {
@@ -72,7 +72,7 @@ impl Raw {
     }
 
     /// Sends `body` and returns the answer.
-    async fn call(&mut self, body: &[u8]) -> Response {
+    pub(crate) async fn call(&mut self, body: &[u8]) -> Response {
         self.frame(body).await;
         self.recv()
             .await
@@ -106,7 +106,7 @@ fn header(len: u32) -> [u8; 4] {
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
 /// A signed request for `operation` with `params` as the exact params text.
-fn signed_raw(creds: &Credentials, operation: &str, params: Option<&str>) -> Request {
+pub(crate) fn signed_raw(creds: &Credentials, operation: &str, params: Option<&str>) -> Request {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let mut request = Request {
         v: Some(1),
@@ -209,7 +209,7 @@ impl Bystander {
     }
 }
 
-fn tempdir(prefix: &str) -> tempfile::TempDir {
+pub(crate) fn tempdir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in("/tmp")
@@ -217,7 +217,7 @@ fn tempdir(prefix: &str) -> tempfile::TempDir {
 }
 
 /// One MiB, in the KiB that /proc reports.
-const MIB: u64 = 1024;
+pub(crate) const MIB: u64 = 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn length_prefixes_from_zero_to_4_gib_get_an_error_or_a_clean_close() {

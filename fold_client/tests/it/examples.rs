@@ -119,6 +119,7 @@ async fn install_in(
         cpus: None,
         pids: None,
         direct: false,
+        node_limits: Default::default(),
     })
     .await
     .unwrap_or_else(|e| panic!("installing {name}: {e}"))

@@ -633,6 +633,7 @@ async fn docker_engine_restarted_while_an_app_runs_shows_true_states_and_is_used
             "test",
             fold_ipc::Operation::CreateSchema(post),
             Duration::from_secs(10),
+            &fold_client::app_limits::NodeLimits::default().for_request(Duration::from_secs(10)),
         )
         .await
         .unwrap();
@@ -649,6 +650,7 @@ async fn docker_engine_restarted_while_an_app_runs_shows_true_states_and_is_used
             cpus: None,
             pids: None,
             direct: false,
+            node_limits: Default::default(),
         },
     )
     .await
@@ -667,6 +669,7 @@ async fn docker_engine_restarted_while_an_app_runs_shows_true_states_and_is_used
             cpus: None,
             pids: None,
             direct: false,
+            node_limits: Default::default(),
         },
     )
     .await

@@ -48,6 +48,7 @@ async fn install(
             cpus: Some(CPUS),
             pids: Some(PIDS),
             direct: false,
+            node_limits: Default::default(),
         },
     )
     .await
@@ -116,7 +117,12 @@ async fn node_call(
 ) -> Result<Box<serde_json::value::RawValue>, WireError> {
     d.shared
         .node
-        .call("test", op, Duration::from_secs(10))
+        .call(
+            "test",
+            op,
+            Duration::from_secs(10),
+            &fold_client::app_limits::NodeLimits::default().for_request(Duration::from_secs(10)),
+        )
         .await
 }
 

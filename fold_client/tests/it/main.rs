@@ -6,6 +6,7 @@ mod auth;
 mod boundary;
 mod docker;
 mod examples;
+mod fairness;
 mod faults;
 mod hostile;
 mod lifecycle;

@@ -90,6 +90,7 @@ impl TestDaemon {
                 cpus: None,
                 pids: None,
                 direct,
+                node_limits: Default::default(),
             })
             .await
             .unwrap();

@@ -138,6 +138,7 @@ async fn install_script(d: &TestDaemon, name: &str, body: &str) {
         cpus: None,
         pids: None,
         direct: true,
+        node_limits: Default::default(),
     })
     .await
     .unwrap();

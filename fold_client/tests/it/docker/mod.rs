@@ -177,6 +177,7 @@ pub async fn install(
             cpus: Some(0.5),
             pids: Some(32),
             direct: false,
+            node_limits: Default::default(),
         },
     )
     .await
