@@ -308,36 +308,31 @@ where
             Ok(Ok([])) => break ConnectionEnd::Closed,
             Ok(Ok(_)) => {}
         }
-        let header = match tokio::time::timeout(
-            limits.read_timeout,
-            read_header(&mut reader, limits.max_frame),
-        )
-        .await
-        {
-            Err(_) => break ConnectionEnd::SlowRead,
-            Ok(header) => header,
+        // A frame must arrive whole within the read timeout of its first byte, waiting for
+        // the byte budget included: a peer whose frames wait behind its own others is cut
+        // off like a slow one, and frees its connection.
+        let deadline = tokio::time::Instant::now() + limits.read_timeout;
+        let read = async {
+            let Some(len) = read_header(&mut reader, limits.max_frame).await? else {
+                return Ok(None);
+            };
+            let admitted = match &budget {
+                Some(budget) => match budget.admit(len).await {
+                    Some(p) => Some(p),
+                    None => return Ok(None),
+                },
+                None => None,
+            };
+            // The body stays in the socket until the budget admits it.
+            let body = read_body(&mut reader, len).await?;
+            Ok::<_, FrameError>(Some((body, admitted)))
         };
-        let frame = match header {
-            Ok(Some(len)) => {
-                // Waiting for the budget is back-pressure, not a slow peer: it is outside
-                // the read timeout, and the body stays in the socket meanwhile.
-                let admitted = match &budget {
-                    None => None,
-                    Some(budget) => tokio::select! {
-                        () = &mut shutdown => break ConnectionEnd::Shutdown,
-                        p = budget.admit(len) => match p {
-                            Some(p) => Some(p),
-                            None => break ConnectionEnd::Shutdown,
-                        },
-                    },
-                };
-                match tokio::time::timeout(limits.read_timeout, read_body(&mut reader, len)).await {
-                    Err(_) => break ConnectionEnd::SlowRead,
-                    Ok(body) => body.map(|b| Some((b, admitted))),
-                }
-            }
-            Ok(None) => Ok(None),
-            Err(e) => Err(e),
+        let frame = tokio::select! {
+            () = &mut shutdown => break ConnectionEnd::Shutdown,
+            r = tokio::time::timeout_at(deadline, read) => match r {
+                Err(_) => break ConnectionEnd::SlowRead,
+                Ok(frame) => frame,
+            },
         };
         let (body, admitted) = match frame {
             Ok(Some(frame)) => frame,
@@ -546,6 +541,61 @@ mod tests {
             .unwrap()
             .unwrap();
         Response::decode(&body).unwrap()
+    }
+
+    /// [`Echo`] with a byte budget shared by its connections.
+    struct Budgeted(Arc<ByteBudget>);
+
+    impl Handler for Budgeted {
+        async fn handle(&self, request: Request) -> Response {
+            Echo.handle(request).await
+        }
+
+        fn byte_budget(&self) -> Option<Arc<ByteBudget>> {
+            Some(Arc::clone(&self.0))
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_sharing_a_byte_budget_wait_for_each_other() {
+        let budget = ByteBudget::new(8 * 1024);
+        let handler = Arc::new(Budgeted(Arc::clone(&budget)));
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let (client, server) = duplex(64 * 1024);
+            tokio::spawn(serve_connection(
+                server,
+                Arc::clone(&handler),
+                ConnectionLimits::default(),
+                std::future::pending(),
+            ));
+            clients.push(client);
+        }
+        // 6 KiB each: the second fits only once the first has been answered.
+        let padded = |id: &str, name: &str| {
+            format!(
+                r#"{{"v":1,"request_id":"{id}","operation":"get_schema","params":{{"name":"{name}"}},"pad":"{}"}}"#,
+                "x".repeat(6 * 1024)
+            )
+        };
+        let (first, second) = clients.split_at_mut(1);
+        let started = Instant::now();
+        send(&mut first[0], &padded("a", "s300")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            budget.available() < 4 * 1024,
+            "the first request holds its bytes"
+        );
+        send(&mut second[0], &padded("b", "s0")).await;
+        let b = recv(&mut second[0]).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "the second request was read before the first gave its bytes back"
+        );
+        assert!(b.success);
+        assert!(recv(&mut first[0]).await.success);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(budget.available(), budget.total(), "every byte given back");
     }
 
     #[tokio::test]
