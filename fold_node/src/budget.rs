@@ -152,3 +152,75 @@ mod tests {
         assert!(meter.exceeded(), "{e}");
     }
 }
+
+/// Measures the figures behind `DEFAULT_MAX_VM_STEPS` (`cargo test --release -p fold_node
+/// measure_vm_steps -- --ignored --nocapture`): steps a second, and the steps of the longest
+/// legitimate page (1,000 rows out of a full scan and sort of 100,000 records).
+#[cfg(test)]
+mod measure {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn measure_vm_steps() {
+        let conn = Connection::open_in_memory().unwrap();
+        let meter = Meter::unlimited();
+        register(&conn, Arc::clone(&meter)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE records (sid INTEGER, id TEXT, data BLOB, PRIMARY KEY (sid, id));
+             WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000)
+             INSERT INTO records SELECT 1, printf('%012d', x),
+                 jsonb_object('text', 'item number ' || (x * 7919 % 100000), 'n', x) FROM c;",
+        )
+        .unwrap();
+        let steps = Arc::new(AtomicU64::new(0));
+        let s = Arc::clone(&steps);
+        conn.progress_handler(
+            1000,
+            Some(move || {
+                s.fetch_add(1000, Ordering::Relaxed);
+                false
+            }),
+        );
+        let sql = format!(
+            "SELECT json_object('id', id, 'text', data -> '$.text', 'n', data -> '$.n'),
+                 json_extract(data, '$.text'), id
+             FROM records WHERE sid = 1 AND {CONTAINS_FN}(json_extract(data, '$.text'), ?1)
+             ORDER BY json_extract(data, '$.text') DESC, id LIMIT 1001 OFFSET 0"
+        );
+        let started = Instant::now();
+        let rows: Vec<String> = conn
+            .prepare(&sql)
+            .unwrap()
+            .query_map(["number"], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let took = started.elapsed();
+        let n = steps.load(Ordering::Relaxed) + meter.spent();
+        println!(
+            "full page over 100,000 records: {} rows, {n} steps, {took:?}, {:.1} M steps/s",
+            rows.len(),
+            n as f64 / took.as_secs_f64() / 1e6
+        );
+        // Plain VM work: a counting loop.
+        steps.store(0, Ordering::Relaxed);
+        let started = Instant::now();
+        let _: i64 = conn
+            .query_row(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000)
+                 SELECT count(*) FROM c",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let took = started.elapsed();
+        let n = steps.load(Ordering::Relaxed);
+        println!(
+            "counting loop: {n} steps, {took:?}, {:.1} M steps/s; 50M steps = {:.2} s",
+            n as f64 / took.as_secs_f64() / 1e6,
+            50e6 / (n as f64 / took.as_secs_f64())
+        );
+    }
+}

@@ -29,10 +29,11 @@ pub const DEFAULT_IDENTITY: &str = "node";
 /// Read connections kept open by default; also the number of reads run at once.
 pub const DEFAULT_READERS: usize = 4;
 
-/// Default [`NodeConfig::max_vm_steps`]: 50 million steps, about 2.5 s of one core on the
-/// development VM (a release build runs some 20 million steps a second over records).
-/// The longest legitimate page, 1,000 rows out of a full scan and sort of 100,000 records
-/// on an unindexed field, takes about 4 million.
+/// Default [`NodeConfig::max_vm_steps`]: 50 million steps. Measured on the 2-core
+/// development VM (`budget::measure`, debug build): the longest legitimate page, 1,000 rows
+/// out of a `contains` scan and sort of 100,000 records on an unindexed field, takes 1.55
+/// million steps (0.2 s); such steps run at 7.7 million a second, a plain VM loop at 48
+/// million, so the budget is 1 to 6.5 s of one core at most.
 pub const DEFAULT_MAX_VM_STEPS: u64 = 50_000_000;
 
 /// How to open a node.

@@ -161,3 +161,27 @@ async fn filters_over_a_size_limit_are_too_expensive_naming_the_limit() {
     c.query(q(contains(&at))).await;
     node.stop().await;
 }
+
+#[tokio::test]
+async fn json_values_nest_at_most_125_levels() {
+    let node = start().await;
+    let mut c = node.client().await;
+    c.create_schema(json!({"name": "doc", "fields": {"meta": {"type": "json"}}}))
+        .await;
+    let body = |levels: usize| {
+        // Built as text: serde_json's own recursion limit would refuse to build the value.
+        format!(
+            r#"{{"v":1,"request_id":"r","operation":"mutation","params":{{"schema":"doc","action":"create","data":{{"meta":{}{}}}}}}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    };
+    c.send_raw(body(125).as_bytes()).await;
+    let ok = c.recv().await;
+    assert!(ok.success, "{:?}", ok.error);
+    c.send_raw(body(126).as_bytes()).await;
+    let refused = c.recv().await;
+    assert!(!refused.success);
+    assert_eq!(refused.error.unwrap().code, ErrorCode::BadRequest);
+    node.stop().await;
+}
