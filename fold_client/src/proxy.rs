@@ -5,7 +5,7 @@
 //! `node_unavailable`; the pool reconnects on the next call, so service resumes by itself.
 
 use crate::config::NodeTarget;
-use fold_ipc::limits::RequestLimits;
+use fold_ipc::limits::{RequestLimits, Usage};
 use fold_ipc::mux::{CallError, MuxConnection};
 use fold_ipc::{ErrorCode, Operation, Request, WireError};
 use serde_json::value::RawValue;
@@ -114,6 +114,37 @@ impl NodeClient {
     }
 }
 
+impl NodeClient {
+    /// What `app_id`'s records take on the node, as counted against its quota.
+    ///
+    /// # Errors
+    ///
+    /// As for [`NodeClient::call`].
+    pub async fn usage(&self, app_id: &str, timeout: Duration) -> Result<Usage, WireError> {
+        match self {
+            NodeClient::Embedded(node) => {
+                match tokio::time::timeout(timeout, node.usage(app_id)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(timeout_error(timeout)),
+                }
+            }
+            NodeClient::Remote(remote) => {
+                let mut request = remote.request(None, None);
+                request.operation = fold_node::server::USAGE_OPERATION.to_string();
+                request.params =
+                    serde_json::value::to_raw_value(&serde_json::json!({"app_id": app_id})).ok();
+                let raw = remote.send(&request, timeout).await?;
+                serde_json::from_str(raw.get()).map_err(|e| {
+                    WireError::new(
+                        ErrorCode::Internal,
+                        format!("unexpected usage from the node: {e}"),
+                    )
+                })
+            }
+        }
+    }
+}
+
 fn timeout_error(timeout: Duration) -> WireError {
     WireError::new(ErrorCode::Timeout, format!("the node did not answer within {timeout:?}; the request may or may not have been applied"))
 }
@@ -211,20 +242,31 @@ impl RemoteNode {
         timeout: Duration,
         limits: &RequestLimits,
     ) -> Result<Box<RawValue>, WireError> {
-        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut request = Request::unsigned(
-            format!("d{}", self.next_id.fetch_add(1, Ordering::Relaxed)),
-            Some(writer.to_string()),
-            op,
-        );
-        request.token.clone_from(&self.secret);
+        let mut request = self.request(Some(writer), Some(op));
         // The deadline travels with the request, so the node stops the work when the
         // daemon stops waiting.
         request.limits = Some(*limits);
+        self.send(&request, timeout).await
+    }
+
+    /// A request to the node (a ping when `op` is `None`) with a fresh id and the secret.
+    fn request(&self, writer: Option<&str>, op: Option<&Operation>) -> Request {
+        let mut request = Request::unsigned(
+            format!("d{}", self.next_id.fetch_add(1, Ordering::Relaxed)),
+            writer.map(str::to_string),
+            op.unwrap_or(&Operation::Ping),
+        );
+        request.token.clone_from(&self.secret);
+        request
+    }
+
+    /// Sends `request` on one of the pooled connections.
+    async fn send(&self, request: &Request, timeout: Duration) -> Result<Box<RawValue>, WireError> {
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         // One retry, only when the request certainly did not leave (a stale pooled connection).
         for attempt in 0..2 {
             let conn = self.connection(slot).await?;
-            match conn.call(&request, timeout).await {
+            match conn.call(request, timeout).await {
                 Ok(response) => return into_raw(response),
                 Err(CallError::Disconnected { sent: false }) if attempt == 0 => continue,
                 Err(err) => return Err(call_error(err, &self.address, timeout)),

@@ -256,7 +256,9 @@ impl Operation {
     /// # Errors
     ///
     /// A `bad_request` [`WireError`]: for an unknown operation its `field` is `operation`;
-    /// for bad params it names the parameter (e.g. `params.limit`).
+    /// for bad params it names the parameter (e.g. `params.limit`). A query whose filter is
+    /// over a size limit is `too_expensive` naming the limit (see
+    /// [`Filter::check_limits`](crate::query::Filter::check_limits)).
     pub fn parse(operation: &str, params: Option<&RawValue>) -> Result<Operation, WireError> {
         let kind = OperationKind::from_name(operation).ok_or_else(|| {
             let known: Vec<_> = OperationKind::ALL.iter().map(|k| k.as_str()).collect();
@@ -298,7 +300,7 @@ impl Operation {
             }
             OperationKind::Query => {
                 let q: Query = params_of(params)?;
-                q.validate().map_err(|(f, m)| WireError::bad_field(f, m))?;
+                q.validate()?;
                 Operation::Query(q)
             }
             OperationKind::Mutation => Operation::Mutation(parse_mutation(params_of(params)?)?),

@@ -9,6 +9,7 @@
 //! ]}
 //! ```
 
+use crate::error::{ErrorCode, WireError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -20,6 +21,14 @@ pub const MAX_FILTER_NODES: usize = 256;
 
 /// Most values an `in` comparison may list.
 pub const MAX_IN_VALUES: usize = 1000;
+
+/// Longest value in a filter: a string's UTF-8 bytes (a `contains` needle, a `prefix`, a
+/// compared string), or the minified JSON text of any other value.
+pub const MAX_FILTER_VALUE_BYTES: usize = 1024;
+
+/// Most bytes of all a filter's values together (counted as for
+/// [`MAX_FILTER_VALUE_BYTES`]).
+pub const MAX_FILTER_BYTES: usize = 16 * 1024;
 
 /// Default page size when a query gives no `limit`.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -112,37 +121,126 @@ pub enum Filter {
 }
 
 impl Filter {
-    /// Checks the tree against [`MAX_FILTER_DEPTH`], [`MAX_FILTER_NODES`] and
-    /// [`MAX_IN_VALUES`], so a hostile filter cannot make the node do unbounded work.
+    /// Checks the tree against the size limits, so a hostile filter cannot make the node
+    /// do unbounded work: [`MAX_FILTER_DEPTH`], [`MAX_FILTER_NODES`], [`MAX_IN_VALUES`],
+    /// [`MAX_FILTER_VALUE_BYTES`] and [`MAX_FILTER_BYTES`].
     ///
     /// # Errors
     ///
-    /// A message saying which limit was exceeded.
-    pub fn check_limits(&self) -> Result<(), String> {
-        let mut nodes = 0usize;
-        self.walk(1, &mut nodes)
+    /// `too_expensive` with `limit` naming the limit exceeded (`max_filter_depth`,
+    /// `max_filter_nodes`, `max_in_values`, `max_filter_value_bytes`, `max_filter_bytes`)
+    /// and `field` the place in the query (`params.filter` for the tree's depth and size,
+    /// else the value or list at fault, e.g. `params.filter.filters[3].value`).
+    pub fn check_limits(&self) -> Result<(), WireError> {
+        let mut seen = Seen::default();
+        self.walk(1, "params.filter", &mut seen)
     }
 
-    fn walk(&self, depth: usize, nodes: &mut usize) -> Result<(), String> {
+    fn walk(&self, depth: usize, path: &str, seen: &mut Seen) -> Result<(), WireError> {
         if depth > MAX_FILTER_DEPTH {
-            return Err(format!(
-                "filter is nested deeper than {MAX_FILTER_DEPTH} levels"
+            return Err(too_expensive(
+                "max_filter_depth",
+                "params.filter",
+                &format!("the filter is nested deeper than {MAX_FILTER_DEPTH} levels"),
             ));
         }
-        *nodes += 1;
-        if *nodes > MAX_FILTER_NODES {
-            return Err(format!("filter has more than {MAX_FILTER_NODES} nodes"));
+        seen.nodes += 1;
+        if seen.nodes > MAX_FILTER_NODES {
+            return Err(too_expensive(
+                "max_filter_nodes",
+                "params.filter",
+                &format!("the filter has more than {MAX_FILTER_NODES} nodes"),
+            ));
         }
         match self {
             Filter::And { filters } | Filter::Or { filters } => {
-                filters.iter().try_for_each(|f| f.walk(depth + 1, nodes))
+                for (i, f) in filters.iter().enumerate() {
+                    f.walk(depth + 1, &format!("{path}.filters[{i}]"), seen)?;
+                }
+                Ok(())
             }
-            Filter::Not { filter } => filter.walk(depth + 1, nodes),
-            Filter::In { values, .. } if values.len() > MAX_IN_VALUES => Err(format!(
-                "an `in` filter lists more than {MAX_IN_VALUES} values"
-            )),
-            _ => Ok(()),
+            Filter::Not { filter } => filter.walk(depth + 1, &format!("{path}.filter"), seen),
+            Filter::In { values, .. } => {
+                if values.len() > MAX_IN_VALUES {
+                    return Err(too_expensive(
+                        "max_in_values",
+                        format!("{path}.values"),
+                        &format!("an `in` filter lists more than {MAX_IN_VALUES} values"),
+                    ));
+                }
+                for (i, v) in values.iter().enumerate() {
+                    seen.value(value_bytes(v), || format!("{path}.values[{i}]"))?;
+                }
+                Ok(())
+            }
+            Filter::Eq { value, .. }
+            | Filter::Ne { value, .. }
+            | Filter::Lt { value, .. }
+            | Filter::Lte { value, .. }
+            | Filter::Gt { value, .. }
+            | Filter::Gte { value, .. } => {
+                seen.value(value_bytes(value), || format!("{path}.value"))
+            }
+            Filter::Contains { value, .. } | Filter::Prefix { value, .. } => {
+                seen.value(value.len(), || format!("{path}.value"))
+            }
         }
+    }
+}
+
+/// What [`Filter::check_limits`] has counted so far.
+#[derive(Default)]
+struct Seen {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Seen {
+    fn value(&mut self, len: usize, path: impl FnOnce() -> String) -> Result<(), WireError> {
+        if len > MAX_FILTER_VALUE_BYTES {
+            return Err(too_expensive(
+                "max_filter_value_bytes",
+                path(),
+                &format!(
+                    "a filter value is {len} bytes, over the limit of {MAX_FILTER_VALUE_BYTES}; \
+                     search for something shorter"
+                ),
+            ));
+        }
+        self.bytes += len;
+        if self.bytes > MAX_FILTER_BYTES {
+            return Err(too_expensive(
+                "max_filter_bytes",
+                path(),
+                &format!(
+                    "the filter's values add up to more than {MAX_FILTER_BYTES} bytes; \
+                     split the query"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A value's size for the filter limits: a string's UTF-8 bytes, else its minified JSON.
+fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => v.to_string().len(),
+        other => serde_json::to_string(other).map_or(usize::MAX, |t| t.len()),
+    }
+}
+
+/// A `too_expensive` error naming the limit and the place in the query at fault.
+fn too_expensive(limit: &str, field: impl Into<String>, message: &str) -> WireError {
+    let field = field.into();
+    WireError {
+        field: Some(field.clone()),
+        ..WireError::over_limit(
+            ErrorCode::TooExpensive,
+            limit,
+            format!("{field}: {message}"),
+        )
     }
 }
 
@@ -341,27 +439,28 @@ impl Query {
     ///
     /// # Errors
     ///
-    /// `(field path, message)` for the first problem found.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        crate::schema::validate_name(&self.schema).map_err(|m| ("params.schema".into(), m))?;
+    /// The first problem found: `bad_request` naming the field (the schema name, `limit`
+    /// out of range, `offset` with `cursor`), or `too_expensive` naming the limit when the
+    /// filter is over a size limit (see [`Filter::check_limits`]).
+    pub fn validate(&self) -> Result<(), WireError> {
+        crate::schema::validate_name(&self.schema)
+            .map_err(|m| WireError::bad_field("params.schema", m))?;
         if let Some(limit) = self.limit {
             if limit == 0 || limit > MAX_LIMIT {
-                return Err((
-                    "params.limit".into(),
+                return Err(WireError::bad_field(
+                    "params.limit",
                     format!("limit {limit} is out of range 1..={MAX_LIMIT}"),
                 ));
             }
         }
         if self.offset.is_some() && self.cursor.is_some() {
-            return Err((
-                "params.cursor".into(),
-                "give either offset or cursor, not both".into(),
+            return Err(WireError::bad_field(
+                "params.cursor",
+                "give either offset or cursor, not both",
             ));
         }
         if let Some(filter) = &self.filter {
-            filter
-                .check_limits()
-                .map_err(|m| ("params.filter".to_string(), m))?;
+            filter.check_limits()?;
         }
         Ok(())
     }
@@ -407,6 +506,59 @@ mod tests {
             .check_limits()
             .is_err());
         assert!(and([eq("a", 1), is_in("b", [1, 2])]).check_limits().is_ok());
+    }
+
+    fn limit_of(f: &Filter) -> (Option<String>, Option<String>) {
+        let e = f.check_limits().unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooExpensive, "{e}");
+        (e.limit, e.field)
+    }
+
+    #[test]
+    fn filter_value_sizes_are_limited() {
+        let at = "a".repeat(MAX_FILTER_VALUE_BYTES);
+        let over = "a".repeat(MAX_FILTER_VALUE_BYTES + 1);
+        assert!(contains("t", at.as_str()).check_limits().is_ok());
+        assert!(prefix("t", at.as_str()).check_limits().is_ok());
+        let l = |s: &str, f: &str| (Some(s.to_string()), Some(f.to_string()));
+        assert_eq!(
+            limit_of(&contains("t", over.as_str())),
+            l("max_filter_value_bytes", "params.filter.value")
+        );
+        assert_eq!(
+            limit_of(&or([eq("a", 1), not(prefix("t", over.as_str()))])),
+            l(
+                "max_filter_value_bytes",
+                "params.filter.filters[1].filter.value"
+            )
+        );
+        // A json value counts its minified text.
+        let nested = serde_json::json!({"k": "a".repeat(MAX_FILTER_VALUE_BYTES)});
+        assert_eq!(
+            limit_of(&eq("meta", nested)),
+            l("max_filter_value_bytes", "params.filter.value")
+        );
+        // All values together.
+        let half = "a".repeat(MAX_FILTER_VALUE_BYTES);
+        let n = MAX_FILTER_BYTES / MAX_FILTER_VALUE_BYTES;
+        assert!(or((0..n).map(|_| contains("t", half.as_str())))
+            .check_limits()
+            .is_ok());
+        assert_eq!(
+            limit_of(&or((0..=n).map(|_| contains("t", half.as_str())))),
+            l(
+                "max_filter_bytes",
+                &format!("params.filter.filters[{n}].value")
+            )
+        );
+        assert_eq!(
+            limit_of(&is_in("t", (0..MAX_IN_VALUES).map(|i| format!("{i:020}")))),
+            l("max_filter_bytes", "params.filter.values[819]")
+        );
+        assert_eq!(
+            limit_of(&is_in("a", 0..(MAX_IN_VALUES as i64 + 1))),
+            l("max_in_values", "params.filter.values")
+        );
     }
 
     #[test]

@@ -176,6 +176,7 @@ pub(crate) fn delete(
             conn.execute_batch(&format!("DROP INDEX IF EXISTS {}", index_name(sid, field)))?;
         }
     }
+    crate::usage::drop_schema(conn, sid)?;
     conn.prepare_cached("DELETE FROM records WHERE sid = ?1")?
         .execute([sid])?;
     conn.prepare_cached("DELETE FROM versions WHERE sid = ?1")?

@@ -8,12 +8,14 @@
 //! not match (except `eq null` / `ne null`, which test for absence and presence), and
 //! `not` matches exactly the records its sub-filter does not.
 
+use crate::budget::CONTAINS_FN;
 use crate::catalog::{is_ordered, Schema};
 use crate::columns::Column;
 use crate::error::{bad_field, NodeError};
 use crate::validate::{expected, has_type, json_kind};
 use fold_ipc::query::Filter;
 use fold_ipc::schema::FieldType;
+use fold_ipc::{ErrorCode, WireError};
 use rusqlite::types::Value as SqlValue;
 use serde_json::Value;
 
@@ -125,10 +127,12 @@ pub(crate) fn compile(
             sql.push(")");
         }
         Filter::Contains { field, value } => {
+            // Linear time, and counted into the read's work budget (see `crate::budget`);
+            // SQLite's `instr` is O(haystack x needle) on adversarial input.
             let col = string_column(schema, field, path, "contains")?;
-            sql.push(&format!("instr({}, ", col.expr()));
+            sql.push(&format!("{CONTAINS_FN}({}, ", col.expr()));
             sql.param(SqlValue::Text(value.clone()));
-            sql.push(") > 0");
+            sql.push(")");
         }
         Filter::Prefix { field, value } => {
             // A range rather than LIKE: case-sensitive, no escaping, and it can use an index.
@@ -144,10 +148,14 @@ pub(crate) fn compile(
         }
     }
     if sql.params.len() > MAX_SQL_PARAMS {
-        return Err(bad_field(
-            "params.filter",
-            format!("the filter binds more than {MAX_SQL_PARAMS} values"),
-        ));
+        return Err(NodeError::Rejected(WireError {
+            field: Some("params.filter".into()),
+            ..WireError::over_limit(
+                ErrorCode::TooExpensive,
+                "max_sql_params",
+                format!("params.filter: the filter binds more than {MAX_SQL_PARAMS} values"),
+            )
+        }));
     }
     Ok(())
 }

@@ -37,6 +37,7 @@
 
 #![warn(missing_docs)]
 
+mod budget;
 mod catalog;
 mod columns;
 mod cursor;
@@ -50,6 +51,7 @@ mod records;
 pub mod secret;
 pub mod server;
 pub mod store;
+mod usage;
 mod validate;
 mod writer;
 

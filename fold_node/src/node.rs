@@ -1,17 +1,18 @@
 //! [`Node`]: the in-process API. The socket server and the daemon's embedded mode both
 //! call [`Node::execute`].
 
+use crate::budget::Meter;
 use crate::catalog::{self, Catalog};
 use crate::error::{bad_field, NodeError};
 use crate::history;
 use crate::query;
 use crate::store::{self, Durability};
 use crate::writer::{WriteOp, WriterHandle};
-use fold_ipc::limits::RequestLimits;
+use fold_ipc::limits::{RequestLimits, Usage};
 use fold_ipc::operation::{check_record_id, Mutation, Pong, SchemaList};
 use fold_ipc::query::{Filter, Query, DEFAULT_LIMIT};
 use fold_ipc::schema::validate_name;
-use fold_ipc::{Operation, WireError};
+use fold_ipc::{ErrorCode, Operation, WireError};
 use rusqlite::Connection;
 use serde_json::value::{to_raw_value, RawValue};
 use std::fmt;
@@ -28,6 +29,13 @@ pub const DEFAULT_IDENTITY: &str = "node";
 /// Read connections kept open by default; also the number of reads run at once.
 pub const DEFAULT_READERS: usize = 4;
 
+/// Default [`NodeConfig::max_vm_steps`]: 50 million steps. Measured on the 2-core
+/// development VM (`budget::measure`, debug build): the longest legitimate page, 1,000 rows
+/// out of a `contains` scan and sort of 100,000 records on an unindexed field, takes 1.55
+/// million steps (0.2 s); such steps run at 7.7 million a second, a plain VM loop at 48
+/// million, so the budget is 1 to 6.5 s of one core at most.
+pub const DEFAULT_MAX_VM_STEPS: u64 = 50_000_000;
+
 /// How to open a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -40,6 +48,11 @@ pub struct NodeConfig {
     pub durability: Durability,
     /// Read connections, i.e. how many reads run concurrently (at least 1).
     pub readers: usize,
+    /// The work budget of one read (a query, a history, a schema lookup), in SQLite
+    /// virtual-machine steps, the bytes a `contains` filter scans counted as one step per
+    /// 64. A read over it is stopped and answered `too_expensive` with
+    /// `limit: "max_vm_steps"`. It applies to every read, with or without request limits.
+    pub max_vm_steps: u64,
 }
 
 impl NodeConfig {
@@ -50,6 +63,7 @@ impl NodeConfig {
             identity: DEFAULT_IDENTITY.to_string(),
             durability: Durability::default(),
             readers: DEFAULT_READERS,
+            max_vm_steps: DEFAULT_MAX_VM_STEPS,
         }
     }
 }
@@ -66,7 +80,8 @@ struct Inner {
     db_path: PathBuf,
     catalog: Arc<Catalog>,
     writer: WriterHandle,
-    idle_readers: Mutex<Vec<Connection>>,
+    /// Idle read connections, each with the meter of its work budget.
+    idle_readers: Mutex<Vec<(Connection, Arc<Meter>)>>,
     read_permits: Arc<Semaphore>,
 }
 
@@ -158,6 +173,10 @@ impl Node {
     /// which the request's work stops. `None` is the node's defaults, with no quota and
     /// no deadline.
     ///
+    /// Applied so far: the storage quota (`quota_exceeded` naming `max_bytes`,
+    /// `max_records` or `max_versions`; see `docs/node.md`, "Limits"). Every read, with or
+    /// without limits, stops at the node's work budget ([`NodeConfig::max_vm_steps`]).
+    ///
     /// # Errors
     ///
     /// As for [`Node::execute`], and `quota_exceeded`, `too_expensive` or `timeout`.
@@ -167,10 +186,28 @@ impl Node {
         op: Operation,
         limits: Option<&RequestLimits>,
     ) -> Result<Box<RawValue>, WireError> {
-        let _ = limits;
-        self.dispatch(writer, op)
+        self.dispatch(writer, op, limits)
             .await
             .map_err(NodeError::into_wire)
+    }
+
+    /// What the records of app `app_id` take on this node, as counted against its quota:
+    /// bytes of the versions it wrote (current and kept history), live records it
+    /// created, versions it wrote that are kept. Zero for an app that never wrote.
+    ///
+    /// # Errors
+    ///
+    /// `bad_request` for an empty `app_id`, `internal` when SQLite fails.
+    pub async fn usage(&self, app_id: &str) -> Result<Usage, WireError> {
+        if app_id.is_empty() {
+            return Err(WireError::bad_field("params.app_id", "must not be empty"));
+        }
+        let app = app_id.to_string();
+        self.read(Placement::Inline, move |conn, _| {
+            crate::usage::get(conn, &app)
+        })
+        .await
+        .map_err(NodeError::into_wire)
     }
 
     /// SQLite's plan for a query, one line per step: what `EXPLAIN QUERY PLAN` says about
@@ -212,6 +249,7 @@ impl Node {
         &self,
         writer: Option<&str>,
         op: Operation,
+        limits: Option<&RequestLimits>,
     ) -> Result<Box<RawValue>, NodeError> {
         let write = |op: WriteOp| {
             let writer = writer.unwrap_or(&self.inner.config.identity).to_string();
@@ -256,7 +294,7 @@ impl Node {
                 if let Mutation::Update { id, .. } | Mutation::Delete { id, .. } = &m {
                     check_record_id(id)?;
                 }
-                write(WriteOp::Mutation(m)).await
+                write(WriteOp::Mutation(m, limits.map(|l| l.quota))).await
             }
             Operation::History { schema, id } => {
                 check_name("params.schema", &schema)?;
@@ -289,8 +327,13 @@ impl Node {
             .acquire_owned()
             .await
             .map_err(|_| NodeError::Closed)?;
+        // One work budget for the whole read, across the inline attempt and the rerun.
+        let work = Arc::new(Work::new(self.inner.config.max_vm_steps));
         if placement == Placement::Inline {
-            match self.inner.with_reader(Stop::After(INLINE_READ_BUDGET), &f) {
+            match self
+                .inner
+                .with_reader(Stop::After(INLINE_READ_BUDGET), &work, &f)
+            {
                 Err(e) if is_interrupt(&e) => {}
                 done => return done,
             }
@@ -302,7 +345,7 @@ impl Node {
         let abandoned = Arc::new(AtomicBool::new(false));
         let _flag_on_drop = Abandon(Arc::clone(&abandoned));
         tokio::task::spawn_blocking(move || {
-            let result = inner.with_reader(Stop::WhenAbandoned(abandoned), &f);
+            let result = inner.with_reader(Stop::WhenAbandoned(abandoned), &work, &f);
             drop(permit);
             result
         })
@@ -355,6 +398,34 @@ pub const INLINE_READ_BUDGET: Duration = Duration::from_micros(100);
 /// SQLite virtual-machine steps between two checks of the read budget.
 const BUDGET_CHECK_OPS: i32 = 1000;
 
+/// The work budget of one read, shared by its attempts (inline, then on the pool).
+struct Work {
+    spent: std::sync::atomic::AtomicU64,
+    limit: u64,
+}
+
+impl Work {
+    fn new(limit: u64) -> Work {
+        Work {
+            spent: std::sync::atomic::AtomicU64::new(0),
+            limit,
+        }
+    }
+}
+
+/// The answer to a read over its work budget.
+fn too_expensive(limit: u64) -> NodeError {
+    NodeError::Rejected(WireError::over_limit(
+        ErrorCode::TooExpensive,
+        "max_vm_steps",
+        format!(
+            "the query needs more than the node's work budget of {limit} steps: narrow \
+             its filter (an indexed field, `eq` or `prefix` rather than `contains`), or ask \
+             for smaller pages and follow `next_cursor`"
+        ),
+    ))
+}
+
 /// When a read's statement is interrupted.
 enum Stop {
     /// Once this much time has passed (a read inline on the async worker).
@@ -379,10 +450,12 @@ fn is_interrupt(e: &NodeError) -> bool {
 
 impl Inner {
     /// Runs `f` on an idle read connection (opening one if none is idle), interrupted
-    /// when `stop` says.
+    /// when `stop` says or when the read's `work` budget is spent (then the answer is
+    /// `too_expensive`, `max_vm_steps`). The work done is added to `work`.
     fn with_reader<T>(
         &self,
         stop: Stop,
+        work: &Work,
         f: impl FnOnce(&Connection, &Catalog) -> Result<T, NodeError>,
     ) -> Result<T, NodeError> {
         let idle = self
@@ -390,17 +463,26 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => store::open(&self.db_path, self.config.durability, false)?,
+        let (conn, meter) = match idle {
+            Some(reader) => reader,
+            None => store::open_metered(&self.db_path, self.config.durability, false)?,
         };
+        meter.start(work.spent.load(Ordering::Relaxed), work.limit);
+        let steps = u64::try_from(BUDGET_CHECK_OPS).unwrap_or(1);
+        let m = Arc::clone(&meter);
         match stop {
             Stop::After(budget) => {
                 let deadline = Instant::now() + budget;
-                conn.progress_handler(BUDGET_CHECK_OPS, Some(move || Instant::now() > deadline));
+                conn.progress_handler(
+                    BUDGET_CHECK_OPS,
+                    Some(move || m.charge(steps) || Instant::now() > deadline),
+                );
             }
             Stop::WhenAbandoned(flag) => {
-                conn.progress_handler(BUDGET_CHECK_OPS, Some(move || flag.load(Ordering::Relaxed)));
+                conn.progress_handler(
+                    BUDGET_CHECK_OPS,
+                    Some(move || m.charge(steps) || flag.load(Ordering::Relaxed)),
+                );
             }
         }
         // One snapshot for the whole read (the schema lookup and the query agree). BEGIN and
@@ -417,12 +499,20 @@ impl Inner {
                 .prepare_cached("ROLLBACK")
                 .and_then(|mut s| s.execute([]));
         }
+        work.spent.store(meter.spent(), Ordering::Relaxed);
+        // Over budget is the answer whatever the statement made of it (interrupted, failed
+        // in the `contains` function, or finished within the last progress check).
+        let result = if meter.exceeded() {
+            Err(too_expensive(work.limit))
+        } else {
+            result
+        };
         // A connection still inside a transaction would refuse the next BEGIN: drop it.
         if conn.is_autocommit() {
             self.idle_readers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(conn);
+                .push((conn, meter));
         }
         result
     }
@@ -437,7 +527,7 @@ fn check_name(field: &str, name: &str) -> Result<(), NodeError> {
 }
 
 fn check_query(q: &Query) -> Result<(), NodeError> {
-    q.validate().map_err(|(f, m)| bad_field(f, m))
+    q.validate().map_err(NodeError::Rejected)
 }
 
 #[cfg(test)]

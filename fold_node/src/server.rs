@@ -54,6 +54,38 @@ impl NodeHandler {
     }
 }
 
+/// The node-only operation `usage`, `params: {"app_id": ...}`: what that app's records
+/// take, answered with [`Usage`](fold_ipc::limits::Usage) JSON. For the daemon (it reaches
+/// the node socket; apps do not), so it is not an [`Operation`](fold_ipc::Operation).
+pub const USAGE_OPERATION: &str = "usage";
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageParams {
+    app_id: String,
+}
+
+impl NodeHandler {
+    async fn usage(&self, id: String, params: Option<&serde_json::value::RawValue>) -> Response {
+        let parsed = match params {
+            None => Err(WireError::bad_field("params.app_id", "missing")),
+            Some(raw) => serde_json::from_str::<UsageParams>(raw.get()).map_err(|e| {
+                WireError::bad_field(
+                    "params.app_id",
+                    format!("expected {{\"app_id\": string}}: {e}"),
+                )
+            }),
+        };
+        match parsed {
+            Ok(p) => match self.node.usage(&p.app_id).await {
+                Ok(usage) => Response::ok(id, &usage),
+                Err(e) => Response::error(Some(id), e),
+            },
+            Err(e) => Response::error(Some(id), e),
+        }
+    }
+}
+
 impl Handler for NodeHandler {
     async fn handle(&self, request: Request) -> Response {
         let id = request.request_id.clone();
@@ -77,6 +109,9 @@ impl Handler for NodeHandler {
                 );
                 return Response::error(Some(id), error);
             }
+        }
+        if request.operation == USAGE_OPERATION {
+            return self.usage(id, request.params.as_deref()).await;
         }
         let op = match request.operation() {
             Ok(op) => op,

@@ -11,24 +11,33 @@
 //!           created_at, created_by, updated_at, updated_by, PRIMARY KEY (sid, id))
 //! versions (sid, id, version, action, ts, writer, data TEXT /* JSON, NULL for a delete */,
 //!           PRIMARY KEY (sid, id, version))
+//! usage    (writer TEXT PRIMARY KEY, bytes, records, versions)
 //! ```
+//!
+//! `usage` is what each writer's records take, kept by every write in the write's own
+//! transaction (see [`crate::usage`]): `bytes` is the sum of the JSON text lengths of the
+//! kept versions the writer wrote, `versions` their number, `records` the live records it
+//! created. Layout 1 had no `usage`; it is counted from the other tables when a layout-1
+//! database is opened (layout 2).
 //!
 //! An indexed field gets a partial expression index, `ON records(json_extract(data,'$.f'), id)
 //! WHERE sid = N` (created with the schema). `sid`s come from `AUTOINCREMENT`, so a number is
 //! never reused, even after its schema is deleted.
 
+use crate::budget::{self, Meter};
 use crate::error::NodeError;
 use rusqlite::{Connection, OpenFlags};
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "fold_node.sqlite3";
 
 /// The layout version this build writes (`PRAGMA user_version`).
-const LAYOUT_VERSION: i64 = 1;
+const LAYOUT_VERSION: i64 = 2;
 
 /// How long a connection waits for another one's lock (for example an admin command
 /// writing beside a running node) before failing.
@@ -69,6 +78,12 @@ CREATE TABLE IF NOT EXISTS versions (
     writer TEXT NOT NULL,
     data TEXT,
     PRIMARY KEY (sid, id, version)
+);
+CREATE TABLE IF NOT EXISTS usage (
+    writer TEXT PRIMARY KEY,
+    bytes INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    versions INTEGER NOT NULL
 );
 ";
 
@@ -145,6 +160,15 @@ pub(crate) fn open(
     durability: Durability,
     writer: bool,
 ) -> Result<Connection, NodeError> {
+    open_metered(path, durability, writer).map(|(conn, _)| conn)
+}
+
+/// [`open`], with the [`Meter`] its `contains` function counts into (see [`crate::budget`]).
+pub(crate) fn open_metered(
+    path: &Path,
+    durability: Durability,
+    writer: bool,
+) -> Result<(Connection, Arc<Meter>), NodeError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
@@ -159,12 +183,14 @@ pub(crate) fn open(
     }
     conn.pragma_update(None, "synchronous", durability.pragma())?;
     conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
+    let meter = Meter::unlimited();
+    budget::register(&conn, Arc::clone(&meter))?;
     if writer {
         migrate(&mut conn)?;
     } else {
         conn.pragma_update(None, "query_only", true)?;
     }
-    Ok(conn)
+    Ok((conn, meter))
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), NodeError> {
@@ -177,6 +203,10 @@ fn migrate(conn: &mut Connection) -> Result<(), NodeError> {
         });
     }
     tx.execute_batch(LAYOUT)?;
+    if found < 2 {
+        // Layout 1 kept no usage: count it (an empty table for a new database).
+        crate::usage::recount(&tx)?;
+    }
     tx.pragma_update(None, "user_version", LAYOUT_VERSION)?;
     tx.commit()?;
     Ok(())

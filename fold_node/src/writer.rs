@@ -10,6 +10,7 @@ use crate::catalog::{self, Catalog};
 use crate::error::NodeError;
 use crate::records;
 use crate::store::now_ms;
+use fold_ipc::limits::Quota;
 use fold_ipc::operation::Mutation;
 use fold_ipc::schema::SchemaDef;
 use rusqlite::{Connection, TransactionBehavior};
@@ -30,7 +31,8 @@ pub(crate) enum WriteOp {
         name: String,
         force: bool,
     },
-    Mutation(Mutation),
+    /// A mutation, within the writer's quota when the request carries one.
+    Mutation(Mutation, Option<Quota>),
     /// Refresh the query planner's statistics (`ANALYZE`).
     Analyze,
 }
@@ -174,7 +176,14 @@ fn apply(
             let records = catalog::delete(conn, catalog, &name, force)?;
             to_raw_value(&serde_json::json!({ "deleted": true, "records": records }))
         }
-        WriteOp::Mutation(m) => to_raw_value(&records::apply(conn, catalog, m, writer, now)?),
+        WriteOp::Mutation(m, quota) => to_raw_value(&records::apply(
+            conn,
+            catalog,
+            m,
+            writer,
+            now,
+            quota.as_ref(),
+        )?),
         WriteOp::Analyze => {
             analyze(conn)?;
             to_raw_value(&serde_json::json!({ "analyzed": true }))

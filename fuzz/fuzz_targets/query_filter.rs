@@ -6,13 +6,30 @@
 //! trip unchanged, with the same verdict.
 #![no_main]
 
-use fold_ipc::query::{Filter, Query, MAX_FILTER_DEPTH, MAX_FILTER_NODES, MAX_IN_VALUES};
+use fold_ipc::query::{
+    Filter, Query, MAX_FILTER_BYTES, MAX_FILTER_DEPTH, MAX_FILTER_NODES, MAX_FILTER_VALUE_BYTES,
+    MAX_IN_VALUES,
+};
+use serde_json::Value;
 use libfuzzer_sys::fuzz_target;
 
-/// (depth, nodes, largest `in` list), computed without `check_limits`.
-fn shape(filter: &Filter) -> (usize, usize, usize) {
+/// A value's size as the limits count it: a string's bytes, else its minified JSON.
+fn size(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        other => serde_json::to_string(other).unwrap().len(),
+    }
+}
+
+/// (depth, nodes, largest `in` list, longest value, all values' bytes), computed without
+/// `check_limits`.
+fn shape(filter: &Filter) -> (usize, usize, usize, usize, usize) {
     let mut stack = vec![(filter, 1usize)];
-    let (mut depth, mut nodes, mut widest) = (0, 0, 0);
+    let (mut depth, mut nodes, mut widest, mut longest, mut bytes) = (0, 0, 0, 0, 0);
+    let mut value = |len: usize| {
+        longest = longest.max(len);
+        bytes += len;
+    };
     while let Some((f, d)) = stack.pop() {
         depth = depth.max(d);
         nodes += 1;
@@ -21,16 +38,29 @@ fn shape(filter: &Filter) -> (usize, usize, usize) {
                 stack.extend(filters.iter().map(|c| (c, d + 1)));
             }
             Filter::Not { filter } => stack.push((filter, d + 1)),
-            Filter::In { values, .. } => widest = widest.max(values.len()),
-            _ => {}
+            Filter::In { values, .. } => {
+                widest = widest.max(values.len());
+                values.iter().for_each(|v| value(size(v)));
+            }
+            Filter::Eq { value: v, .. }
+            | Filter::Ne { value: v, .. }
+            | Filter::Lt { value: v, .. }
+            | Filter::Lte { value: v, .. }
+            | Filter::Gt { value: v, .. }
+            | Filter::Gte { value: v, .. } => value(size(v)),
+            Filter::Contains { value: v, .. } | Filter::Prefix { value: v, .. } => value(v.len()),
         }
     }
-    (depth, nodes, widest)
+    (depth, nodes, widest, longest, bytes)
 }
 
 fn within_limits(filter: &Filter) -> bool {
-    let (depth, nodes, widest) = shape(filter);
-    depth <= MAX_FILTER_DEPTH && nodes <= MAX_FILTER_NODES && widest <= MAX_IN_VALUES
+    let (depth, nodes, widest, longest, bytes) = shape(filter);
+    depth <= MAX_FILTER_DEPTH
+        && nodes <= MAX_FILTER_NODES
+        && widest <= MAX_IN_VALUES
+        && longest <= MAX_FILTER_VALUE_BYTES
+        && bytes <= MAX_FILTER_BYTES
 }
 
 fuzz_target!(|data: &[u8]| {

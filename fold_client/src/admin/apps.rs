@@ -50,6 +50,28 @@ pub fn app_view(shared: &Shared, app: &App) -> Value {
     })
 }
 
+/// How long `app show` and `app ps` wait for the node's count of an app's usage.
+const USAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What an app's records take on the node, with its quota beside each count; if the node
+/// cannot say, why not (the rest of the view is still shown).
+async fn usage_view(shared: &Shared, app: &App) -> Value {
+    let quota = app
+        .node_limits
+        .resolve(&shared.config.default_node_limits)
+        .quota;
+    match shared.node.usage(&app.id, USAGE_TIMEOUT).await {
+        Ok(u) => json!({
+            "bytes": u.bytes,
+            "max_bytes": quota.max_bytes,
+            "records": u.records,
+            "max_records": quota.max_records,
+            "versions": u.versions,
+        }),
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
 /// An app's node limits as shown: `null` for an unlimited quota or rate.
 fn node_limits_view(limits: &crate::app_limits::NodeLimits) -> Value {
     let rate = (limits.write_rate > 0).then_some(limits.write_rate);
@@ -286,7 +308,12 @@ pub(super) async fn execute(
                 .map(|a| app_view(shared, a))
                 .collect(),
         ),
-        AdminRequest::Show { app } => app_view(shared, &*registry.find(&app)?),
+        AdminRequest::Show { app } => {
+            let app = registry.find(&app)?;
+            let mut view = app_view(shared, &app);
+            view["usage"] = usage_view(shared, &app).await;
+            view
+        }
         AdminRequest::Grant { app, grants } => {
             let add = parse_grants(&grants)?;
             let app = daemon::set_grants(shared, &app, |g| {
@@ -382,12 +409,15 @@ pub(super) async fn execute(
             };
             json!({"id": app.id, "name": app.name, "state": state})
         }
-        AdminRequest::Ps => Value::Array(
-            registry
-                .list()
-                .iter()
-                .filter_map(|a| ps_row(shared, a))
-                .collect(),
-        ),
+        AdminRequest::Ps => {
+            let mut rows = Vec::new();
+            for app in registry.list() {
+                if let Some(mut row) = ps_row(shared, &app) {
+                    row["usage"] = usage_view(shared, &app).await;
+                    rows.push(row);
+                }
+            }
+            Value::Array(rows)
+        }
     })
 }

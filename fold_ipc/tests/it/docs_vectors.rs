@@ -352,6 +352,11 @@ fn limits_table_matches_the_constants() {
         ("MAX_FILTER_DEPTH", query::MAX_FILTER_DEPTH as u64),
         ("MAX_FILTER_NODES", query::MAX_FILTER_NODES as u64),
         ("MAX_IN_VALUES", query::MAX_IN_VALUES as u64),
+        (
+            "MAX_FILTER_VALUE_BYTES",
+            query::MAX_FILTER_VALUE_BYTES as u64,
+        ),
+        ("MAX_FILTER_BYTES", query::MAX_FILTER_BYTES as u64),
         ("MAX_CREDENTIALS_FILE", credentials::MAX_CREDENTIALS_FILE),
         ("ConnectionLimits::max_in_flight", conn.max_in_flight as u64),
         (

@@ -23,6 +23,7 @@ async fn an_abandoned_expensive_query_frees_its_read_slot_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = NodeConfig::new(dir.path().join("node"));
     config.readers = 1; // the attacker's query holds the only read slot
+    config.max_vm_steps = u64::MAX; // no work budget: only abandonment stops it
     let node = Node::open_with(config).unwrap();
     call(
         &node,
@@ -30,7 +31,7 @@ async fn an_abandoned_expensive_query_frees_its_read_slot_at_once() {
         json!({"name": "blob", "fields": {"text": {"type": "string"}}}),
     )
     .await;
-    let text = "a".repeat(64 * 1024);
+    let text = "a".repeat(1 << 20);
     for _ in 0..16 {
         call(
             &node,
@@ -47,11 +48,10 @@ async fn an_abandoned_expensive_query_frees_its_read_slot_at_once() {
     .await;
     let victim_id = victim["id"].as_str().unwrap().to_string();
 
-    // Within today's query limits: an `or` of 200 `contains`, each needle 2,000 bytes that
-    // almost match everywhere (seconds of work per row).
-    let needle = format!("{}b", "a".repeat(1999));
-    let filters: Vec<Value> = (0..200)
-        .map(|_| json!({"op": "contains", "field": "text", "value": needle}))
+    // Within the query limits: an `or` of 250 `eq` and `contains` over 1 MiB fields (each
+    // reads the whole field out of the record).
+    let filters: Vec<Value> = (0..250)
+        .map(|i| json!({"op": if i % 2 == 0 { "eq" } else { "contains" }, "field": "text", "value": "b"}))
         .collect();
     let heavy = parse(
         "query",

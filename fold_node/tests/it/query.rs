@@ -304,14 +304,19 @@ async fn filter_errors_name_the_filter_node() {
     for _ in 0..fold_ipc::query::MAX_FILTER_DEPTH {
         deep = json!({"op": "not", "filter": deep});
     }
-    c.bad("query", q(deep), "params.filter").await;
+    // (Each is `too_expensive` naming the limit; see `cost.rs` for all of them.)
+    let e = c.err("query", q(deep), ErrorCode::TooExpensive).await;
+    assert_eq!(e.limit.as_deref(), Some("max_filter_depth"), "{e}");
+    assert_eq!(e.field.as_deref(), Some("params.filter"), "{e}");
     let values: Vec<i64> = (0..=fold_ipc::query::MAX_IN_VALUES as i64).collect();
-    c.bad(
-        "query",
-        q(json!({"op": "in", "field": "likes", "values": values})),
-        "params.filter",
-    )
-    .await;
+    let e = c
+        .err(
+            "query",
+            q(json!({"op": "in", "field": "likes", "values": values})),
+            ErrorCode::TooExpensive,
+        )
+        .await;
+    assert_eq!(e.limit.as_deref(), Some("max_in_values"), "{e}");
     node.stop().await;
 }
 
