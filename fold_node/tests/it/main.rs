@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod deadline;
+mod fair;
 mod history;
 mod query;
 mod records;
