@@ -392,3 +392,82 @@ fn apply(
     };
     raw.map_err(|e| NodeError::Corrupt(format!("cannot encode result: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Queues a job of `tenant` (share `share`) tagged `tag`; keeps its answer channel.
+    fn push(
+        q: &Queues,
+        tenant: &str,
+        share: u32,
+        tag: &str,
+        deadline: Option<Instant>,
+    ) -> oneshot::Receiver<Result<Box<RawValue>, NodeError>> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            op: WriteOp::Analyze,
+            writer: tag.to_string(),
+            reply,
+            deadline,
+        };
+        q.push(Some(tenant), share, job);
+        answer
+    }
+
+    fn tags(batch: &[Job]) -> Vec<&str> {
+        batch.iter().map(|j| j.writer.as_str()).collect()
+    }
+
+    #[test]
+    fn a_tenant_alone_fills_the_batch() {
+        let q = Queues::default();
+        let _answers: Vec<_> = (0..MAX_BATCH + 3)
+            .map(|i| push(&q, "flood", 2, &format!("f{i}"), None))
+            .collect();
+        assert_eq!(q.next_batch().unwrap().len(), MAX_BATCH);
+        assert_eq!(q.next_batch().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn batches_go_round_robin_with_at_most_the_share_of_one_tenant_while_others_wait() {
+        let q = Queues::default();
+        let mut answers: Vec<_> = (0..5)
+            .map(|i| push(&q, "flood", 2, &format!("f{i}"), None))
+            .collect();
+        answers.push(push(&q, "a", 2, "a0", None));
+        answers.push(push(&q, "b", 2, "b0", None));
+        answers.push(push(&q, "b", 2, "b1", None));
+        answers.push(push(&q, "b", 2, "b2", None));
+        let first = q.next_batch().unwrap();
+        assert_eq!(tags(&first), ["f0", "a0", "b0", "f1", "b1"]);
+        // The flood is alone with b's last job now: capped again (two tenants queued).
+        let second = q.next_batch().unwrap();
+        assert_eq!(tags(&second), ["f2", "b2", "f3"]);
+        // Alone: no cap.
+        let third = q.next_batch().unwrap();
+        assert_eq!(tags(&third), ["f4"]);
+        drop(answers);
+    }
+
+    #[test]
+    fn abandoned_and_expired_jobs_are_dropped_unstarted() {
+        let q = Queues::default();
+        let gone = push(&q, "a", 2, "gone", None);
+        drop(gone);
+        let _late = push(&q, "a", 2, "late", Some(Instant::now()));
+        let _kept = push(&q, "a", 2, "kept", None);
+        let batch = q.next_batch().unwrap();
+        assert_eq!(tags(&batch), ["kept"]);
+    }
+
+    #[test]
+    fn the_thread_ends_once_closed_and_drained() {
+        let q = Queues::default();
+        let _answer = push(&q, "a", 2, "last", None);
+        q.close();
+        assert_eq!(tags(&q.next_batch().unwrap()), ["last"]);
+        assert!(q.next_batch().is_none());
+    }
+}
