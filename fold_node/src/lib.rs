@@ -30,7 +30,8 @@
 //! - [`store`]: the SQLite file, connection settings, [`Durability`] and the table layout.
 //! - `catalog` (schemas and indexes), `validate` (record values), `records` (writes),
 //!   `history`, `columns` / `filter` / `query` / `cursor` (query compilation to
-//!   parameterised SQL), `writer` (the group-committing writer thread).
+//!   parameterised SQL), `writer` (the group-committing writer thread, fed by per-app
+//!   queues), `fair` (the read slots, shared fairly among apps).
 //! - [`error`]: [`NodeError`], and its single mapping to a wire error.
 //!
 //! The data model, durability choice and cursor design are described in `docs/node.md`.
@@ -42,6 +43,7 @@ mod catalog;
 mod columns;
 mod cursor;
 pub mod error;
+mod fair;
 mod filter;
 mod history;
 pub mod listen;

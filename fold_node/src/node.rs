@@ -4,11 +4,12 @@
 use crate::budget::Meter;
 use crate::catalog::{self, Catalog};
 use crate::error::{bad_field, NodeError};
+use crate::fair::{FairSlots, Running};
 use crate::history;
 use crate::query;
 use crate::store::{self, Durability};
 use crate::writer::{WriteOp, WriterHandle};
-use fold_ipc::limits::{RequestLimits, Usage};
+use fold_ipc::limits::{Quota, RequestLimits, Share, Usage};
 use fold_ipc::operation::{check_record_id, Mutation, Pong, SchemaList};
 use fold_ipc::query::{Filter, Query, DEFAULT_LIMIT};
 use fold_ipc::schema::validate_name;
@@ -17,16 +18,15 @@ use rusqlite::Connection;
 use serde_json::value::{to_raw_value, RawValue};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// The writer recorded for requests that carry no `app_id` (admin commands, direct
 /// clients of the node).
 pub const DEFAULT_IDENTITY: &str = "node";
 
-/// Read connections kept open by default; also the number of reads run at once.
+/// Read connections kept open by default; also the number of reads run at once (the read
+/// slots, shared fairly among apps: see [`Node::execute_limited`]).
 pub const DEFAULT_READERS: usize = 4;
 
 /// Default [`NodeConfig::max_vm_steps`]: 50 million steps. Measured on the 2-core
@@ -82,7 +82,8 @@ struct Inner {
     writer: WriterHandle,
     /// Idle read connections, each with the meter of its work budget.
     idle_readers: Mutex<Vec<(Connection, Arc<Meter>)>>,
-    read_permits: Arc<Semaphore>,
+    /// The read slots, shared fairly among tenants (`fair.rs`).
+    read_slots: Arc<FairSlots>,
 }
 
 impl fmt::Debug for Node {
@@ -127,7 +128,7 @@ impl Node {
                 catalog,
                 writer,
                 idle_readers: Mutex::new(Vec::with_capacity(readers)),
-                read_permits: Arc::new(Semaphore::new(readers)),
+                read_slots: FairSlots::new(readers),
                 config,
             }),
         })
@@ -170,8 +171,22 @@ impl Node {
 
     /// [`Node::execute`] under `limits` (what the daemon allows the app `writer`): its
     /// share of the read slots and the writer, its storage quota, and a deadline after
-    /// which the request's work stops. `None` is the node's defaults, with no quota and
-    /// no deadline.
+    /// which the request's work stops. `None` is the default [`Share`], with no quota and
+    /// no deadline. A request without `writer` is the node's own: it is not limited.
+    ///
+    /// **Fair sharing.** The tenant is `writer`. A tenant alone may use every read slot;
+    /// while another tenant waits for one, a tenant holding `share.reads` slots or more
+    /// gets no new slot, and a long read it runs beyond its share hands its slot over at
+    /// its next progress check (and resumes when a slot is free for it again). Free slots
+    /// go round robin to the tenants with waiters, FIFO within one. Writes queue per
+    /// tenant in front of the writer; each batch is assembled round robin, with at most
+    /// `share.writes` jobs of one tenant while others have writes queued.
+    ///
+    /// **Deadline.** When `limits.timeout_ms` passes, the answer is `timeout` and the work
+    /// stops: a read waiting for a slot leaves its queue, a running read is interrupted at
+    /// its next progress check, a write not yet started is dropped unapplied. A write
+    /// that had started completes or rolls back whole (so after `timeout` a write may or
+    /// may not have been applied).
     ///
     /// Applied so far: the storage quota (`quota_exceeded` naming `max_bytes`,
     /// `max_records` or `max_versions`; see `docs/node.md`, "Limits"). Every read, with or
@@ -186,9 +201,24 @@ impl Node {
         op: Operation,
         limits: Option<&RequestLimits>,
     ) -> Result<Box<RawValue>, WireError> {
-        self.dispatch(writer, op, limits)
-            .await
-            .map_err(NodeError::into_wire)
+        let timeout = limits
+            .and_then(|l| l.timeout_ms)
+            .map(|ms| (ms, Duration::from_millis(ms)));
+        let who = Tenant {
+            name: writer,
+            share: limits.map(|l| l.share).unwrap_or_default(),
+            deadline: timeout.and_then(|(_, t)| Instant::now().checked_add(t)),
+            quota: limits.map(|l| l.quota),
+        };
+        let run = self.dispatch(&who, op);
+        let result = match timeout {
+            Some((ms, t)) if who.deadline.is_some() => match tokio::time::timeout(t, run).await {
+                Ok(done) => done,
+                Err(_) => return Err(deadline_passed(ms)),
+            },
+            _ => run.await,
+        };
+        result.map_err(NodeError::into_wire)
     }
 
     /// What the records of app `app_id` take on this node, as counted against its quota:
@@ -203,7 +233,7 @@ impl Node {
             return Err(WireError::bad_field("params.app_id", "must not be empty"));
         }
         let app = app_id.to_string();
-        self.read(Placement::Inline, move |conn, _| {
+        self.read(&Tenant::NODE, Placement::Inline, move |conn, _| {
             crate::usage::get(conn, &app)
         })
         .await
@@ -220,7 +250,7 @@ impl Node {
     pub async fn explain(&self, query: Query) -> Result<Vec<String>, WireError> {
         let run = async {
             check_query(&query)?;
-            self.read(Placement::Inline, move |conn, catalog| {
+            self.read(&Tenant::NODE, Placement::Inline, move |conn, catalog| {
                 query::explain(conn, catalog, &query)
             })
             .await
@@ -239,21 +269,21 @@ impl Node {
         let writer = self.inner.config.identity.clone();
         self.inner
             .writer
-            .write(WriteOp::Analyze, writer)
+            .write(WriteOp::Analyze, writer, &crate::writer::Turn::NODE)
             .await
             .map(drop)
             .map_err(NodeError::into_wire)
     }
 
-    async fn dispatch(
-        &self,
-        writer: Option<&str>,
-        op: Operation,
-        limits: Option<&RequestLimits>,
-    ) -> Result<Box<RawValue>, NodeError> {
+    async fn dispatch(&self, who: &Tenant<'_>, op: Operation) -> Result<Box<RawValue>, NodeError> {
+        let turn = crate::writer::Turn {
+            tenant: who.name,
+            share: who.share.writes,
+            deadline: who.deadline,
+        };
         let write = |op: WriteOp| {
-            let writer = writer.unwrap_or(&self.inner.config.identity).to_string();
-            self.inner.writer.write(op, writer)
+            let writer = who.name.unwrap_or(&self.inner.config.identity).to_string();
+            self.inner.writer.write(op, writer, &turn)
         };
         match op {
             Operation::Ping => encode(&Pong {
@@ -262,14 +292,14 @@ impl Node {
             }),
             Operation::ListSchemas => {
                 let schemas = self
-                    .read(Placement::Inline, |conn, _| catalog::list(conn))
+                    .read(who, Placement::Inline, |conn, _| catalog::list(conn))
                     .await?;
                 encode(&SchemaList { schemas })
             }
             Operation::GetSchema { name } => {
                 check_name("params.name", &name)?;
                 let schema = self
-                    .read(Placement::Inline, move |conn, c| c.lookup(conn, &name))
+                    .read(who, Placement::Inline, move |conn, c| c.lookup(conn, &name))
                     .await?;
                 encode(&schema.def)
             }
@@ -284,7 +314,7 @@ impl Node {
             }
             Operation::Query(q) => {
                 check_query(&q)?;
-                self.read(Placement::for_query(&q), move |conn, catalog| {
+                self.read(who, Placement::for_query(&q), move |conn, catalog| {
                     query::run(conn, catalog, &q)
                 })
                 .await
@@ -294,13 +324,13 @@ impl Node {
                 if let Mutation::Update { id, .. } | Mutation::Delete { id, .. } = &m {
                     check_record_id(id)?;
                 }
-                write(WriteOp::Mutation(m, limits.map(|l| l.quota))).await
+                write(WriteOp::Mutation(m, who.quota)).await
             }
             Operation::History { schema, id } => {
                 check_name("params.schema", &schema)?;
                 check_record_id(&id)?;
                 let h = self
-                    .read(Placement::Inline, move |conn, c| {
+                    .read(who, Placement::Inline, move |conn, c| {
                         history::history(conn, c, &schema, &id)
                     })
                     .await?;
@@ -317,16 +347,21 @@ impl Node {
     /// interrupts it when the budget is spent, and it runs again, unbounded, on the
     /// blocking pool. The executor is never held for longer than the budget. A read that
     /// is expected to outlive the budget ([`Placement::Pool`]) goes to the pool at once
-    /// rather than paying for the budget and the rerun. At most `readers` reads run at once.
-    async fn read<T, F>(&self, placement: Placement, f: F) -> Result<T, NodeError>
+    /// rather than paying for the budget and the rerun.
+    ///
+    /// At most `readers` reads run at once: each holds one of the fair read slots
+    /// (`fair.rs`) of `who`, given back when it ends, on the blocking pool too. Dropping
+    /// the future while it waits for a slot leaves the queue.
+    async fn read<T, F>(&self, who: &Tenant<'_>, placement: Placement, f: F) -> Result<T, NodeError>
     where
         T: Send + 'static,
         F: Fn(&Connection, &Catalog) -> Result<T, NodeError> + Send + Sync + 'static,
     {
-        let permit = Arc::clone(&self.inner.read_permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| NodeError::Closed)?;
+        let slot = self
+            .inner
+            .read_slots
+            .acquire(who.name, who.share.reads)
+            .await;
         // One work budget for the whole read, across the inline attempt and the rerun.
         let work = Arc::new(Work::new(self.inner.config.max_vm_steps));
         if placement == Placement::Inline {
@@ -341,17 +376,57 @@ impl Node {
         let inner = Arc::clone(&self.inner);
         // The read on the pool runs until it ends or its caller stops waiting (the daemon
         // answered `timeout` and dropped this future): then its statement is interrupted,
-        // and the core and the read slot are free again within one progress check.
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let _flag_on_drop = Abandon(Arc::clone(&abandoned));
+        // and the core and the read slot are free again within one progress check. The
+        // same check hands the slot over while the tenant is over its share and another
+        // tenant waits.
+        let running = Running::new(slot);
+        let _flag_on_drop = Abandon(Arc::clone(&running));
         tokio::task::spawn_blocking(move || {
-            let result = inner.with_reader(Stop::WhenAbandoned(abandoned), &work, &f);
-            drop(permit);
+            let result = inner.with_reader(Stop::WhenAbandoned(Arc::clone(&running)), &work, &f);
+            running.finish();
             result
         })
         .await
         .map_err(|_| NodeError::Closed)?
     }
+}
+
+/// Who a request is for and what it may use: the tenant of the fair read slots and the
+/// writer's queues, from [`Node::execute_limited`].
+#[derive(Debug, Clone, Copy)]
+struct Tenant<'a> {
+    /// The app; `None` is the node itself (never capped).
+    name: Option<&'a str>,
+    share: Share,
+    /// When the requester stops waiting.
+    deadline: Option<Instant>,
+    /// The storage quota of its writes; `None` is unlimited.
+    quota: Option<Quota>,
+}
+
+impl Tenant<'_> {
+    /// The node's own requests.
+    const NODE: Tenant<'static> = Tenant {
+        name: None,
+        share: Share {
+            reads: u32::MAX,
+            writes: u32::MAX,
+        },
+        deadline: None,
+        quota: None,
+    };
+}
+
+/// The `timeout` answer of a request whose deadline passed.
+fn deadline_passed(ms: u64) -> WireError {
+    WireError::new(
+        ErrorCode::Timeout,
+        format!(
+            "the request's deadline of {ms} ms passed and its work was stopped (a read is \
+             interrupted, a write not yet started is dropped unapplied; one already started \
+             completes or rolls back whole)"
+        ),
+    )
 }
 
 /// Where a read starts (see [`Node::read`]).
@@ -430,16 +505,18 @@ fn too_expensive(limit: u64) -> NodeError {
 enum Stop {
     /// Once this much time has passed (a read inline on the async worker).
     After(Duration),
-    /// Once its caller has stopped waiting for it (a read on the blocking pool).
-    WhenAbandoned(Arc<AtomicBool>),
+    /// Once its caller has stopped waiting for it (a read on the blocking pool); its
+    /// progress checks also hand its read slot over when its tenant is over its share.
+    WhenAbandoned(Arc<Running>),
 }
 
-/// Raises its flag when dropped: with the future of a read, when the caller stops waiting.
-struct Abandon(Arc<AtomicBool>);
+/// Raises the read's flag when dropped: with the future of a read, when the caller stops
+/// waiting.
+struct Abandon(Arc<Running>);
 
 impl Drop for Abandon {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.abandon();
     }
 }
 
@@ -467,7 +544,10 @@ impl Inner {
             Some(reader) => reader,
             None => store::open_metered(&self.db_path, self.config.durability, false)?,
         };
-        meter.start(work.spent.load(Ordering::Relaxed), work.limit);
+        meter.start(
+            work.spent.load(std::sync::atomic::Ordering::Relaxed),
+            work.limit,
+        );
         let steps = u64::try_from(BUDGET_CHECK_OPS).unwrap_or(1);
         let m = Arc::clone(&meter);
         match stop {
@@ -478,10 +558,10 @@ impl Inner {
                     Some(move || m.charge(steps) || Instant::now() > deadline),
                 );
             }
-            Stop::WhenAbandoned(flag) => {
+            Stop::WhenAbandoned(running) => {
                 conn.progress_handler(
                     BUDGET_CHECK_OPS,
-                    Some(move || m.charge(steps) || flag.load(Ordering::Relaxed)),
+                    Some(move || m.charge(steps) || running.interrupt()),
                 );
             }
         }
@@ -499,7 +579,8 @@ impl Inner {
                 .prepare_cached("ROLLBACK")
                 .and_then(|mut s| s.execute([]));
         }
-        work.spent.store(meter.spent(), Ordering::Relaxed);
+        work.spent
+            .store(meter.spent(), std::sync::atomic::Ordering::Relaxed);
         // Over budget is the answer whatever the statement made of it (interrupted, failed
         // in the `contains` function, or finished within the last progress check).
         let result = if meter.exceeded() {

@@ -7,6 +7,7 @@ mod boundary;
 mod docker;
 mod examples;
 mod fairness;
+mod fairness_node;
 mod faults;
 mod hostile;
 mod lifecycle;

@@ -6,14 +6,14 @@ use fold_node::{Node, NodeConfig};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-async fn call(node: &Node, operation: &str, params: Value) -> Value {
+pub(crate) async fn call(node: &Node, operation: &str, params: Value) -> Value {
     let params = serde_json::value::to_raw_value(&params).unwrap();
     let op = Operation::parse(operation, Some(&params)).unwrap();
     let raw = node.execute(Some("app_test"), op).await.unwrap();
     serde_json::from_str(raw.get()).unwrap()
 }
 
-fn parse(operation: &str, params: &Value) -> Operation {
+pub(crate) fn parse(operation: &str, params: &Value) -> Operation {
     let params = serde_json::value::to_raw_value(params).unwrap();
     Operation::parse(operation, Some(&params)).unwrap()
 }

@@ -6,6 +6,7 @@ mod cli;
 mod cost;
 mod crash;
 mod deadline;
+mod fair;
 mod history;
 mod query;
 mod quota;
