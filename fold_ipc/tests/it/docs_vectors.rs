@@ -358,6 +358,10 @@ fn limits_table_matches_the_constants() {
         ),
         ("MAX_FILTER_BYTES", query::MAX_FILTER_BYTES as u64),
         ("MAX_CREDENTIALS_FILE", credentials::MAX_CREDENTIALS_FILE),
+        (
+            "params::MAX_PARAM_VALUES",
+            fold_ipc::params::MAX_PARAM_VALUES as u64,
+        ),
         ("ConnectionLimits::max_in_flight", conn.max_in_flight as u64),
         (
             "ConnectionLimits::idle_timeout",
