@@ -14,13 +14,15 @@
 //! 2. where a proxied request's time goes (the daemon's stage counters);
 //! 3. launch to first answer vs `docker run --rm`;
 //! 4. stopping an app that ignores SIGTERM;
-//! 5. daemon memory per installed app and per running container.
+//! 5. daemon memory per installed app and per running container;
+//! 6. fair sharing: a victim's reads beside a hostile neighbour, memory per hostile frame.
 //!
-//! Flags: `--smoke`, `--no-write`, `--out FILE`, `--no-docker`, `--only rt|launch|memory`
+//! Flags: `--smoke`, `--no-write`, `--out FILE`, `--no-docker`, `--only rt|launch|memory|fair`
 //! (repeatable). Internal: `__worker` (the load generator), `__daemon` (the daemon, when no
 //! `fold_client` binary is at hand).
 
 mod alloc_count;
+mod fairness;
 mod lifecycle;
 mod memory;
 mod report;
@@ -77,7 +79,7 @@ impl Options {
                     .only
                     .push(it.next().context("--only needs a part")?.clone()),
                 "-h" | "--help" => {
-                    println!("usage: fold_bench [--smoke] [--no-write | --out FILE] [--no-docker] [--only rt|launch|memory]...");
+                    println!("usage: fold_bench [--smoke] [--no-write | --out FILE] [--no-docker] [--only rt|launch|memory|fair]...");
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument {other:?} (try --help)"),
@@ -173,6 +175,9 @@ fn bench(o: &Options) -> Result<()> {
     }
     if o.wants("memory") {
         rows.extend(memory::run(&runtime, o));
+    }
+    if o.wants("fair") {
+        rows.extend(fairness::run(&runtime, o));
     }
     let load_after = loadavg();
     let table = report::markdown(&rows);

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 ///
 /// Bad arguments, or the daemon fails.
 pub fn serve_daemon(args: &[String]) -> Result<()> {
+    fold_client::return_large_buffers_to_the_system();
     let mut state_dir = None;
     let mut config_file = None;
     let mut it = args.iter();

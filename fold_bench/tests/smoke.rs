@@ -34,6 +34,8 @@ const ROWS: &[&str] = &[
     "| 4. the same, direct backend",
     "| 5. daemon memory (VmRSS) per idle installed app",
     "| 5. daemon memory per running container",
+    "| 6. victim's p99 point read beside a hostile neighbour",
+    "| 6. daemon peak RSS growth per 4 MiB hostile frame",
 ];
 
 #[test]
@@ -60,6 +62,7 @@ fn smoke_run_prints_every_row() {
         l.starts_with("| 1.")
             || l.starts_with("| 2.")
             || l.starts_with("| 5. daemon memory (VmRSS)")
+            || l.starts_with("| 6.")
     }) {
         assert!(!line.contains("not measured"), "{line}");
         assert!(line.chars().any(|c| c.is_ascii_digit()), "{line}");
