@@ -108,9 +108,22 @@ async fn timed_writes(conn: &Conn, n: usize) -> Vec<Duration> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_flood_is_rate_limited_and_another_apps_writes_keep_their_latency() {
-    let d = start_daemon("[app_limits]\nwrite_rate = 100\nwrite_burst = 50\n").await;
+    let d = start_daemon("").await;
     let flood = d.install("flood", &["*:*"], None).await;
     let victim = d.install("victim", &["*:*"], None).await;
+    // The flooding app's own, lower rate (`app limits`); the victim keeps the default.
+    let view = d
+        .admin(fold_client::admin::AdminRequest::Limits {
+            app: "flood".into(),
+            node_limits: fold_client::app_limits::LimitSettings {
+                write_rate: Some(20),
+                write_burst: Some(10),
+                ..Default::default()
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(view["node_limits"]["write_rate"], 20, "{view}");
     let fc = d.connect(&flood).await;
     let vc = d.connect(&victim).await;
     fc.ok(&create_schema(
