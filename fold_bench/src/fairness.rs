@@ -1,37 +1,92 @@
-//! Part 6: fair sharing. A victim app's point reads alone, then beside a hostile app that
-//! runs every attack of issue 13 at once (expensive queries, 4 MiB frames of zeros, a
-//! write flood, writes past its quota); and the daemon's peak memory per 4 MiB hostile
-//! frame, the daemon running as a process of its own.
+//! Part 6: fair sharing (issue 13).
+//!
+//! 1. A victim app's sequential point reads, alone and then beside a hostile app that runs
+//!    every attack at once, each on connections of its own: expensive queries (refused
+//!    ones over the filter limits, and ones within them that scan a lot), mutations of
+//!    4 MiB frames of zeros, a write flood, and writes up to its storage quota. The daemon
+//!    runs in this process (embedded node, as in part 1); the victim and the hostile app
+//!    are clients on runtimes of their own, as separate processes would be.
+//! 2. The daemon's peak memory (VmHWM) per 4 MiB hostile frame, the daemon running as a
+//!    process of its own (part 5's [`DaemonProcess`]).
 
-use crate::lifecycle::fold_client_binary;
+use crate::memory::DaemonProcess;
 use crate::report::{Row, Verdict};
 use crate::rt::{daemon_config, install};
-use crate::stats::{num, ratio, Summary};
+use crate::stats::{num, ratio, thousands, Summary};
 use crate::Options;
 use anyhow::{bail, Context as _, Result};
+use fold_client::app_limits::NodeLimits;
 use fold_ipc::frame::DEFAULT_MAX_FRAME;
 use fold_ipc::mux::MuxConnection;
+use fold_ipc::operation::Mutation;
 use fold_ipc::signing::sign_request;
-use fold_ipc::{Credentials, Request, Response};
+use fold_ipc::{Credentials, ErrorCode, Operation, Request, Response};
 use serde_json::json;
-use std::collections::BTreeMap;
+use serde_json::value::RawValue;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::runtime::Runtime;
 
 const VICTIM_ROW: &str =
     "6. victim's p99 point read beside a hostile neighbour (every issue-13 attack at once)";
 const FRAME_ROW: &str = "6. daemon peak RSS growth per 4 MiB hostile frame (2 million zeros)";
 
+/// How long one call may take before it counts as a transport failure.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The size of each record the quota filler writes.
+const FILL_BYTES: usize = 256 * 1024;
+
+/// The counts of part 6.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    /// Victim point reads per sample (alone, and beside the neighbour).
+    reads: usize,
+    /// Victim reads before measuring (connection and caches warm).
+    warmup: usize,
+    /// Records the scanning queries run over.
+    scan_records: usize,
+    /// Every app's storage quota, bytes (the hostile app's seeded records take well under
+    /// half of it).
+    quota_bytes: u64,
+    /// 4 MiB frames sent for the memory row.
+    frames: usize,
+    /// How long the attack may run before the victim's sample, waiting for the quota to
+    /// refuse a write.
+    attack_warmup: Duration,
+}
+
 /// Runs part 6.
-pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
-    let reads = if o.smoke { 40 } else { 400 };
-    let victim = runtime
-        .block_on(victim_row(reads))
-        .unwrap_or_else(|e| Row::missing(VICTIM_ROW, format!("{e:#}")));
+pub fn run(runtime: &Runtime, o: &Options) -> Vec<Row> {
+    let sizes = if o.smoke {
+        Sizes {
+            reads: 50,
+            warmup: 10,
+            scan_records: 100,
+            quota_bytes: 1 << 20,
+            frames: 2,
+            attack_warmup: Duration::from_millis(500),
+        }
+    } else {
+        Sizes {
+            reads: 2000,
+            warmup: 200,
+            scan_records: 3000,
+            quota_bytes: 8 << 20,
+            frames: 8,
+            attack_warmup: Duration::from_secs(10),
+        }
+    };
+    eprintln!(
+        "fold_bench: fair: {} victim reads, {} scanned records, {} frames",
+        sizes.reads, sizes.scan_records, sizes.frames
+    );
+    let victim =
+        victim_row(runtime, &sizes).unwrap_or_else(|e| Row::missing(VICTIM_ROW, format!("{e:#}")));
     let frames =
-        frame_row(runtime, o).unwrap_or_else(|e| Row::missing(FRAME_ROW, format!("{e:#}")));
+        frame_row(runtime, o, &sizes).unwrap_or_else(|e| Row::missing(FRAME_ROW, format!("{e:#}")));
     vec![victim, frames]
 }
 
@@ -40,21 +95,64 @@ static NEXT: AtomicU64 = AtomicU64::new(1);
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One app's connection to its socket.
+struct Conn {
+    mux: MuxConnection,
+    creds: Credentials,
+}
+
+impl Conn {
+    /// Connects to the app socket in `view` (an installed app's admin view). Must run on
+    /// the runtime that will drive the connection.
+    async fn open(view: &serde_json::Value, creds: &Credentials) -> Result<Conn> {
+        let socket = view["socket"]
+            .as_str()
+            .context("no socket in the app's view")?;
+        Conn::open_socket(socket, creds).await
+    }
+
+    /// Connects to `socket` as the app of `creds`.
+    async fn open_socket(socket: &str, creds: &Credentials) -> Result<Conn> {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .with_context(|| format!("cannot connect to {socket}"))?;
+        Ok(Conn {
+            mux: MuxConnection::new(stream, DEFAULT_MAX_FRAME),
+            creds: creds.clone(),
+        })
+    }
+
+    /// Sends `operation` with `params` (exact JSON text), signed.
+    async fn call(&self, operation: &str, params: &RawValue) -> Result<Response> {
+        let request = signed(&self.creds, operation, params)?;
+        Ok(self.mux.call(&request, CALL_TIMEOUT).await?)
+    }
+
+    /// As [`Conn::call`], with `params` as a JSON value; an error answer is an error.
+    async fn must(&self, operation: &str, params: &serde_json::Value) -> Result<Response> {
+        let r = self
+            .call(operation, &serde_json::value::to_raw_value(params)?)
+            .await?;
+        if !r.success {
+            bail!("{operation}: {:?}", r.error);
+        }
+        Ok(r)
+    }
 }
 
 /// A signed request for `operation` with `params` as the exact params text.
-fn signed(creds: &Credentials, operation: &str, params: &str) -> Result<Request> {
+fn signed(creds: &Credentials, operation: &str, params: &RawValue) -> Result<Request> {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let mut r = Request::unsigned(
         format!("f{n}"),
         Some(creds.app_id.clone()),
-        &fold_ipc::Operation::Ping,
+        &Operation::Ping,
     );
     r.operation = operation.to_string();
-    r.params = Some(serde_json::value::RawValue::from_string(
-        params.to_string(),
-    )?);
+    r.params = Some(params.to_owned());
     r.token = Some(creds.token.clone());
     r.timestamp = Some(now_ms());
     r.nonce = Some(format!("{n:016x}{:016x}", rand::random::<u64>()));
@@ -62,282 +160,558 @@ fn signed(creds: &Credentials, operation: &str, params: &str) -> Result<Request>
     Ok(r)
 }
 
-async fn connect(
-    view: &serde_json::Value,
-    creds: &Credentials,
-) -> Result<Arc<(MuxConnection, Credentials)>> {
-    let socket = view["socket"].as_str().context("no socket")?;
-    let stream = tokio::net::UnixStream::connect(socket).await?;
-    Ok(Arc::new((
-        MuxConnection::new(stream, DEFAULT_MAX_FRAME),
-        creds.clone(),
-    )))
-}
-
-async fn call(
-    conn: &(MuxConnection, Credentials),
-    operation: &str,
-    params: &str,
-) -> Result<Response> {
-    let request = signed(&conn.1, operation, params)?;
-    Ok(conn.0.call(&request, Duration::from_secs(30)).await?)
-}
-
-async fn must(
-    conn: &(MuxConnection, Credentials),
-    operation: &str,
-    params: &str,
-) -> Result<Response> {
-    let r = call(conn, operation, params).await?;
-    if !r.success {
-        bail!("{operation}: {:?}", r.error);
+/// The code of an answer: `ok`, the error's code, or `transport`.
+fn code_of(r: &Result<Response>) -> String {
+    match r {
+        Ok(r) if r.success => "ok".into(),
+        Ok(r) => r
+            .error
+            .as_ref()
+            .map_or("error", |e| e.code.as_str())
+            .to_string(),
+        Err(_) => "transport".into(),
     }
-    Ok(r)
 }
 
-/// The params of a mutation of `schema` holding about 2 million zeros: a frame just under
-/// the 4 MiB cap.
-fn zeros_params(schema: &str) -> String {
-    let n = DEFAULT_MAX_FRAME / 2 - 4096;
-    format!(
-        r#"{{"schema":"{schema}","action":"create","data":{{"blob":[{}0]}}}}"#,
+/// The params of a mutation of `schema` holding about 2 million zeros, so that its signed
+/// frame is just under the 4 MiB cap (for `creds`' app). The envelope's size is taken from
+/// a small request (64 bytes spare for longer request ids), so the big one is never signed
+/// here.
+fn zeros_params(creds: &Credentials, schema: &str) -> Result<Box<RawValue>> {
+    let (head, tail) = (
+        format!(r#"{{"schema":"{schema}","action":"create","data":{{"blob":["#),
+        "0]}}",
+    );
+    let small = RawValue::from_string(format!("{head}{tail}"))?;
+    let envelope = signed(creds, "mutation", &small)?.encode().len();
+    let n = (DEFAULT_MAX_FRAME - envelope - 64) / 2;
+    Ok(RawValue::from_string(format!(
+        "{head}{}{tail}",
         "0,".repeat(n)
-    )
+    ))?)
 }
 
-/// An `or` of `n` `contains` with needles of `len` bytes over the hostile app's bodies.
-fn expensive_params(n: usize, len: usize) -> String {
+/// A query of `schema` whose filter is an `or` of `n` `contains` with needles of `len`
+/// bytes that match nothing, over `field`.
+fn contains_query(
+    schema: &str,
+    field: &str,
+    n: usize,
+    len: usize,
+    limit: u32,
+) -> Result<Box<RawValue>> {
     let needle = format!("{}b", "a".repeat(len - 1));
     let filters: Vec<_> = (0..n)
-        .map(|_| json!({"op": "contains", "field": "body", "value": needle}))
+        .map(|_| json!({"op": "contains", "field": field, "value": needle}))
         .collect();
-    json!({"schema": "doc", "filter": {"op": "or", "filters": filters}, "limit": 1000}).to_string()
+    Ok(serde_json::value::to_raw_value(&json!({
+        "schema": schema,
+        "filter": {"op": "or", "filters": filters},
+        "limit": limit,
+    }))?)
 }
 
-async fn victim_row(reads: usize) -> Result<Row> {
+/// The hostile app's attacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Attack {
+    /// `or` of 200 `contains` with 2,000-byte needles over 64 KiB bodies (over the limits).
+    Refused,
+    /// `or` of 16 `contains` with 1,000-byte needles, `limit` 1000 (within the limits).
+    Contains,
+    /// Unindexed `ne` over every record, `limit` 1000.
+    Ne,
+    /// A mutation whose params are about 2 million zeros (a 4 MiB frame).
+    Zeros,
+    /// Small creates, as fast as they are answered.
+    Flood,
+    /// 256 KiB creates until the quota refuses (then one delete, and again).
+    Fill,
+}
+
+impl Attack {
+    fn label(self) -> &'static str {
+        match self {
+            Attack::Refused => "200×2000 B contains",
+            Attack::Contains => "16×1000 B contains",
+            Attack::Ne => "ne scan",
+            Attack::Zeros => "4 MiB zeros",
+            Attack::Flood => "write flood",
+            Attack::Fill => "quota fill",
+        }
+    }
+}
+
+/// The attacks' tasks: each runs on a connection of its own.
+const ATTACKERS: &[Attack] = &[
+    Attack::Refused,
+    Attack::Refused,
+    Attack::Contains,
+    Attack::Contains,
+    Attack::Ne,
+    Attack::Ne,
+    Attack::Zeros,
+    Attack::Flood,
+    Attack::Flood,
+    Attack::Flood,
+    Attack::Flood,
+    Attack::Fill,
+];
+
+/// What the attackers share.
+#[derive(Default)]
+struct Tally {
+    /// Answers by attack and code.
+    codes: Mutex<BTreeMap<(Attack, String), u64>>,
+    /// Set when the quota first refused a write.
+    quota_hit: AtomicBool,
+    /// Set to stop the attack.
+    stop: AtomicBool,
+}
+
+impl Tally {
+    fn count(&self, attack: Attack, code: String) {
+        *self
+            .codes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((attack, code))
+            .or_default() += 1;
+    }
+
+    /// `attack: code n, code n; ...`.
+    fn note(&self) -> String {
+        let codes = self.codes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by_attack: BTreeMap<Attack, Vec<String>> = BTreeMap::new();
+        for ((attack, code), n) in codes.iter() {
+            by_attack.entry(*attack).or_default().push(format!(
+                "{code} {}",
+                thousands(i64::try_from(*n).unwrap_or(i64::MAX))
+            ));
+        }
+        by_attack
+            .iter()
+            .map(|(a, c)| format!("{}: {}", a.label(), c.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// The prepared params of every attack.
+struct Payloads {
+    refused: Box<RawValue>,
+    contains: Box<RawValue>,
+    ne: Box<RawValue>,
+    zeros: Box<RawValue>,
+    fill_body: String,
+}
+
+/// One attacker: `attack` on a fresh connection until told to stop.
+async fn attacker(
+    attack: Attack,
+    index: usize,
+    view: Arc<serde_json::Value>,
+    creds: Arc<Credentials>,
+    payloads: Arc<Payloads>,
+    tally: Arc<Tally>,
+) -> Result<()> {
+    let conn = Conn::open(&view, &creds).await?;
+    let mut mine: VecDeque<String> = VecDeque::new();
+    let mut i = 0u64;
+    while !tally.stop.load(Ordering::Relaxed) {
+        i += 1;
+        let r = match attack {
+            Attack::Refused => conn.call("query", &payloads.refused).await,
+            Attack::Contains => conn.call("query", &payloads.contains).await,
+            Attack::Ne => conn.call("query", &payloads.ne).await,
+            Attack::Zeros => conn.call("mutation", &payloads.zeros).await,
+            Attack::Flood => {
+                let p = json!({"schema": "note", "action": "create",
+                    "data": {"text": format!("flood {index} {i} {}", "x".repeat(200))}});
+                conn.call("mutation", &serde_json::value::to_raw_value(&p)?)
+                    .await
+            }
+            Attack::Fill => {
+                let p = json!({"schema": "fill", "action": "create",
+                    "data": {"body": payloads.fill_body}});
+                conn.call("mutation", &serde_json::value::to_raw_value(&p)?)
+                    .await
+            }
+        };
+        if attack == Attack::Fill {
+            match &r {
+                Ok(ok) if ok.success => {
+                    let id = ok
+                        .result
+                        .as_ref()
+                        .and_then(|v| serde_json::from_str::<serde_json::Value>(v.get()).ok())
+                        .and_then(|v| v["id"].as_str().map(str::to_string));
+                    mine.extend(id);
+                }
+                Ok(refused)
+                    if refused
+                        .error
+                        .as_ref()
+                        .is_some_and(|e| e.code == ErrorCode::QuotaExceeded) =>
+                {
+                    tally.quota_hit.store(true, Ordering::Relaxed);
+                    // Make a little room, and fill it again.
+                    if let Some(id) = mine.pop_front() {
+                        let p = json!({"schema": "fill", "action": "delete", "id": id});
+                        let d = conn
+                            .call("mutation", &serde_json::value::to_raw_value(&p)?)
+                            .await;
+                        tally.count(attack, format!("delete {}", code_of(&d)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        tally.count(attack, code_of(&r));
+    }
+    Ok(())
+}
+
+/// `n` sequential point reads of the victim's record; their latencies.
+async fn sample(conn: &Conn, point: &RawValue, n: usize) -> Result<Summary> {
+    let mut ns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let r = conn.call("query", point).await?;
+        let took = started.elapsed();
+        if !r.success {
+            bail!("the victim's read failed: {:?}", r.error);
+        }
+        ns.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
+    Ok(Summary::of_ns(&ns))
+}
+
+fn client_runtime(threads: usize, name: &str) -> Result<Runtime> {
+    let mut b = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    Ok(b.enable_all().thread_name(name).build()?)
+}
+
+fn victim_row(runtime: &Runtime, sizes: &Sizes) -> Result<Row> {
     let dir = tempfile::Builder::new().prefix("fbf").tempdir_in("/tmp")?;
     let config = daemon_config(
         &dir.path().join("state"),
-        "[app_limits]\nmax_bytes = 4194304\n",
+        &format!("[app_limits]\nmax_bytes = {}\n", sizes.quota_bytes),
     )?;
-    let shared = fold_client::daemon::start(config.clone()).await?;
-    let admin = &config.admin_socket;
-    let bin = Path::new("/bin/true");
-    let (hv, hc) = install(admin, "hostile", bin, &["*:doc", "*:blob", "*:note"], None).await?;
-    let (vv, vc) = install(admin, "victim", bin, &["*:mine"], None).await?;
-    let hostile = connect(&hv, &hc).await?;
-    let victim = connect(&vv, &vc).await?;
-    for (schema, field, ty) in [
-        ("doc", "body", "string"),
-        ("blob", "blob", "json"),
-        ("note", "text", "string"),
-    ] {
-        let def = json!({"name": schema, "fields": {field: {"type": ty}}}).to_string();
-        must(&hostile, "create_schema", &def).await?;
-    }
-    let body = "a".repeat(64 * 1024);
-    for _ in 0..8 {
-        let p = json!({"schema": "doc", "action": "create", "data": {"body": body}}).to_string();
-        must(&hostile, "mutation", &p).await?;
-    }
-    must(
-        &victim,
-        "create_schema",
-        &json!({"name": "mine", "fields": {"n": {"type": "int"}}}).to_string(),
-    )
-    .await?;
-    let created = must(
-        &victim,
-        "mutation",
-        &json!({"schema": "mine", "action": "create", "data": {"n": 1}}).to_string(),
-    )
-    .await?;
-    let id: serde_json::Value =
-        serde_json::from_str(created.result.as_ref().context("no result")?.get())?;
-    let point = json!({"schema": "mine", "filter": {"op": "eq", "field": "id", "value": id["id"]}})
-        .to_string();
+    let shared = runtime.block_on(fold_client::daemon::start(config.clone()))?;
+    let result = (|| {
+        let admin = &config.admin_socket;
+        let bin = Path::new("/bin/true");
+        let grants = ["*:doc", "*:scan", "*:blob", "*:note", "*:fill"];
+        let (hv, hc) = runtime.block_on(install(admin, "hostile", bin, &grants, None))?;
+        let (vv, vc) = runtime.block_on(install(admin, "victim", bin, &["*:mine"], None))?;
 
-    let sample = |n: usize| {
-        let victim = Arc::clone(&victim);
-        let point = point.clone();
-        async move {
-            let mut ns = Vec::with_capacity(n);
-            for _ in 0..n {
-                let started = Instant::now();
-                must(&victim, "query", &point).await?;
-                ns.push(started.elapsed().as_nanos() as u64);
-            }
-            anyhow::Ok(Summary::of_ns(&ns))
-        }
-    };
-    let alone = sample(reads).await?;
+        // The victim: a client of its own, one thread.
+        let victim_rt = client_runtime(1, "victim")?;
+        let (victim, point) = victim_rt.block_on(async {
+            let conn = Conn::open(&vv, &vc).await?;
+            conn.must(
+                "create_schema",
+                &json!({"name": "mine", "fields": {"n": {"type": "int"}}}),
+            )
+            .await?;
+            let created = conn
+                .must(
+                    "mutation",
+                    &json!({"schema": "mine", "action": "create", "data": {"n": 1}}),
+                )
+                .await?;
+            let id: serde_json::Value =
+                serde_json::from_str(created.result.as_ref().context("no result")?.get())?;
+            let point = serde_json::value::to_raw_value(&json!({
+                "schema": "mine",
+                "filter": {"op": "eq", "field": "id", "value": id["id"]},
+            }))?;
+            anyhow::Ok((conn, point))
+        })?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let codes = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
-    let mut attackers = Vec::new();
-    for k in 0..6usize {
-        let hostile = Arc::clone(&hostile);
-        let stop = Arc::clone(&stop);
-        let codes = Arc::clone(&codes);
-        attackers.push(tokio::spawn(async move {
-            let mut i = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let (op, params) = match k {
-                    0 | 1 => ("query", expensive_params(200, 2000)),
-                    2 => ("query", expensive_params(16, 1000)),
-                    3 if i % 8 == 0 => ("mutation", zeros_params("blob")),
-                    _ => (
-                        "mutation",
-                        json!({"schema": "note", "action": "create", "data": {"text": "x".repeat(16 * 1024)}})
-                            .to_string(),
-                    ),
-                };
-                let code = match call(&hostile, op, &params).await {
-                    Ok(r) => r.error.map_or("ok".to_string(), |e| e.code.as_str().to_string()),
-                    Err(e) => format!("transport: {e}"),
-                };
-                *codes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(code).or_default() += 1;
+        // The hostile app's data: its schemas and 8 bodies of 64 KiB through the daemon,
+        // the records to scan straight into the node (as its own writes, counted against
+        // its quota) so the write rate does not slow the setup.
+        let hostile_rt = client_runtime(2, "hostile")?;
+        hostile_rt.block_on(async {
+            let conn = Conn::open(&hv, &hc).await?;
+            for (schema, fields) in [
+                ("doc", json!({"body": {"type": "string"}})),
+                (
+                    "scan",
+                    json!({"body": {"type": "string"}, "n": {"type": "int"}}),
+                ),
+                ("blob", json!({"blob": {"type": "json"}})),
+                ("note", json!({"text": {"type": "string"}})),
+                ("fill", json!({"body": {"type": "string"}})),
+            ] {
+                conn.must("create_schema", &json!({"name": schema, "fields": fields}))
+                    .await?;
             }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let beside = sample(reads).await?;
-    stop.store(true, Ordering::Relaxed);
-    for a in attackers {
-        let _ = a.await;
-    }
-    shared.shutdown.cancel();
-    let codes = codes
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let seen: Vec<String> = codes.iter().map(|(c, n)| format!("{c} {n}")).collect();
-    let r = beside.p99 / alone.p99;
-    Ok(Row::new(
-        VICTIM_ROW,
-        format!(
-            "p99 {} us beside the neighbour (its answers: {})",
-            num(beside.p99),
-            seen.join(", ")
-        ),
-        format!("p99 {} us alone", num(alone.p99)),
-        ratio(r),
-        "at most 2x",
-        Verdict::goal(r <= 2.0),
-    ))
-}
+            let body = "a".repeat(64 * 1024);
+            for _ in 0..8 {
+                conn.must(
+                    "mutation",
+                    &json!({"schema": "doc", "action": "create", "data": {"body": body}}),
+                )
+                .await?;
+            }
+            anyhow::Ok(())
+        })?;
+        runtime.block_on(async {
+            let limits = NodeLimits::default().for_request(CALL_TIMEOUT);
+            let filler = "a".repeat(1000);
+            for i in 0..sizes.scan_records {
+                let data = json!({"body": format!("{filler} {i:06}"), "n": i});
+                let op = Operation::Mutation(Mutation::Create {
+                    schema: "scan".into(),
+                    data: data.as_object().cloned().unwrap_or_default(),
+                });
+                shared
+                    .node
+                    .call(&hc.app_id, op, CALL_TIMEOUT, &limits)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("seeding the scanned records: {e}"))?;
+            }
+            anyhow::Ok(())
+        })?;
+        let payloads = Arc::new(Payloads {
+            refused: contains_query("doc", "body", 200, 2000, 1000)?,
+            contains: contains_query("scan", "body", 16, 1000, 1000)?,
+            ne: serde_json::value::to_raw_value(&json!({
+                "schema": "scan",
+                "filter": {"op": "ne", "field": "n", "value": -1},
+                "limit": 1000,
+            }))?,
+            zeros: zeros_params(&hc, "blob")?,
+            fill_body: "f".repeat(FILL_BYTES),
+        });
 
-/// The daemon as its own process, on a daemon-uid config (so this process may connect).
-struct Child {
-    child: std::process::Child,
-    admin: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
+        victim_rt.block_on(sample(&victim, &point, sizes.warmup))?;
+        let alone = victim_rt.block_on(sample(&victim, &point, sizes.reads))?;
 
-impl Child {
-    fn start(o: &Options) -> Result<Child> {
-        let dir = tempfile::Builder::new().prefix("fbr").tempdir_in("/tmp")?;
-        let state = dir.path().join("state");
-        let config = dir.path().join("fold_client.toml");
-        std::fs::write(&config, "uid_mode = \"daemon\"\n")?;
-        let mut cmd = match fold_client_binary(o) {
-            Some(bin) => {
-                let mut c = std::process::Command::new(bin);
-                c.arg("--state-dir")
-                    .arg(&state)
-                    .arg("--config")
-                    .arg(&config)
-                    .arg("serve");
-                c
-            }
-            None => {
-                let mut c = std::process::Command::new(std::env::current_exe()?);
-                c.arg("__daemon")
-                    .arg("--state-dir")
-                    .arg(&state)
-                    .arg("--config")
-                    .arg(&config);
-                c
-            }
-        };
-        let child = cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        let admin = state.join("admin.sock");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&admin).is_err() {
-            if Instant::now() > deadline {
-                bail!("the daemon did not come up");
-            }
+        let tally = Arc::new(Tally::default());
+        let (hv, hc) = (Arc::new(hv), Arc::new(hc));
+        let attackers: Vec<_> = ATTACKERS
+            .iter()
+            .enumerate()
+            .map(|(i, &attack)| {
+                hostile_rt.spawn(attacker(
+                    attack,
+                    i,
+                    Arc::clone(&hv),
+                    Arc::clone(&hc),
+                    Arc::clone(&payloads),
+                    Arc::clone(&tally),
+                ))
+            })
+            .collect();
+        // Let every attack get going, and the quota fill up.
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_millis(300));
+        while !tally.quota_hit.load(Ordering::Relaxed) && started.elapsed() < sizes.attack_warmup {
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Child {
-            child,
-            admin,
-            _dir: dir,
-        })
-    }
-
-    fn peak_kib(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmHWM")
-    }
+        let attack_started = tally.note();
+        let beside = victim_rt.block_on(sample(&victim, &point, sizes.reads));
+        tally.stop.store(true, Ordering::Relaxed);
+        let mut failed = Vec::new();
+        hostile_rt.block_on(async {
+            for a in attackers {
+                match tokio::time::timeout(Duration::from_secs(60), a).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => failed.push(format!("{e:#}")),
+                    Ok(Err(e)) => failed.push(e.to_string()),
+                    Err(_) => failed.push("an attacker did not stop".into()),
+                }
+            }
+        });
+        drop(hostile_rt);
+        let beside = beside?;
+        if let Some(e) = failed.first() {
+            bail!("{} attacker(s) failed: {e}", failed.len());
+        }
+        if attack_started.is_empty() {
+            bail!("the attack had not started when the victim's sample began");
+        }
+        let r = beside.p99 / alone.p99;
+        anyhow::Ok(Row::new(
+            format!(
+                "{VICTIM_ROW}: {} sequential reads each; {} hostile connections over {} scanned records",
+                sizes.reads,
+                ATTACKERS.len(),
+                thousands(i64::try_from(sizes.scan_records).unwrap_or(i64::MAX))
+            ),
+            format!(
+                "beside the neighbour: p99 {} µs, p50 {} µs (the neighbour's answers: {})",
+                num(beside.p99),
+                num(beside.p50),
+                tally.note()
+            ),
+            format!("alone: p99 {} µs, p50 {} µs", num(alone.p99), num(alone.p50)),
+            ratio(r),
+            "at most 2x",
+            Verdict::goal(r <= 2.0),
+        ))
+    })();
+    runtime.block_on(fold_client::daemon::stop(&shared));
+    result
 }
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
+/// VmHWM (peak resident set) of `pid`, KiB.
+fn peak_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmHWM in /proc/PID/status")
 }
 
-fn frame_row(runtime: &tokio::runtime::Runtime, o: &Options) -> Result<Row> {
-    let d = Child::start(o)?;
-    let frames = if o.smoke { 2 } else { 6 };
-    let (baseline, peak) = runtime.block_on(async {
-        let (view, creds) = install(
+/// `fold_bench __frames`: the hostile client of the memory row, run as the app's uid (the
+/// daemon takes an app's connections only from its uid). Reads one JSON line on stdin
+/// (`socket`, `credentials`, `frames`), connects, creates schema `blob`, prints `ready`,
+/// waits for a line on stdin, sends the frames (granted schema, then not, in turn) and
+/// prints the answers' codes as one JSON object.
+///
+/// # Errors
+///
+/// Bad input, or the daemon cannot be reached.
+pub fn send_frames_stdio() -> Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    let setup: serde_json::Value = serde_json::from_str(&line).context("the setup line")?;
+    let socket = setup["socket"].as_str().context("no socket")?.to_string();
+    let creds = Credentials::from_json(
+        setup["credentials"]
+            .as_str()
+            .context("no credentials")?
+            .as_bytes(),
+    )?;
+    let frames = setup["frames"].as_u64().context("no frames")?;
+    let rt = client_runtime(1, "frames")?;
+    let codes = rt.block_on(async {
+        let conn = Conn::open_socket(&socket, &creds).await?;
+        conn.must(
+            "create_schema",
+            &json!({"name": "blob", "fields": {"blob": {"type": "json"}}}),
+        )
+        .await?;
+        let granted = zeros_params(&creds, "blob")?;
+        let forbidden = zeros_params(&creds, "secret")?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready")?;
+        out.flush()?;
+        let mut go = String::new();
+        stdin.lock().read_line(&mut go)?;
+        let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+        for i in 0..frames {
+            let (params, which) = if i % 2 == 0 {
+                (&granted, "granted")
+            } else {
+                (&forbidden, "ungranted")
+            };
+            let r = conn.call("mutation", params).await;
+            *codes.entry(format!("{which} {}", code_of(&r))).or_default() += 1;
+        }
+        anyhow::Ok(codes)
+    })?;
+    println!("{}", serde_json::to_string(&codes)?);
+    Ok(())
+}
+
+fn frame_row(runtime: &Runtime, o: &Options, sizes: &Sizes) -> Result<Row> {
+    let d = DaemonProcess::start(o, runtime)?;
+    let result = (|| {
+        use std::io::{BufRead as _, Write as _};
+        use std::os::unix::process::CommandExt as _;
+        let (view, creds) = runtime.block_on(install(
             &d.admin,
             "hostile",
             Path::new("/bin/true"),
             &["*:blob"],
             None,
-        )
-        .await?;
-        let conn = connect(&view, &creds).await?;
-        must(
-            &conn,
-            "create_schema",
-            &json!({"name": "blob", "fields": {"blob": {"type": "json"}}}).to_string(),
-        )
-        .await?;
-        let granted = zeros_params("blob");
-        let forbidden = zeros_params("secret");
-        let baseline = d.peak_kib()?;
-        for i in 0..frames {
-            let params = if i % 2 == 0 { &granted } else { &forbidden };
-            let r = call(&conn, "mutation", params).await?;
-            if r.success {
-                bail!("a frame of 2 million zeros was accepted");
-            }
+        ))?;
+        let id_of = |key: &str| {
+            view[key]
+                .as_u64()
+                .and_then(|u| u32::try_from(u).ok())
+                .with_context(|| format!("no {key} in the app's view"))
+        };
+        let (uid, gid) = (id_of("uid")?, id_of("gid")?);
+        let mut client = std::process::Command::new(std::env::current_exe()?);
+        client
+            .arg("__frames")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        if uid != nix::unistd::geteuid().as_raw() {
+            // Per-app uids (running as root): the client runs as the app's uid and gid,
+            // which must traverse the bench's
+            // temporary directory to reach the daemon's (traversable) state directory.
+            use std::os::unix::fs::PermissionsExt as _;
+            let dir = d
+                .admin
+                .parent()
+                .and_then(Path::parent)
+                .context("no directory above the state directory")?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+            client.gid(gid).uid(uid);
         }
-        anyhow::Ok((baseline, d.peak_kib()?))
-    })?;
+        let mut client = client.spawn().context("cannot start the hostile client")?;
+        let mut to = client.stdin.take().context("no stdin")?;
+        let mut from = std::io::BufReader::new(client.stdout.take().context("no stdout")?);
+        let setup = json!({
+            "socket": view["socket"],
+            "credentials": creds.to_json(),
+            "frames": sizes.frames,
+        });
+        writeln!(to, "{setup}")?;
+        to.flush()?;
+        let mut line = String::new();
+        from.read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let status = client.wait()?;
+            bail!("the hostile client did not get ready ({status})");
+        }
+        let baseline = peak_kib(d.child.id())?;
+        writeln!(to, "go")?;
+        to.flush()?;
+        line.clear();
+        from.read_line(&mut line)?;
+        let peak = peak_kib(d.child.id())?;
+        let status = client.wait()?;
+        if !status.success() {
+            bail!("the hostile client failed ({status})");
+        }
+        let codes: BTreeMap<String, u64> =
+            serde_json::from_str(&line).context("the hostile client's answer")?;
+        anyhow::Ok((baseline, peak, codes))
+    })();
+    let binary = d.binary.clone();
+    d.stop();
+    let (baseline, peak, codes) = result?;
     let frame_kib = (DEFAULT_MAX_FRAME / 1024) as f64;
     let growth = peak.saturating_sub(baseline) as f64 / frame_kib;
+    let answers: Vec<String> = codes.iter().map(|(c, n)| format!("{c} {n}")).collect();
     Ok(Row::new(
-        FRAME_ROW,
-        format!("peak {baseline} -> {peak} KiB after {frames} frames (granted and not)"),
+        format!("{FRAME_ROW}: daemon = {binary}"),
+        format!(
+            "VmHWM {} -> {} KiB after {} frames (answers: {})",
+            thousands(i64::try_from(baseline).unwrap_or(i64::MAX)),
+            thousands(i64::try_from(peak).unwrap_or(i64::MAX)),
+            sizes.frames,
+            answers.join(", ")
+        ),
         "one 4 MiB frame",
         ratio(growth),
         "at most 3x",

@@ -19,7 +19,7 @@
 //!
 //! Flags: `--smoke`, `--no-write`, `--out FILE`, `--no-docker`, `--only rt|launch|memory|fair`
 //! (repeatable). Internal: `__worker` (the load generator), `__daemon` (the daemon, when no
-//! `fold_client` binary is at hand).
+//! `fold_client` binary is at hand), `__frames` (part 6's hostile client, as its app's uid).
 
 mod alloc_count;
 mod fairness;
@@ -131,6 +131,7 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("__worker") => worker::serve_stdio(),
         Some("__daemon") => memory::serve_daemon(&args[1..]),
+        Some("__frames") => fairness::send_frames_stdio(),
         _ => Options::parse(&args).and_then(|o| bench(&o)),
     };
     if let Err(e) = result {

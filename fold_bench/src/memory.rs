@@ -54,15 +54,15 @@ pub fn serve_daemon(args: &[String]) -> Result<()> {
 }
 
 /// The daemon child and where it lives.
-struct DaemonProcess {
-    child: Child,
-    admin: PathBuf,
-    binary: String,
+pub(crate) struct DaemonProcess {
+    pub(crate) child: Child,
+    pub(crate) admin: PathBuf,
+    pub(crate) binary: String,
     _dir: tempfile::TempDir,
 }
 
 impl DaemonProcess {
-    fn start(o: &Options, runtime: &tokio::runtime::Runtime) -> Result<DaemonProcess> {
+    pub(crate) fn start(o: &Options, runtime: &tokio::runtime::Runtime) -> Result<DaemonProcess> {
         let dir = tempfile::Builder::new().prefix("fbm").tempdir_in("/tmp")?;
         let state = dir.path().join("state");
         let label = format!("fold-bench-mem-{}", std::process::id());
@@ -141,7 +141,7 @@ impl DaemonProcess {
         Ok(total / 5.0)
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(30);
