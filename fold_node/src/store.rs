@@ -15,7 +15,7 @@
 //! ```
 //!
 //! `usage` is what each writer's records take, kept by every write in the write's own
-//! transaction (see [`crate::usage`]): `bytes` is the sum of the JSON text lengths of the
+//! transaction (see `usage`): `bytes` is the sum of the JSON text lengths of the
 //! kept versions the writer wrote, `versions` their number, `records` the live records it
 //! created. Layout 1 had no `usage`; it is counted from the other tables when a layout-1
 //! database is opened (layout 2).
