@@ -102,8 +102,16 @@ impl NodeClient {
         limits: &RequestLimits,
     ) -> Result<Box<RawValue>, WireError> {
         match self {
+            // The node enforces a deadline that `limits` carries (and stops the work);
+            // only a call without one needs a timer here.
             NodeClient::Embedded(node) => {
                 let run = node.execute_limited(Some(writer), op, Some(limits));
+                let node_deadline = limits
+                    .timeout_ms
+                    .is_some_and(|ms| u128::from(ms) <= timeout.as_millis());
+                if node_deadline {
+                    return run.await;
+                }
                 match tokio::time::timeout(timeout, run).await {
                     Ok(result) => result,
                     Err(_) => Err(timeout_error(timeout)),

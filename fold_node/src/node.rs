@@ -424,7 +424,7 @@ fn deadline_passed(ms: u64) -> WireError {
         format!(
             "the request's deadline of {ms} ms passed and its work was stopped (a read is \
              interrupted, a write not yet started is dropped unapplied; one already started \
-             completes or rolls back whole)"
+             completes or rolls back whole, so a write may or may not have been applied)"
         ),
     )
 }
