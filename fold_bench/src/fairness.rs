@@ -5,7 +5,13 @@
 //!    ones over the filter limits, and ones within them that scan a lot), mutations of
 //!    4 MiB frames of zeros, a write flood, and writes up to its storage quota. The daemon
 //!    runs in this process (embedded node, as in part 1); the victim and the hostile app
-//!    are clients on runtimes of their own, as separate processes would be.
+//!    are clients on runtimes of their own, as separate processes would be. The hostile
+//!    client's threads are pinned to the last core and the victim's to the first: an
+//!    app's container may use one core (`nano_cpus`), and the row measures what the
+//!    neighbour does to the victim through FoldClient, not the kernel sharing one core
+//!    between the two clients' own code. The daemon's threads may run on every core.
+//!    `FOLD_BENCH_ATTACKS=ne,write` runs only the attacks whose labels start so (to see
+//!    each attack's part).
 //! 2. The daemon's peak memory (VmHWM) per 4 MiB hostile frame, the daemon running as a
 //!    process of its own (part 5's [`DaemonProcess`]).
 
@@ -386,7 +392,7 @@ async fn sample(conn: &Conn, point: &RawValue, n: usize) -> Result<Summary> {
     Ok(Summary::of_ns(&ns))
 }
 
-fn client_runtime(threads: usize, name: &str) -> Result<Runtime> {
+fn client_runtime(threads: usize, name: &str, pin: Option<usize>) -> Result<Runtime> {
     let mut b = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -394,6 +400,9 @@ fn client_runtime(threads: usize, name: &str) -> Result<Runtime> {
         b.worker_threads(threads);
         b
     };
+    if let Some(cpu) = pin {
+        b.on_thread_start(move || pin_current_thread(cpu));
+    }
     Ok(b.enable_all().thread_name(name).build()?)
 }
 
@@ -412,7 +421,7 @@ fn victim_row(runtime: &Runtime, sizes: &Sizes) -> Result<Row> {
         let (vv, vc) = runtime.block_on(install(admin, "victim", bin, &["*:mine"], None))?;
 
         // The victim: a client of its own, one thread.
-        let victim_rt = client_runtime(1, "victim")?;
+        let victim_rt = client_runtime(1, "victim", None)?;
         let (victim, point) = victim_rt.block_on(async {
             let conn = Conn::open(&vv, &vc).await?;
             conn.must(
@@ -438,7 +447,7 @@ fn victim_row(runtime: &Runtime, sizes: &Sizes) -> Result<Row> {
         // The hostile app's data: its schemas and 8 bodies of 64 KiB through the daemon,
         // the records to scan straight into the node (as its own writes, counted against
         // its quota) so the write rate does not slow the setup.
-        let hostile_rt = client_runtime(2, "hostile")?;
+        let hostile_rt = client_runtime(2, "hostile", Some(last_cpu()))?;
         hostile_rt.block_on(async {
             let conn = Conn::open(&hv, &hc).await?;
             for (schema, fields) in [
@@ -493,14 +502,23 @@ fn victim_row(runtime: &Runtime, sizes: &Sizes) -> Result<Row> {
             fill_body: "f".repeat(FILL_BYTES),
         });
 
-        victim_rt.block_on(sample(&victim, &point, sizes.warmup))?;
-        let alone = victim_rt.block_on(sample(&victim, &point, sizes.reads))?;
+        let victim_sample = |n| on_cpu(0, || victim_rt.block_on(sample(&victim, &point, n)));
+        victim_sample(sizes.warmup)?;
+        let alone = victim_sample(sizes.reads)?;
 
         let tally = Arc::new(Tally::default());
         let (hv, hc) = (Arc::new(hv), Arc::new(hc));
+        let only = std::env::var("FOLD_BENCH_ATTACKS").unwrap_or_default();
+        // An empty name matches nothing, so `a,` is `a`.
         let attackers: Vec<_> = ATTACKERS
             .iter()
             .enumerate()
+            .filter(|(_, a)| {
+                only.is_empty()
+                    || only
+                        .split(',')
+                        .any(|o| !o.is_empty() && a.label().starts_with(o))
+            })
             .map(|(i, &attack)| {
                 hostile_rt.spawn(attacker(
                     attack,
@@ -512,6 +530,7 @@ fn victim_row(runtime: &Runtime, sizes: &Sizes) -> Result<Row> {
                 ))
             })
             .collect();
+        let attackers_started = attackers.len();
         // Let every attack get going, and the quota fill up.
         let started = Instant::now();
         std::thread::sleep(Duration::from_millis(300));
@@ -519,7 +538,7 @@ fn victim_row(runtime: &Runtime, sizes: &Sizes) -> Result<Row> {
             std::thread::sleep(Duration::from_millis(20));
         }
         let attack_started = tally.note();
-        let beside = victim_rt.block_on(sample(&victim, &point, sizes.reads));
+        let beside = victim_sample(sizes.reads);
         tally.stop.store(true, Ordering::Relaxed);
         let mut failed = Vec::new();
         hostile_rt.block_on(async {
@@ -543,10 +562,11 @@ fn victim_row(runtime: &Runtime, sizes: &Sizes) -> Result<Row> {
         let r = beside.p99 / alone.p99;
         anyhow::Ok(Row::new(
             format!(
-                "{VICTIM_ROW}: {} sequential reads each; {} hostile connections over {} scanned records",
+                "{VICTIM_ROW}: {} sequential reads each; {} hostile connections over {} scanned records; hostile client on core {}, victim client on core 0",
                 sizes.reads,
-                ATTACKERS.len(),
-                thousands(i64::try_from(sizes.scan_records).unwrap_or(i64::MAX))
+                attackers_started,
+                thousands(i64::try_from(sizes.scan_records).unwrap_or(i64::MAX)),
+                last_cpu()
             ),
             format!(
                 "beside the neighbour: p99 {} µs, p50 {} µs (the neighbour's answers: {})",
@@ -598,7 +618,7 @@ pub fn send_frames_stdio() -> Result<()> {
             .as_bytes(),
     )?;
     let frames = setup["frames"].as_u64().context("no frames")?;
-    let rt = client_runtime(1, "frames")?;
+    let rt = client_runtime(1, "frames", None)?;
     let codes = rt.block_on(async {
         let conn = Conn::open_socket(&socket, &creds).await?;
         conn.must(
@@ -717,4 +737,29 @@ fn frame_row(runtime: &Runtime, o: &Options, sizes: &Sizes) -> Result<Row> {
         "at most 3x",
         Verdict::goal(growth <= 3.0),
     ))
+}
+
+/// The machine's last CPU: the hostile client's one core.
+fn last_cpu() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get() - 1)
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_current_thread(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+/// Runs `f` on a thread of its own pinned to `cpu`.
+fn on_cpu<T: Send>(cpu: usize, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pin_current_thread(cpu);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }

@@ -28,6 +28,7 @@ pub mod client;
 pub mod credentials;
 pub mod error;
 pub mod frame;
+pub mod heavy;
 pub mod limits;
 pub mod message;
 pub mod mux;

@@ -351,7 +351,7 @@ where
             Err(FrameError::Io(e)) => break ConnectionEnd::Io(e.to_string()),
         };
         let read_done = stats.as_ref().map(|_| Instant::now());
-        let request = match Request::decode(&body) {
+        let request = match crate::heavy::run(body.len(), || Request::decode(&body)) {
             Ok(request) => request,
             Err(err) => {
                 let answer = Outgoing::untimed(Response::from(err).encode());
@@ -386,7 +386,8 @@ where
             let started = lap(|s| &s.dispatch_ns, decoded);
             let response = handler.handle(request).await;
             let handled = lap(|s| &s.handle_ns, started);
-            let body = encode_capped(&response, max_frame);
+            let size = response.result.as_ref().map_or(0, |r| r.get().len());
+            let body = crate::heavy::run(size, || encode_capped(&response, max_frame));
             let queued = lap(|s| &s.encode_ns, handled);
             answering.fetch_sub(1, Ordering::Relaxed);
             let out = Outgoing {

@@ -59,6 +59,9 @@ impl fmt::Debug for FairSlots {
 struct State {
     total: usize,
     free: usize,
+    /// Slots lent beyond `total` to tenants under their share while others held more
+    /// than theirs; paid back by the next slots those give back (see [`FairSlots::acquire`]).
+    borrowed: usize,
     tenants: HashMap<Arc<str>, Tenant>,
     /// Tenants with waiters, in round-robin order; each appears once.
     turn: VecDeque<Arc<str>>,
@@ -101,6 +104,7 @@ impl FairSlots {
             state: Mutex::new(State {
                 total: total.max(1),
                 free: total.max(1),
+                borrowed: 0,
                 tenants: HashMap::new(),
                 turn: VecDeque::new(),
                 next_id: 0,
@@ -136,6 +140,22 @@ impl FairSlots {
                     held: true,
                 };
             }
+            // Every slot is taken, and some by tenants over their share: rather than wait
+            // for those reads to reach their next progress check (which, on a busy
+            // machine, waits for their threads to be scheduled), a tenant under its share
+            // borrows a slot at once, and the over-share reads pay it back when they yield.
+            if s.tenants[&*key].held < share && s.excess() > s.borrowed {
+                let t = s.tenants.get_mut(&*key).expect("tenant just added");
+                t.share = share;
+                t.held += 1;
+                s.borrowed += 1;
+                self.contended.store(true, Ordering::Relaxed);
+                return Slot {
+                    slots: Arc::clone(self),
+                    key,
+                    held: true,
+                };
+            }
             let (tx, rx) = oneshot::channel();
             let id = s.enqueue(&key, share, Wake::Task(tx), false);
             self.contended.store(true, Ordering::Relaxed);
@@ -163,9 +183,8 @@ impl FairSlots {
         if let Some(t) = s.tenants.get_mut(key) {
             t.held -= 1;
         }
-        s.free += 1;
-        s.dispatch();
-        self.contended.store(!s.turn.is_empty(), Ordering::Relaxed);
+        s.give_back();
+        self.contended.store(s.contended(), Ordering::Relaxed);
     }
 
     /// A waiter gives up: it leaves its queue, or, if a slot was handed to it meanwhile,
@@ -182,10 +201,9 @@ impl FairSlots {
             }
         } else {
             t.held -= 1;
-            s.free += 1;
-            s.dispatch();
+            s.give_back();
         }
-        self.contended.store(!s.turn.is_empty(), Ordering::Relaxed);
+        self.contended.store(s.contended(), Ordering::Relaxed);
     }
 
     /// Slots free now, and slots held by `tenant` (for tests).
@@ -197,6 +215,29 @@ impl FairSlots {
 }
 
 impl State {
+    /// A slot comes back: it pays a borrowed one back first, else it is free and handed on.
+    fn give_back(&mut self) {
+        if self.borrowed > 0 {
+            self.borrowed -= 1;
+        } else {
+            self.free += 1;
+            self.dispatch();
+        }
+    }
+
+    /// Whether a read over its share should look whether to yield.
+    fn contended(&self) -> bool {
+        !self.turn.is_empty() || self.borrowed > 0
+    }
+
+    /// Slots held beyond their tenants' shares.
+    fn excess(&self) -> usize {
+        self.tenants
+            .values()
+            .map(|t| t.held.saturating_sub(t.share))
+            .sum()
+    }
+
     /// The key of `name`'s entry, added if missing.
     fn tenant(&mut self, name: &str) -> Arc<str> {
         if let Some((key, _)) = self.tenants.get_key_value(name) {
@@ -263,16 +304,17 @@ impl State {
     }
 
     /// Whether a read of `key` should hand its slot over: it holds more than its share
-    /// while another tenant, under its own share, waits.
+    /// while a slot is owed (borrowed) or another tenant, under its own share, waits.
     fn should_yield(&self, key: &str) -> bool {
         let Some(t) = self.tenants.get(key) else {
             return false;
         };
         t.held > t.share
-            && self
-                .turn
-                .iter()
-                .any(|k| &**k != key && self.tenants.get(k).is_some_and(|o| o.held < o.share))
+            && (self.borrowed > 0
+                || self
+                    .turn
+                    .iter()
+                    .any(|k| &**k != key && self.tenants.get(k).is_some_and(|o| o.held < o.share)))
     }
 }
 
@@ -336,15 +378,12 @@ impl Slot {
             if let Some(t) = s.tenants.get_mut(&*self.key) {
                 t.held -= 1;
             }
-            s.free += 1;
             self.held = false;
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             // At the front of its tenant's queue: it is older than the tenant's waiters.
             let id = s.enqueue(&self.key, share, Wake::Thread(tx), true);
-            s.dispatch();
-            self.slots
-                .contended
-                .store(!s.turn.is_empty(), Ordering::Relaxed);
+            s.give_back();
+            self.slots.contended.store(s.contended(), Ordering::Relaxed);
             (id, rx)
         };
         loop {
@@ -505,42 +544,66 @@ mod tests {
 
     #[test]
     fn a_tenant_at_its_share_gets_no_new_slot_while_another_waits() {
-        let slots = FairSlots::new(4);
-        // The hostile tenant (share 2) was alone and took every slot.
-        let mut hostile: Vec<Slot> = (0..4).map(|_| now(&slots, "h", 2)).collect();
+        let slots = FairSlots::new(2);
+        // h and v each hold their share (1); v waits for more, so does h.
+        let h = now(&slots, "h", 1);
+        let v = now(&slots, "v", 1);
         let mut waiters: Vec<(&str, Option<Pending<'_>>)> = vec![
-            ("h5", Some(wait(&slots, "h", 2))),
-            ("h6", Some(wait(&slots, "h", 2))),
-            ("v1", Some(wait(&slots, "v", 2))),
-            ("v2", Some(wait(&slots, "v", 2))),
+            ("h2", Some(wait(&slots, "h", 1))),
+            ("h3", Some(wait(&slots, "h", 1))),
+            ("v2", Some(wait(&slots, "v", 1))),
         ];
-        // h still holds 3 >= 2: the freed slot goes to v although h queued first.
-        hostile.pop();
+        // h's slot comes back: h (0 held) is under its share, v (1) is not.
+        drop(h);
         let got = granted(&mut waiters);
-        assert_eq!(got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(), ["v1"]);
-        // h holds 2 >= 2: v again.
-        hostile.pop();
+        assert_eq!(got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(), ["h2"]);
+        // v's comes back: both at their share now, round robin gives it to v.
+        drop(v);
         let got2 = granted(&mut waiters);
         assert_eq!(
             got2.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(),
             ["v2"]
         );
-        // Nobody else waits: h may go past its share again.
-        drop(got);
-        let got3 = granted(&mut waiters);
-        assert_eq!(
-            got3.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(),
-            ["h5"]
-        );
-        drop(got2);
-        let got4 = granted(&mut waiters);
-        assert_eq!(
-            got4.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(),
-            ["h6"]
-        );
-        drop((hostile, got3, got4));
+        drop((got, got2));
+        assert!(granted(&mut waiters).iter().any(|g| g.0 == "h3"));
+        assert_eq!(slots.counts("h"), (2, 0));
+    }
+
+    #[test]
+    fn a_tenant_under_its_share_borrows_a_slot_from_one_over_its_share() {
+        let slots = FairSlots::new(4);
+        // The hostile tenant (share 2) was alone and took every slot.
+        let mut hostile: Vec<Slot> = (0..4).map(|_| now(&slots, "h", 2)).collect();
+        // The victim does not wait for h's reads to notice: it borrows at once, up to h's
+        // excess (2) and its own share (2).
+        let v1 = now(&slots, "v", 2);
+        let v2 = now(&slots, "v", 2);
+        let mut v3 = wait(&slots, "v", 2);
+        let mut h5 = wait(&slots, "h", 2);
+        assert_eq!(slots.lock().borrowed, 2);
+        // h's first two slots back pay the loans; nothing is handed on.
+        hostile.pop();
+        hostile.pop();
+        assert_eq!(slots.lock().borrowed, 0);
+        assert!(poll(&mut v3).is_none() && poll(&mut h5).is_none());
+        assert_eq!(slots.counts("h"), (0, 2));
+        // The next is free, and h (1 held) is under its share: it goes to h.
+        hostile.pop();
+        let h5 = poll(&mut h5).expect("h under its share");
+        assert!(poll(&mut v3).is_none());
+        drop(v1);
+        let v3 = poll(&mut v3).expect("v's own slot back");
+        drop((v2, v3, h5, hostile));
         assert_eq!(slots.counts("h"), (4, 0));
-        assert_eq!(slots.counts("v"), (4, 0));
+    }
+
+    #[test]
+    fn nobody_borrows_while_no_tenant_is_over_its_share() {
+        let slots = FairSlots::new(2);
+        let _h = now(&slots, "h", 1);
+        let _v = now(&slots, "v", 1);
+        let _w = wait(&slots, "w", 1);
+        assert_eq!(slots.lock().borrowed, 0);
     }
 
     #[test]
@@ -587,19 +650,18 @@ mod tests {
         let first = Running::new(now(&slots, "h", 1));
         let second = Running::new(now(&slots, "h", 1));
         assert!(!first.interrupt(), "alone: keeps running");
-        let mut victim = wait(&slots, "v", 1);
-        // The progress check of one of h's reads parks it and hands its slot to v.
+        // The victim borrows a slot at once; the progress check of one of h's reads
+        // parks it and pays the loan back with its slot.
+        let v = now(&slots, "v", 1);
         let parked = std::thread::spawn({
             let first = Arc::clone(&first);
             move || first.interrupt()
         });
-        let v = loop {
-            if let Some(v) = poll(&mut victim) {
-                break v;
-            }
+        while slots.counts("h").1 != 1 {
             std::thread::sleep(Duration::from_millis(1));
-        };
+        }
         assert_eq!(slots.counts("h"), (0, 1));
+        assert_eq!(slots.lock().borrowed, 0);
         // h holds its share (1): its other read keeps its slot.
         assert!(!second.interrupt());
         drop(v);
@@ -623,18 +685,15 @@ mod tests {
         let slots = FairSlots::new(2);
         let a = Running::new(now(&slots, "h", 1));
         let b = now(&slots, "h", 1);
-        let mut v1 = wait(&slots, "v", 1);
+        let v1 = now(&slots, "v", 1);
         let mut v2 = wait(&slots, "v", 1);
         let parked = std::thread::spawn({
             let a = Arc::clone(&a);
             move || a.interrupt()
         });
-        let v1 = loop {
-            if let Some(s) = poll(&mut v1) {
-                break s;
-            }
+        while slots.counts("h").1 != 1 {
             std::thread::sleep(Duration::from_millis(1));
-        };
+        }
         a.abandon();
         assert!(
             parked.join().unwrap(),

@@ -9,6 +9,7 @@ use crate::history;
 use crate::query;
 use crate::store::{self, Durability};
 use crate::writer::{WriteOp, WriterHandle};
+use fold_ipc::heavy;
 use fold_ipc::limits::{Quota, RequestLimits, Share, Usage};
 use fold_ipc::operation::{check_record_id, Mutation, Pong, SchemaList};
 use fold_ipc::query::{Filter, Query, DEFAULT_LIMIT};
@@ -382,7 +383,11 @@ impl Node {
         let running = Running::new(slot);
         let _flag_on_drop = Abandon(Arc::clone(&running));
         tokio::task::spawn_blocking(move || {
-            let result = inner.with_reader(Stop::WhenAbandoned(Arc::clone(&running)), &work, &f);
+            // A read past the inline budget is bulk work: at the lowest CPU priority, so
+            // that the point reads of other apps preempt it (`fold_ipc::heavy`).
+            let result = heavy::at_low_priority(|| {
+                inner.with_reader(Stop::WhenAbandoned(Arc::clone(&running)), &work, &f)
+            });
             running.finish();
             result
         })

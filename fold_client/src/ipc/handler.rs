@@ -8,8 +8,10 @@ use crate::daemon::Shared;
 use crate::metrics::Stage;
 use crate::policy;
 use crate::verifier::Verifier;
+use fold_ipc::heavy::{self, HEAVY_BYTES};
 use fold_ipc::operation::SchemaList;
 use fold_ipc::server::{ByteBudget, Handler, ServerStats};
+use fold_ipc::signing;
 use fold_ipc::{ErrorCode, Operation, OperationKind, Request, Response, WireError};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -204,8 +206,21 @@ impl AppHandler {
                 reason: e.reason(),
             });
         }
-        let checked = match auth::check(request, app) {
+        // A large request is bulk work (`fold_ipc::heavy`): its canonical bytes, its
+        // signature and its params are worked on off the async worker, at low priority.
+        let params_len = request.params.as_ref().map_or(0, |p| p.get().len());
+        let checked = match heavy::run(params_len, || auth::check(request, app)) {
             Ok(auth::Check::Unsigned) => Ok(Authenticated::Unsigned),
+            // Verified alone: batching saves little next to hashing a large message, and
+            // it would hold up the batch's other requests.
+            Ok(auth::Check::Signature { message, signature }) if params_len >= HEAVY_BYTES => {
+                self.shared.metrics.verified(1);
+                heavy::run(params_len, || {
+                    signing::verify_bytes(&app.public_key, &message, &signature)
+                })
+                .map(|()| Authenticated::Signed)
+                .map_err(auth::AuthError::BadSignature)
+            }
             Ok(auth::Check::Signature { message, signature }) => self
                 .runtime
                 .verifier
@@ -300,9 +315,11 @@ impl AppHandler {
                 "not_granted",
             ));
         }
-        fold_ipc::params::check_value_count(params, fold_ipc::params::MAX_PARAM_VALUES)
-            .map_err(bad)?;
-        let op = request.operation().map_err(bad)?;
+        let op = heavy::run(params_len, || {
+            fold_ipc::params::check_value_count(params, fold_ipc::params::MAX_PARAM_VALUES)?;
+            request.operation()
+        })
+        .map_err(bad)?;
         if op.schema() != target.as_deref() {
             return Err(bad(WireError::bad_field(
                 "params",
