@@ -10,7 +10,7 @@
 //! [`Metrics::requests`]: fold_client::metrics::Metrics::requests
 
 use crate::report::{Row, Verdict};
-use crate::rt::{admin_call, install};
+use crate::rt::{admin_call, install, install_placed};
 use crate::stats::{num, ratio, Summary};
 use crate::Options;
 use anyhow::{bail, Context as _, Result};
@@ -421,9 +421,20 @@ pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
             eprintln!("fold_bench: launch: {launch_runs} runs each, alternating");
             let result = (|| {
                 let socket = &d.config.admin_socket;
-                for name in ["launched", "plain", "stopper"] {
+                for name in ["launched", "stopper"] {
                     runtime.block_on(install(socket, name, app, &["*:post"], Some(image)))?;
                 }
+                // The `docker run` baseline's container is not the daemon's, and the peer
+                // rule admits only the daemon's own container for a container app: its app
+                // is placed on the host, whose rule admits any process of the app's uid.
+                runtime.block_on(install_placed(
+                    socket,
+                    "plain",
+                    app,
+                    &["*:post"],
+                    Some(image),
+                    true,
+                ))?;
                 measure_launch(runtime, &d, cli_bin, image, launch_runs)
             })();
             match result {

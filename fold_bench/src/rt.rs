@@ -122,6 +122,22 @@ pub async fn install(
     grants: &[&str],
     image: Option<&str>,
 ) -> Result<(serde_json::Value, Credentials)> {
+    install_placed(socket, name, binary, grants, image, image.is_none()).await
+}
+
+/// [`install`], placed on the host (`direct`) or in a container whatever the image.
+///
+/// # Errors
+///
+/// The daemon refuses the install, or the credentials cannot be read.
+pub async fn install_placed(
+    socket: &Path,
+    name: &str,
+    binary: &Path,
+    grants: &[&str],
+    image: Option<&str>,
+    direct: bool,
+) -> Result<(serde_json::Value, Credentials)> {
     let view = admin_call(
         socket,
         AdminRequest::Install {
@@ -134,7 +150,7 @@ pub async fn install(
             memory: None,
             cpus: None,
             pids: None,
-            direct: image.is_none(),
+            direct,
             node_limits: Default::default(),
         },
     )
