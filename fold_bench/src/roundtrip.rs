@@ -1,9 +1,9 @@
-//! Parts 1 and 2: request round trips (daemon, floor, node) and where a proxied request's
-//! time goes.
+//! Parts 1 and 2: request round trips (daemon, the same daemon with batch verification
+//! off, floor, node) and where a proxied request's time goes.
 //!
 //! The servers run in this process; the load generator ([`crate::worker`]) runs in a child
 //! process, so every request crosses between processes as an app's does. Batches of the
-//! three targets alternate within each round (the order rotates from round to round), and
+//! targets alternate within each round (the order rotates from round to round), and
 //! the crypto bound is sampled between rounds, so all of them see the same machine.
 
 use crate::report::{Row, Verdict};
@@ -234,7 +234,7 @@ fn add_transport(into: &mut StatsSnapshot, d: &StatsSnapshot) {
 enum Variant {
     /// The daemon as configured by default (batch verification on).
     Proxied,
-    /// The same daemon with batch verification off.
+    /// The same daemon configured with batch verification off (a second daemon).
     Unbatched,
     /// The floor.
     Floor,
@@ -252,15 +252,11 @@ impl Variant {
 
     fn target(self) -> Target {
         match self {
-            Variant::Proxied | Variant::Unbatched => Target::Proxied,
+            Variant::Proxied => Target::Proxied,
+            Variant::Unbatched => Target::Unbatched,
             Variant::Floor => Target::Floor,
             Variant::Direct => Target::Direct,
         }
-    }
-
-    /// Sets the daemon up for this variant.
-    fn prepare(self) {
-        fold_client::verifier::set_batching(self != Variant::Unbatched);
     }
 }
 
@@ -298,7 +294,6 @@ fn measure(
         let mut order = Variant::ALL.to_vec();
         order.rotate_left(round % Variant::ALL.len());
         for &variant in &order {
-            variant.prepare();
             let before = Counters::read(servers);
             let times = link.seq(variant.target(), sizes.seq)?;
             let after = Counters::read(servers);
@@ -311,7 +306,6 @@ fn measure(
         }
         if concurrent {
             for &variant in &order {
-                variant.prepare();
                 let before = Counters::read(servers);
                 let (requests, ns) = link.conc(variant.target(), sizes)?;
                 let after = Counters::read(servers);
@@ -329,12 +323,12 @@ fn measure(
         }
         // Keep the daemon's audit writer from lagging into the next round.
         runtime.block_on(servers.shared.audit.flush());
+        runtime.block_on(servers.unbatched.audit.flush());
     }
     if placement == Placement::Process {
         // Allocations per request, counted apart from the timed batches.
         let n = sizes.seq.clamp(10, 200);
         for variant in [Variant::Proxied, Variant::Floor, Variant::Direct] {
-            variant.prepare();
             let (a0, b0) = crate::alloc_count::read();
             crate::alloc_count::enable(true);
             let run = link.seq(variant.target(), n);
@@ -347,7 +341,6 @@ fn measure(
             );
         }
     }
-    Variant::Proxied.prepare();
     link.quit();
     Ok(m)
 }

@@ -2,7 +2,7 @@
 //! stack, and the node's own socket, all in this process on one tokio runtime; and the
 //! crypto bound.
 
-use crate::worker::{AppKey, Setup};
+use crate::worker::{AppKey, DaemonSetup, Setup};
 use anyhow::{bail, Context as _, Result};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use fold_client::admin::{self, AdminRequest};
@@ -85,6 +85,8 @@ impl FloorHandler {
 pub struct Servers {
     /// The daemon.
     pub shared: Arc<Shared>,
+    /// The same daemon configured with batch verification off (`batch_signatures`).
+    pub unbatched: Arc<Shared>,
     /// The floor server's handler (for its counters).
     pub floor: Arc<FloorHandler>,
     /// What the worker needs to reach them.
@@ -164,37 +166,32 @@ pub async fn install_placed(
     Ok((view, creds))
 }
 
-/// Starts the daemon with `apps` apps, seeds `records` records, and starts the floor
-/// server and the node's own socket.
+/// Starts the daemon (and a second one with batch verification off) with `apps` apps
+/// each, seeds `records` records in each, and starts the floor server and the first
+/// daemon's node's own socket.
 ///
 /// # Errors
 ///
 /// Any part fails to start.
 pub async fn start(apps: usize, records: usize) -> Result<Servers> {
     let dir = tempfile::Builder::new().prefix("fb").tempdir_in("/tmp")?;
-    let config = daemon_config(&dir.path().join("state"), "")?;
-    let shared = daemon::start(config.clone()).await?;
+    let (shared, proxied) = start_daemon(&dir.path().join("state"), "", apps, records).await?;
+    let (unbatched, unbatched_setup) = start_daemon(
+        &dir.path().join("unbatched"),
+        "batch_signatures = false\n",
+        apps,
+        records,
+    )
+    .await?;
     let mut keys = HashMap::new();
-    let mut app_keys = Vec::new();
-    let mut proxied_sockets = Vec::new();
-    for i in 0..apps {
-        let (_, creds) = install(
-            &config.admin_socket,
-            &format!("bench{i:02}"),
-            Path::new("/bin/true"),
-            &["query:item"],
-            None,
-        )
-        .await?;
-        keys.insert(creds.app_id.clone(), creds.signing_key.verifying_key());
-        proxied_sockets.push(shared.socket_path(&creds.app_id));
-        app_keys.push(AppKey {
-            app_id: creds.app_id.clone(),
-            token: creds.token.clone(),
-            seed_hex: hex::encode(creds.signing_key.to_bytes()),
-        });
+    for a in &proxied.apps {
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(&a.seed_hex, &mut seed).context("bad seed")?;
+        keys.insert(
+            a.app_id.clone(),
+            SigningKey::from_bytes(&seed).verifying_key(),
+        );
     }
-    let ids = seed(&shared, records).await?;
 
     let stop = CancellationToken::new();
     let floor = Arc::new(FloorHandler {
@@ -221,12 +218,12 @@ pub async fn start(apps: usize, records: usize) -> Result<Servers> {
     Ok(Servers {
         shared,
         floor,
+        unbatched,
         setup: Setup {
             floor_socket,
             direct_socket,
-            proxied_sockets,
-            apps: app_keys,
-            ids,
+            proxied,
+            unbatched: unbatched_setup,
         },
         stop,
         _dir: dir,
@@ -238,6 +235,7 @@ impl Servers {
     pub async fn stop(self) {
         self.stop.cancel();
         daemon::stop(&self.shared).await;
+        daemon::stop(&self.unbatched).await;
     }
 }
 
@@ -257,6 +255,41 @@ async fn accept_loop(listener: UnixListener, handler: Arc<FloorHandler>, stop: C
             stop.clone().cancelled_owned(),
         ));
     }
+}
+
+/// Starts a daemon on `state_dir` with config lines `extra`, installs `apps` apps and
+/// seeds `records` records.
+async fn start_daemon(
+    state_dir: &Path,
+    extra: &str,
+    apps: usize,
+    records: usize,
+) -> Result<(Arc<Shared>, DaemonSetup)> {
+    let config = daemon_config(state_dir, extra)?;
+    let shared = daemon::start(config.clone()).await?;
+    let mut setup = DaemonSetup {
+        sockets: Vec::new(),
+        apps: Vec::new(),
+        ids: Vec::new(),
+    };
+    for i in 0..apps {
+        let (_, creds) = install(
+            &config.admin_socket,
+            &format!("bench{i:02}"),
+            Path::new("/bin/true"),
+            &["query:item"],
+            None,
+        )
+        .await?;
+        setup.sockets.push(shared.socket_path(&creds.app_id));
+        setup.apps.push(AppKey {
+            app_id: creds.app_id.clone(),
+            token: creds.token.clone(),
+            seed_hex: hex::encode(creds.signing_key.to_bytes()),
+        });
+    }
+    setup.ids = seed(&shared, records).await?;
+    Ok((shared, setup))
 }
 
 /// Creates schema `item` and `records` records through the node; returns their ids.

@@ -40,15 +40,25 @@ pub struct AppKey {
 /// Where the targets listen and who the apps are; sent once, first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Setup {
-    /// The floor server (framing, signing, `verify_strict`, echo).
+    /// The floor server (framing, signing, `verify_strict`, echo); it knows the apps of
+    /// `proxied`.
     pub floor_socket: PathBuf,
-    /// The node's own socket.
+    /// The node's own socket: `proxied`'s node.
     pub direct_socket: PathBuf,
+    /// The daemon as shipped; its apps are also the floor's and the direct target's.
+    pub proxied: DaemonSetup,
+    /// The same daemon configured with batch verification off.
+    pub unbatched: DaemonSetup,
+}
+
+/// One daemon's apps and records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonSetup {
     /// Each app's socket on the daemon, in the order of `apps`.
-    pub proxied_sockets: Vec<PathBuf>,
+    pub sockets: Vec<PathBuf>,
     /// The apps.
     pub apps: Vec<AppKey>,
-    /// Ids of records that exist; point reads pick among them.
+    /// Ids of records that exist in its node; point reads pick among them.
     pub ids: Vec<String>,
 }
 
@@ -59,13 +69,20 @@ pub enum Target {
     Floor,
     /// Signed requests through the daemon.
     Proxied,
+    /// Signed requests through the daemon configured with batch verification off.
+    Unbatched,
     /// Unsigned requests straight to the node's socket.
     Direct,
 }
 
 impl Target {
     /// All targets, in table order.
-    pub const ALL: [Target; 3] = [Target::Proxied, Target::Floor, Target::Direct];
+    pub const ALL: [Target; 4] = [
+        Target::Proxied,
+        Target::Floor,
+        Target::Unbatched,
+        Target::Direct,
+    ];
 }
 
 /// One batch.
@@ -130,6 +147,23 @@ struct App {
     app_id: String,
     token: String,
     key: SigningKey,
+}
+
+impl App {
+    /// The apps of `keys`, their seeds decoded.
+    fn all(keys: &[AppKey]) -> Result<Vec<Arc<App>>> {
+        keys.iter()
+            .map(|a| {
+                let mut seed = [0u8; 32];
+                hex::decode_to_slice(&a.seed_hex, &mut seed).context("bad seed")?;
+                Ok(Arc::new(App {
+                    app_id: a.app_id.clone(),
+                    token: a.token.clone(),
+                    key: SigningKey::from_bytes(&seed),
+                }))
+            })
+            .collect()
+    }
 }
 
 struct Conn {
@@ -201,7 +235,10 @@ fn succeeded(body: &[u8]) -> bool {
 pub struct Worker {
     runtime: tokio::runtime::Runtime,
     conns: Vec<(Target, Vec<Conn>)>,
+    /// Record ids of the proxied daemon's node (also the direct target's).
     ids: Vec<String>,
+    /// Record ids of the unbatched daemon's node.
+    unbatched_ids: Vec<String>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -222,25 +259,22 @@ impl Worker {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let mut apps = Vec::new();
-        for a in &setup.apps {
-            let mut seed = [0u8; 32];
-            hex::decode_to_slice(&a.seed_hex, &mut seed).context("bad seed")?;
-            apps.push(Arc::new(App {
-                app_id: a.app_id.clone(),
-                token: a.token.clone(),
-                key: SigningKey::from_bytes(&seed),
-            }));
-        }
+        let proxied = App::all(&setup.proxied.apps)?;
+        let unbatched = App::all(&setup.unbatched.apps)?;
         let conns = runtime.block_on(async {
             let mut all = Vec::new();
             for target in Target::ALL {
+                let apps = match target {
+                    Target::Unbatched => &unbatched,
+                    _ => &proxied,
+                };
                 let mut conns = Vec::new();
                 for (i, app) in apps.iter().enumerate() {
                     let (path, signed) = match target {
                         Target::Floor => (&setup.floor_socket, true),
                         Target::Direct => (&setup.direct_socket, false),
-                        Target::Proxied => (&setup.proxied_sockets[i], true),
+                        Target::Proxied => (&setup.proxied.sockets[i], true),
+                        Target::Unbatched => (&setup.unbatched.sockets[i], true),
                     };
                     conns.push(Conn::open(path, Arc::clone(app), signed).await?);
                 }
@@ -251,12 +285,18 @@ impl Worker {
         Ok(Worker {
             runtime,
             conns,
-            ids: setup.ids.clone(),
+            ids: setup.proxied.ids.clone(),
+            unbatched_ids: setup.unbatched.ids.clone(),
         })
     }
 
-    fn pick(&self) -> &str {
-        &self.ids[rand::thread_rng().gen_range(0..self.ids.len())]
+    /// A random existing record id for `target`.
+    fn pick(&self, target: Target) -> &str {
+        let ids = match target {
+            Target::Unbatched => &self.unbatched_ids,
+            _ => &self.ids,
+        };
+        &ids[rand::thread_rng().gen_range(0..ids.len())]
     }
 
     fn take(&mut self, target: Target) -> Vec<Conn> {
@@ -290,7 +330,7 @@ impl Worker {
     }
 
     fn seq(&mut self, target: Target, n: usize) -> Result<Reply> {
-        let ids: Vec<String> = (0..n).map(|_| self.pick().to_string()).collect();
+        let ids: Vec<String> = (0..n).map(|_| self.pick(target).to_string()).collect();
         let mut conns = self.take(target);
         let result = self.runtime.block_on(async {
             let conn = conns.first_mut().context("no connection")?;
@@ -325,7 +365,7 @@ impl Worker {
         for mut conn in conns {
             let frames: Vec<Vec<u8>> = (0..per_conn)
                 .map(|_| {
-                    let id = self.pick().to_string();
+                    let id = self.pick(target).to_string();
                     conn.frame(&id)
                 })
                 .collect();

@@ -149,6 +149,10 @@ pub struct Config {
     pub failure_limit: u32,
     /// See `failure_limit`.
     pub failure_window: Duration,
+    /// Whether an app's signed requests that are ready together share one batch
+    /// verification (`crate::verifier`); off, each is verified alone with `verify_strict`
+    /// as it arrives. The verdicts are the same either way.
+    pub batch_signatures: bool,
     /// Per-connection caps and timeouts on app sockets.
     pub connection: ConnectionLimits,
     /// Connections one app may hold open at once.
@@ -248,6 +252,8 @@ pub struct FileConfig {
     pub failure_limit: Option<u32>,
     /// Failure window in seconds.
     pub failure_window_secs: Option<u64>,
+    /// See [`Config::batch_signatures`].
+    pub batch_signatures: Option<bool>,
     /// Largest frame in bytes.
     pub max_frame_bytes: Option<usize>,
     /// Idle connection timeout in seconds.
@@ -503,6 +509,7 @@ impl Config {
                 file.failure_window_secs,
                 10,
             )?),
+            batch_signatures: file.batch_signatures.unwrap_or(true),
             connection,
             max_connections_per_app: positive(
                 "max_connections_per_app",

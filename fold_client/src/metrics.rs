@@ -109,13 +109,6 @@ impl Metrics {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Requests decoded on the app sockets and not answered yet (all apps together).
-    pub fn in_flight(&self) -> u64 {
-        self.transport
-            .frames()
-            .saturating_sub(self.requests.load(Ordering::Relaxed))
-    }
-
     /// Requests answered so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)

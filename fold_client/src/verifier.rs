@@ -7,34 +7,48 @@
 //! empty leads. It queues its own signature, yields once to the scheduler (so that requests
 //! already decoded and waiting to run can queue theirs), then verifies everything queued,
 //! in batches of at most [`MAX_BATCH`], on its own thread, and hands each request its
-//! verdict. A request with nothing else in flight (the daemon's counters say so) verifies
-//! at once, without the yield, so a lone request's latency is `verify_strict`'s. The queue
-//! belongs to one app (like its nonce cache), so there is no daemon-wide lock on the
-//! request path.
+//! verdict. Whether to wait for company is decided from what the daemon itself sees: the
+//! connection's word that more of the app's requests had already arrived behind this one
+//! (`fold_ipc::server::Arrival`), and the verifier's own count of the app's requests
+//! between their arrival and their answer ([`Verifier::arrive`]). A request with neither
+//! verifies at once, without the yield, so a lone request's latency is `verify_strict`'s. With batching off in the config
+//! (`batch_signatures = false`) every request verifies at once. The queue and the count
+//! belong to one app (like its nonce cache), so there is no daemon-wide lock or counter on
+//! the request path.
 
 use crate::metrics::Metrics;
 use ed25519_dalek::{Signature, VerifyingKey};
 use fold_ipc::signing::{self, BatchItem, SignatureError};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use tokio::sync::oneshot;
 
 /// Most signatures verified in one batch.
 pub const MAX_BATCH: usize = 64;
 
-static BATCHING: AtomicBool = AtomicBool::new(true);
-
-/// Turns batching on (the default) or off for the whole process; off, every signature is
-/// verified alone with `verify_strict` as the request arrives. For measurements
-/// (`fold_bench` compares both in one run); the verdicts are the same either way.
-pub fn set_batching(on: bool) {
-    BATCHING.store(on, Ordering::Relaxed);
+/// One app's queue of signatures waiting for a batch, and its count of requests being
+/// answered.
+#[derive(Debug)]
+pub struct Verifier {
+    /// Whether requests that are ready together are verified in one batch
+    /// (`Config::batch_signatures`).
+    batching: bool,
+    /// The app's requests that have arrived and are not answered yet.
+    answering: AtomicUsize,
+    queue: Mutex<Vec<Job>>,
 }
 
-/// One app's queue of signatures waiting for a batch.
-#[derive(Debug, Default)]
-pub struct Verifier {
-    queue: Mutex<Vec<Job>>,
+/// One request of the app, from its arrival at the handler until it is dropped with the
+/// answer; see [`Verifier::arrive`].
+#[derive(Debug)]
+pub struct Answering<'a> {
+    verifier: &'a Verifier,
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.verifier.answering.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -59,9 +73,27 @@ impl Drop for Lead<'_> {
 }
 
 impl Verifier {
+    /// A verifier that batches when `batching` is set.
+    pub fn new(batching: bool) -> Verifier {
+        Verifier {
+            batching,
+            answering: AtomicUsize::new(0),
+            queue: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Counts one of the app's requests as being answered until the guard is dropped:
+    /// hold it from the request's arrival to its answer.
+    pub fn arrive(&self) -> Answering<'_> {
+        self.answering.fetch_add(1, Ordering::Relaxed);
+        Answering { verifier: self }
+    }
+
     /// Verifies `signature` over `message` (canonical bytes) with `key`, as
-    /// `verify_strict` does, batched with the app's other requests that are ready now;
-    /// `alone` (nothing else is in flight) verifies at once.
+    /// `verify_strict` does, batched with the app's other requests that are ready now.
+    /// `more_arrived` says the connection had already received more requests behind this
+    /// one. A request without that and without another of the app's requests being
+    /// answered (or any request, with batching off) verifies at once.
     ///
     /// # Errors
     ///
@@ -72,9 +104,10 @@ impl Verifier {
         message: Vec<u8>,
         signature: Signature,
         metrics: &Metrics,
-        alone: bool,
+        more_arrived: bool,
     ) -> Result<(), SignatureError> {
-        if alone || !BATCHING.load(Ordering::Relaxed) {
+        let company = more_arrived || self.answering.load(Ordering::Relaxed) > 1;
+        if !self.batching || !company {
             metrics.verified(1);
             return signing::verify_bytes(&key, &message, &signature);
         }
@@ -153,12 +186,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_get_their_own_verdicts() {
-        let verifier = Arc::new(Verifier::default());
+        let verifier = Arc::new(Verifier::new(true));
         let metrics = Arc::new(Metrics::default());
         let mut tasks = Vec::new();
         for i in 0..40u8 {
             let (verifier, metrics) = (Arc::clone(&verifier), Arc::clone(&metrics));
             tasks.push(tokio::spawn(async move {
+                let _arrival = verifier.arrive();
                 let (key, message, signature) = job(i, i % 7 != 3);
                 let verdict = verifier
                     .verify(key, message, signature, &metrics, false)
@@ -177,9 +211,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancelled_leader_still_answers_the_queue() {
-        let verifier = Verifier::default();
+        let verifier = Verifier::new(true);
         let metrics = Metrics::default();
         let (key, message, signature) = job(1, true);
+        let _arrivals = (verifier.arrive(), verifier.arrive());
         // The leader queues and is dropped at its yield, before verifying.
         {
             let lead = verifier.verify(key, message.clone(), signature, &metrics, false);
@@ -194,6 +229,50 @@ mod tests {
             drop(lead);
             assert_eq!(follower.await, Ok(()));
         }
+        assert!(lock(&verifier.queue).is_empty());
+    }
+
+    /// Polls `verify` once: `Some(verdict)` when it answered without waiting.
+    fn first_poll(verifier: &Verifier, metrics: &Metrics, good: bool, more: bool) -> Option<bool> {
+        let (key, message, signature) = job(9, good);
+        let mut verify = Box::pin(verifier.verify(key, message, signature, metrics, more));
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        match verify.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(verdict) => Some(verdict.is_ok()),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn a_lone_request_verifies_at_once_and_company_waits_for_a_batch() {
+        let verifier = Verifier::new(true);
+        let metrics = Metrics::default();
+        let first = verifier.arrive();
+        assert_eq!(first_poll(&verifier, &metrics, true, false), Some(true));
+        assert_eq!(first_poll(&verifier, &metrics, false, false), Some(false));
+        assert_eq!(
+            first_poll(&verifier, &metrics, true, true),
+            None,
+            "more had arrived behind it: waits for company"
+        );
+        let _second = verifier.arrive();
+        assert_eq!(
+            first_poll(&verifier, &metrics, true, false),
+            None,
+            "another of the app's requests is being answered: waits for company"
+        );
+        drop(first);
+    }
+
+    #[test]
+    fn with_batching_off_every_request_verifies_at_once() {
+        let verifier = Verifier::new(false);
+        let metrics = Metrics::default();
+        let _arrivals: Vec<_> = (0..8).map(|_| verifier.arrive()).collect();
+        assert_eq!(first_poll(&verifier, &metrics, true, true), Some(true));
+        assert_eq!(first_poll(&verifier, &metrics, false, true), Some(false));
+        assert_eq!(metrics.snapshot().signatures, 2);
         assert!(lock(&verifier.queue).is_empty());
     }
 }

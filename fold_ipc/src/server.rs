@@ -28,6 +28,18 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers one request. Never fails: every failure is an error [`Response`].
     fn handle(&self, request: Request) -> impl Future<Output = Response> + Send;
 
+    /// Answers one request, knowing what the connection had already received behind it
+    /// (for example, to wait for company before work that is cheaper in batches). The
+    /// server calls this one; the default is [`Self::handle`].
+    fn handle_arrived(
+        &self,
+        request: Request,
+        arrival: Arrival,
+    ) -> impl Future<Output = Response> + Send {
+        let _ = arrival;
+        self.handle(request)
+    }
+
     /// Where the connection records its stage timings ([`ServerStats`]); `None` (the
     /// default) records nothing. Asked once per connection.
     fn stats(&self) -> Option<Arc<ServerStats>> {
@@ -40,6 +52,14 @@ pub trait Handler: Send + Sync + 'static {
     fn byte_budget(&self) -> Option<Arc<ByteBudget>> {
         None
     }
+}
+
+/// What the connection had seen when it handed a request to the handler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Arrival {
+    /// Bytes the connection had already received behind this request's frame (the start
+    /// of the peer's next requests); 0 when nothing else had arrived yet.
+    pub received_behind: usize,
 }
 
 /// Request bytes that may be held at once by the connections sharing the budget. A
@@ -362,6 +382,9 @@ where
             }
         };
         drop(body);
+        let arrival = Arrival {
+            received_behind: reader.buffer().len(),
+        };
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             break ConnectionEnd::Shutdown;
         };
@@ -384,7 +407,7 @@ where
                 Some(add_elapsed(counter(stats.as_deref()?), since?))
             };
             let started = lap(|s| &s.dispatch_ns, decoded);
-            let response = handler.handle(request).await;
+            let response = handler.handle_arrived(request, arrival).await;
             let handled = lap(|s| &s.handle_ns, started);
             let size = response.result.as_ref().map_or(0, |r| r.get().len());
             let body = crate::heavy::run(size, || encode_capped(&response, max_frame));
@@ -542,6 +565,54 @@ mod tests {
             .unwrap()
             .unwrap();
         Response::decode(&body).unwrap()
+    }
+
+    /// [`Echo`] that records what the connection had received behind each request.
+    #[derive(Default)]
+    struct Arrivals(std::sync::Mutex<Vec<(String, usize)>>);
+
+    impl Handler for Arrivals {
+        async fn handle(&self, _: Request) -> Response {
+            unreachable!("the server calls handle_arrived")
+        }
+
+        async fn handle_arrived(&self, request: Request, arrival: Arrival) -> Response {
+            let seen = (request.request_id.clone(), arrival.received_behind);
+            self.0.lock().unwrap().push(seen);
+            Echo.handle(request).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_handler_hears_what_arrived_behind_a_request() {
+        let handler = Arc::new(Arrivals::default());
+        let (mut client, server) = duplex(64 * 1024);
+        tokio::spawn(serve_connection(
+            server,
+            Arc::clone(&handler),
+            ConnectionLimits::default(),
+            std::future::pending(),
+        ));
+        let ping = |id: &str| format!(r#"{{"v":1,"request_id":"{id}","operation":"ping"}}"#);
+        // Two frames in one write: the first had the second behind it.
+        let mut both = encode_frame(ping("a").as_bytes(), DEFAULT_MAX_FRAME).unwrap();
+        let second = encode_frame(ping("b").as_bytes(), DEFAULT_MAX_FRAME).unwrap();
+        both.extend_from_slice(&second);
+        client.write_all(&both).await.unwrap();
+        recv(&mut client).await;
+        recv(&mut client).await;
+        // A frame on its own: nothing behind it.
+        send(&mut client, &ping("c")).await;
+        recv(&mut client).await;
+        let seen = handler.0.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                ("a".to_string(), second.len()),
+                ("b".to_string(), 0),
+                ("c".to_string(), 0)
+            ]
+        );
     }
 
     /// [`Echo`] with a byte budget shared by its connections.

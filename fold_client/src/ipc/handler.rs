@@ -10,7 +10,7 @@ use crate::policy;
 use crate::verifier::Verifier;
 use fold_ipc::heavy::{self, HEAVY_BYTES};
 use fold_ipc::operation::SchemaList;
-use fold_ipc::server::{ByteBudget, Handler, ServerStats};
+use fold_ipc::server::{Arrival, ByteBudget, Handler, ServerStats};
 use fold_ipc::signing;
 use fold_ipc::{ErrorCode, Operation, OperationKind, Request, Response, WireError};
 use serde_json::value::RawValue;
@@ -43,7 +43,7 @@ impl AppRuntime {
                 config.failure_limit,
                 config.failure_window,
             )),
-            verifier: Verifier::default(),
+            verifier: Verifier::new(config.batch_signatures),
             writes: Mutex::new(TokenBucket::full(
                 config.default_node_limits.write_burst,
                 Instant::now(),
@@ -95,6 +95,15 @@ pub struct AppHandler {
     pub shared: Arc<Shared>,
 }
 
+/// When and how a request reached the handler.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// When the handler got it; stage times are counted from here.
+    started: Instant,
+    /// What the connection had received behind it.
+    arrival: Arrival,
+}
+
 /// A refusal: the wire error and the audit reason.
 struct Denial {
     error: WireError,
@@ -120,7 +129,12 @@ impl Handler for AppHandler {
     }
 
     async fn handle(&self, request: Request) -> Response {
+        self.handle_arrived(request, Arrival::default()).await
+    }
+
+    async fn handle_arrived(&self, request: Request, arrival: Arrival) -> Response {
         let started = Instant::now();
+        let _answering = self.runtime.verifier.arrive();
         let app = self.shared.registry.get(&self.app_id);
         let mut auth_kind = None;
         let mut schema = None;
@@ -131,7 +145,8 @@ impl Handler for AppHandler {
                 "app_removed",
             )),
             Some(app) => {
-                self.process(&request, app, started, &mut auth_kind, &mut schema)
+                let seen = Seen { started, arrival };
+                self.process(&request, app, seen, &mut auth_kind, &mut schema)
                     .await
             }
         };
@@ -188,12 +203,12 @@ impl Handler for AppHandler {
 
 impl AppHandler {
     /// `Err` is a daemon refusal; `Ok(Err)` is the node's own error (an allowed request).
-    /// Stage times are counted from `started`.
+    /// Stage times are counted from `seen.started`.
     async fn process(
         &self,
         request: &Request,
         app: &crate::registry::App,
-        started: Instant,
+        seen: Seen,
         auth_kind: &mut Option<Authenticated>,
         schema: &mut Option<String>,
     ) -> Result<Result<Box<RawValue>, WireError>, Denial> {
@@ -229,7 +244,7 @@ impl AppHandler {
                     message,
                     signature,
                     &self.shared.metrics,
-                    self.shared.metrics.in_flight() <= 1,
+                    seen.arrival.received_behind > 0,
                 )
                 .await
                 .map(|()| Authenticated::Signed)
@@ -287,7 +302,7 @@ impl AppHandler {
         };
         *auth_kind = Some(kind);
         let metrics = &self.shared.metrics;
-        let authenticated = metrics.add(Stage::Auth, started);
+        let authenticated = metrics.add(Stage::Auth, seen.started);
         let bad = |error| Denial {
             error,
             reason: "bad_request",
