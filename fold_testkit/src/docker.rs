@@ -10,7 +10,9 @@ use bollard::Docker;
 
 use crate::util::block_on;
 
-/// Name of the environment variable that turns a missing engine into a test failure.
+/// Name of the environment variable that says the Docker tests must run (CI): with it,
+/// `scripts/test.sh` fails when no engine answers instead of leaving them ignored, and
+/// tests with other host requirements fail instead of skipping.
 pub const REQUIRE_DOCKER_ENV: &str = "FOLD_REQUIRE_DOCKER";
 
 /// Deadline for one short engine request (version, ping, inspect, remove).
@@ -64,31 +66,20 @@ pub fn docker_available() -> bool {
     engine_status().is_ok()
 }
 
-/// Gate for tests that need a real engine; call it first and return early on `false`.
-///
-/// Returns `true` when an engine answers. Otherwise, when `FOLD_REQUIRE_DOCKER=1` it panics
-/// with the reason (so CI cannot silently skip container tests); else it prints
-/// `SKIPPED: no docker engine` to stderr and returns `false`.
+/// First call of a test that needs a real engine. Such tests are marked
+/// `#[ignore = "needs a Docker engine"]`, so a plain `cargo test` reports them ignored
+/// rather than passed, and `cargo test -- --include-ignored` (as `scripts/test.sh` does
+/// when an engine answers) runs them; without an engine they fail here, with the reason.
 ///
 /// # Panics
 ///
-/// When no engine answers and `FOLD_REQUIRE_DOCKER=1`.
-pub fn require_docker() -> bool {
-    match engine_status() {
-        Ok(()) => true,
-        Err(reason) => {
-            let required = std::env::var(REQUIRE_DOCKER_ENV).is_ok_and(|v| v.trim() == "1");
-            assert!(
-                !required,
-                "{REQUIRE_DOCKER_ENV}=1 but no Docker engine answers at {}: {reason}",
-                docker_host()
-            );
-            eprintln!(
-                "SKIPPED: no docker engine at {} ({reason}); set {REQUIRE_DOCKER_ENV}=1 to fail instead",
-                docker_host()
-            );
-            false
-        }
+/// When no engine answers at [`docker_host`].
+pub fn need_docker() {
+    if let Err(reason) = engine_status() {
+        panic!(
+            "this test needs a Docker engine, and none answers at {}: {reason}",
+            docker_host()
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Other crates use this crate as a dev-dependency in their integration tests. It provides:
 //!
-//! - engine detection: [`docker_available`], [`require_docker`] and [`connect_docker`] (which
+//! - engine detection: [`docker_available`], [`need_docker`] and [`connect_docker`] (which
 //!   honours `DOCKER_HOST` and negotiates the API version with older engines);
 //! - a local base image that needs no registry: [`ensure_base_image`] imports
 //!   [`BASE_IMAGE`] from a minimal busybox-static rootfs built on the fly;
@@ -17,7 +17,7 @@
 //! | variable | effect |
 //! | --- | --- |
 //! | `DOCKER_HOST` | engine address (default `unix:///var/run/docker.sock`) |
-//! | `FOLD_REQUIRE_DOCKER=1` | [`require_docker`] panics instead of skipping when no engine answers |
+//! | `FOLD_REQUIRE_DOCKER=1` | the Docker tests must run: `scripts/test.sh` fails without an engine, and tests with other host needs fail instead of skipping |
 //! | `FOLD_BUSYBOX` | path of a static busybox for the base image (default `/bin/busybox`, `/usr/bin/busybox`) |
 //! | `FOLD_STATIC_TARGET_DIR` | target directory for static builds (default `<target>/static`) |
 //! | `FOLD_STATIC_TARGET` | target triple for static builds (default `<arch>-unknown-linux-gnu`) |
@@ -31,7 +31,7 @@ mod static_bin;
 mod util;
 
 pub use docker::{
-    connect_docker, docker_available, docker_host, remove_container_if_exists, require_docker,
+    connect_docker, docker_available, docker_host, need_docker, remove_container_if_exists,
     ENGINE_TIMEOUT, REQUIRE_DOCKER_ENV,
 };
 pub use elf::is_static_elf;

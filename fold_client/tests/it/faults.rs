@@ -561,29 +561,21 @@ async fn ps_state(socket: &Path, name: &str) -> String {
         .unwrap_or_default()
 }
 
+#[ignore = "needs a Docker engine, root and dockerd (it runs a private engine)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_engine_restarted_while_an_app_runs_shows_true_states_and_is_used_again() {
     use crate::docker::{call, config_text};
     use fold_client::admin::AdminRequest;
-    if !fold_testkit::require_docker() {
-        return;
-    }
-    if !crate::docker::is_root() {
-        eprintln!("SKIPPED: a private dockerd needs root");
-        return;
-    }
+    fold_testkit::need_docker();
+    assert!(crate::docker::is_root(), "a private dockerd needs root");
     let has_dockerd = Command::new("dockerd")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !has_dockerd {
-        assert!(
-            std::env::var("FOLD_REQUIRE_DOCKER").as_deref() != Ok("1"),
-            "FOLD_REQUIRE_DOCKER=1 but there is no dockerd binary for a private engine"
-        );
-        eprintln!("SKIPPED: no dockerd binary for a private engine");
-        return;
-    }
+    assert!(
+        has_dockerd,
+        "no dockerd binary for a private engine (apt-get install docker.io)"
+    );
     let image = fold_testkit::ensure_base_image().expect("base image");
     let binary = tokio::task::spawn_blocking(|| {
         fold_testkit::build_static_binary("example-hostile_app", "hostile_app")

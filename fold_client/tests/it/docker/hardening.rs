@@ -11,9 +11,10 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[ignore = "needs a Docker engine"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let d = DockerDaemon::start("").await;
     let view = d.install("hardy", &env, Some("64m")).await;
     let (app_id, uid) = (
@@ -175,9 +176,10 @@ fn host_client(d: &DockerDaemon, env: &super::Env, view: &Value) -> std::process
 /// The attack of the first review: the app's container ran, the daemon was stopped
 /// gracefully (which stops it) and started again, and a host process with the app's uid and
 /// credentials was then served because the rule fell back to the uid.
+#[ignore = "needs a Docker engine"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_process_is_refused_after_a_graceful_restart_stopped_the_container() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let mut d = DockerDaemon::start("").await;
     let view = d.install("restarted", &env, Some("64m")).await;
     let log = PathBuf::from(view["log"].as_str().unwrap());

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+#[ignore = "needs a Docker engine"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_hog_is_reported_oom_killed() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let d = DockerDaemon::start("").await;
     let view = d.install("hog", &env, Some("24m")).await;
     let run = d
@@ -37,9 +38,10 @@ async fn memory_hog_is_reported_oom_killed() {
     d.stop().await;
 }
 
+#[ignore = "needs a Docker engine"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_oom_kill_is_noted_but_not_reported_as_the_apps() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let d = DockerDaemon::start("").await;
     // The app is a shell script: its child (dd with a 64 MiB buffer) is OOM-killed at 24 MiB,
     // the script itself carries on and exits 0. The engine flags the container `OOMKilled`
@@ -90,9 +92,10 @@ async fn a_child_oom_kill_is_noted_but_not_reported_as_the_apps() {
     d.stop().await;
 }
 
+#[ignore = "needs a Docker engine"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashing_app_restarts_per_policy_then_stops_restarting() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let d = DockerDaemon::start("").await;
     let view = d.install("crashy", &env, None).await;
     let r = d
@@ -137,9 +140,10 @@ async fn crashing_app_restarts_per_policy_then_stops_restarting() {
     d.stop().await;
 }
 
+#[ignore = "needs a Docker engine"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_ignoring_sigterm_is_gone_within_grace_plus_one_second() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let d = DockerDaemon::start("").await;
     let view = d.install("stubborn", &env, None).await;
     let log = PathBuf::from(view["log"].as_str().unwrap());
@@ -183,9 +187,10 @@ async fn app_ignoring_sigterm_is_gone_within_grace_plus_one_second() {
     d.stop().await;
 }
 
+#[ignore = "needs a Docker engine"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_shot_runs_stream_output_and_are_killed_at_their_timeout() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let d = DockerDaemon::start("").await;
     d.install("job", &env, None).await;
     let out = cli_async(
@@ -273,9 +278,10 @@ async fn cli_async(d: &DockerDaemon, args: &[&str]) -> Output {
     .unwrap()
 }
 
+#[ignore = "needs a Docker engine"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_image_is_a_clear_error_and_glibc_binary_warns() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let d = DockerDaemon::start("").await;
     d.install("ghost", &env, None).await;
     let err = d
@@ -330,9 +336,10 @@ async fn missing_image_is_a_clear_error_and_glibc_binary_warns() {
     d.stop().await;
 }
 
+#[ignore = "needs a Docker engine"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maximum_lifetime_is_a_hard_kill_without_restart() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let d = DockerDaemon::start("").await;
     d.install("mortal", &env, None).await;
     let start = Instant::now();

@@ -1,6 +1,7 @@
-//! The Docker backend against a real engine. Every test starts with
-//! `fold_testkit::require_docker()` (CI sets `FOLD_REQUIRE_DOCKER=1`, so they cannot skip
-//! silently there), uses the local base image and the static `test_app`, and its own
+//! The Docker backend against a real engine. Every test is
+//! `#[ignore = "needs a Docker engine"]` (a run without an engine reports it ignored;
+//! `scripts/test.sh` runs them with `--include-ignored` when an engine answers, and CI
+//! requires one), starts with [`setup`], uses the local base image and the static `test_app`, and its own
 //! daemon label, so tests running in parallel never see each other's containers.
 //!
 //! As root (CI) the daemons use per-app uids, as a real root daemon does: containers then
@@ -27,16 +28,14 @@ pub struct Env {
     pub image: String,
 }
 
-/// Skips (or, with `FOLD_REQUIRE_DOCKER=1`, fails) without an engine; builds what the
-/// container tests need.
-pub fn setup() -> Option<Env> {
-    if !fold_testkit::require_docker() {
-        return None;
-    }
+/// Builds what the container tests need; fails without an engine (the tests that call it
+/// are `#[ignore = "needs a Docker engine"]`, run with `--include-ignored`).
+pub fn setup() -> Env {
+    fold_testkit::need_docker();
     let image = fold_testkit::ensure_base_image().expect("base image");
     let app =
         fold_testkit::build_static_binary("example-test_app", "test_app").expect("static test_app");
-    Some(Env { app, image })
+    Env { app, image }
 }
 
 pub fn is_root() -> bool {
