@@ -59,7 +59,7 @@ pub fn docker_setup(o: &Options) -> Result<(PathBuf, String), String> {
     }
     let image = fold_testkit::ensure_base_image()
         .map_err(|e| format!("Docker backend unavailable (base image: {e:#})"))?;
-    let app = fold_testkit::build_static_binary("example-test_app", "test_app")
+    let app = fold_testkit::build_static_binary("fixture-test_app", "test_app")
         .map_err(|e| format!("static test app could not be built: {e:#}"))?;
     Ok((app, image))
 }

@@ -578,7 +578,7 @@ async fn docker_engine_restarted_while_an_app_runs_shows_true_states_and_is_used
     );
     let image = fold_testkit::ensure_base_image().expect("base image");
     let binary = tokio::task::spawn_blocking(|| {
-        fold_testkit::build_static_binary("example-hostile_app", "hostile_app")
+        fold_testkit::build_static_binary("fixture-hostile_app", "hostile_app")
     })
     .await
     .unwrap()

@@ -1,4 +1,4 @@
-//! The hostile app (`examples/hostile_app`) in a real container, launched by the daemon like
+//! The hostile app (`fold_testkit/fixtures/hostile_app`) in a real container, launched by the daemon like
 //! any app, beside a well-behaved neighbour. Every attempt it reports must have failed in
 //! the expected way (asserted here from the facts it prints, not only its own verdict); the
 //! neighbour must keep being served within its normal latency; the audit must show the
@@ -21,7 +21,7 @@ const LOG_CAP: u64 = 1 << 20;
 fn setup() -> (String, PathBuf) {
     fold_testkit::need_docker();
     let image = fold_testkit::ensure_base_image().expect("base image");
-    let app = fold_testkit::build_static_binary("example-hostile_app", "hostile_app")
+    let app = fold_testkit::build_static_binary("fixture-hostile_app", "hostile_app")
         .expect("static hostile_app");
     (image, app)
 }

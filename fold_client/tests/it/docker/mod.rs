@@ -34,7 +34,7 @@ pub fn setup() -> Env {
     fold_testkit::need_docker();
     let image = fold_testkit::ensure_base_image().expect("base image");
     let app =
-        fold_testkit::build_static_binary("example-test_app", "test_app").expect("static test_app");
+        fold_testkit::build_static_binary("fixture-test_app", "test_app").expect("static test_app");
     Env { app, image }
 }
 
