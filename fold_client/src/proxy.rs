@@ -138,9 +138,11 @@ impl NodeClient {
             }
             NodeClient::Remote(remote) => {
                 let mut request = remote.request(None, None);
-                request.operation = fold_node::server::USAGE_OPERATION.to_string();
-                request.params =
-                    serde_json::value::to_raw_value(&serde_json::json!({"app_id": app_id})).ok();
+                request.operation = fold_ipc::limits::USAGE_OPERATION.to_string();
+                let params = fold_ipc::limits::UsageRequest {
+                    app_id: app_id.to_string(),
+                };
+                request.params = serde_json::value::to_raw_value(&params).ok();
                 let raw = remote.send(&request, timeout).await?;
                 serde_json::from_str(raw.get()).map_err(|e| {
                     WireError::new(

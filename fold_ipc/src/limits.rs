@@ -104,6 +104,19 @@ pub enum HistoryPolicy {
     Refuse,
 }
 
+/// The node-only operation `usage`, `params` a [`UsageRequest`]: what one app's records
+/// take, answered with [`Usage`]. For the daemon (it reaches the node socket; apps do
+/// not), so it is not an [`Operation`](crate::Operation).
+pub const USAGE_OPERATION: &str = "usage";
+
+/// The `params` of [`USAGE_OPERATION`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRequest {
+    /// The app whose usage is asked for.
+    pub app_id: String,
+}
+
 /// What an app's records take on a node, as counted against its [`Quota`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -113,4 +126,31 @@ pub struct Usage {
     pub records: u64,
     /// Versions kept, current ones included.
     pub versions: u64,
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn usage_request_and_answer_round_trip_in_their_documented_shapes() {
+        let request = UsageRequest {
+            app_id: "a1".into(),
+        };
+        let json = serde_json::to_string(&request).unwrap();
+        assert_eq!(json, r#"{"app_id":"a1"}"#);
+        assert_eq!(
+            serde_json::from_str::<UsageRequest>(&json).unwrap(),
+            request
+        );
+        assert!(serde_json::from_str::<UsageRequest>(r#"{"app_id":"a","x":1}"#).is_err());
+        let usage = Usage {
+            bytes: 10,
+            records: 2,
+            versions: 3,
+        };
+        let json = serde_json::to_string(&usage).unwrap();
+        assert_eq!(json, r#"{"bytes":10,"records":2,"versions":3}"#);
+        assert_eq!(serde_json::from_str::<Usage>(&json).unwrap(), usage);
+    }
 }

@@ -196,7 +196,8 @@ fn plain_r(r: &[u8; 32]) -> bool {
 pub type BatchItem<'a> = (&'a VerifyingKey, &'a [u8], &'a Signature);
 
 /// Verifies several signatures at once; each result is what [`verify_bytes`]
-/// (`verify_strict`) gives for that item, and several together cost about half as much per
+/// (`verify_strict`) gives for that item, but for the one case below (a key holder's own
+/// deliberately malformed signature), and several together cost about half as much per
 /// signature (one multi-scalar multiplication, `ed25519_dalek::verify_batch`).
 ///
 /// What the batch accepts, against `verify_strict`. `verify_strict` refuses a non-canonical

@@ -6,6 +6,7 @@
 
 use crate::node::Node;
 use crate::secret::NodeSecret;
+use fold_ipc::limits::{UsageRequest, USAGE_OPERATION};
 use fold_ipc::server::{serve_connection, ConnectionLimits, Handler};
 use fold_ipc::{ErrorCode, Request, Response, WireError};
 use std::future::Future;
@@ -54,22 +55,11 @@ impl NodeHandler {
     }
 }
 
-/// The node-only operation `usage`, `params: {"app_id": ...}`: what that app's records
-/// take, answered with [`Usage`](fold_ipc::limits::Usage) JSON. For the daemon (it reaches
-/// the node socket; apps do not), so it is not an [`Operation`](fold_ipc::Operation).
-pub const USAGE_OPERATION: &str = "usage";
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UsageParams {
-    app_id: String,
-}
-
 impl NodeHandler {
     async fn usage(&self, id: String, params: Option<&serde_json::value::RawValue>) -> Response {
         let parsed = match params {
             None => Err(WireError::bad_field("params.app_id", "missing")),
-            Some(raw) => serde_json::from_str::<UsageParams>(raw.get()).map_err(|e| {
+            Some(raw) => serde_json::from_str::<UsageRequest>(raw.get()).map_err(|e| {
                 WireError::bad_field(
                     "params.app_id",
                     format!("expected {{\"app_id\": string}}: {e}"),
