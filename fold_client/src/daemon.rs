@@ -9,7 +9,9 @@ use crate::ipc::{self, AppRuntime, CREDENTIALS_FILE};
 use crate::nonce_journal::NonceJournal;
 use crate::proxy::NodeClient;
 use crate::registry::{App, InstallSpec, IssuedSecrets, Placement, Registry, RegistryError};
-use crate::supervisor::Supervisor;
+use crate::sandbox::direct::DirectSandbox;
+use crate::sandbox::docker::LazyDocker;
+use crate::supervisor::{Backends, Supervisor, SupervisorSettings};
 use fold_ipc::Credentials;
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,7 +27,7 @@ pub struct Shared {
     /// The validated configuration.
     pub config: Config,
     /// Installed apps.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// The node.
     pub node: NodeClient,
     /// The audit log.
@@ -35,7 +37,7 @@ pub struct Shared {
     /// Fires on shutdown.
     pub shutdown: CancellationToken,
     /// Running apps.
-    pub supervisor: Supervisor,
+    pub supervisor: Arc<Supervisor>,
     /// Where requests spend their time (see `fold_bench`).
     pub metrics: crate::metrics::Metrics,
     /// Accepted nonces, kept across restarts (`nonce_journal`); and the timestamp floor.
@@ -190,15 +192,35 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
     }
     let runtimes = AppRuntime::restore(&config, &loaded.entries);
     let chown_to_app = euid == 0 && matches!(config.uid_mode, UidMode::PerApp { .. });
+    let registry = Arc::new(registry);
+    let tasks = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    // The only place that names the backends: the supervisor sees them as `dyn Sandbox`.
+    let backends = Backends {
+        direct: Arc::new(DirectSandbox::new()),
+        container: Arc::new(LazyDocker::new(
+            config.docker_settings(),
+            tasks.clone(),
+            shutdown.clone(),
+        )),
+    };
+    let supervisor = Supervisor::new(
+        SupervisorSettings::from_config(&config),
+        backends,
+        Arc::clone(&registry),
+        audit.clone(),
+        tasks.clone(),
+        shutdown.clone(),
+    );
     let shared = Arc::new(Shared {
-        supervisor: Supervisor::new(&config),
+        supervisor,
         metrics: crate::metrics::Metrics::default(),
         config,
         registry,
         node,
         audit,
-        tasks: TaskTracker::new(),
-        shutdown: CancellationToken::new(),
+        tasks,
+        shutdown,
         listeners: Mutex::new(HashMap::new()),
         runtimes: Mutex::new(runtimes),
         journal: Arc::new(journal),
@@ -207,7 +229,7 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
     });
     // Containers left running by an earlier run of this daemon (same label) are adopted
     // before the sockets are re-bound, so the peer check knows their containers.
-    shared.supervisor.adopt(&shared).await;
+    shared.supervisor.adopt().await;
     for app in shared.registry.list() {
         if let Err(e) = serve_app(&shared, &app) {
             tracing::error!(app = %app.name, "cannot serve app: {e}");
@@ -333,7 +355,7 @@ impl Shared {
         if let Ok(stat) = dir.stat_entry(CREDENTIALS_FILE) {
             if stat.st_uid != nix::unistd::geteuid().as_raw() {
                 match dir
-                    .read_file(CREDENTIALS_FILE, CREDENTIALS_CAP)
+                    .read_file(CREDENTIALS_FILE, ipc::CREDENTIALS_CAP)
                     .ok()
                     .filter(|bytes| Credentials::from_json(bytes).is_ok())
                 {
@@ -351,24 +373,7 @@ impl Shared {
         }
         Ok(dir)
     }
-
-    /// The app's credentials, read through its socket directory's descriptor (never
-    /// through a symlink).
-    ///
-    /// # Errors
-    ///
-    /// The file is missing, not a regular file, too large or not valid credentials.
-    pub fn read_credentials(&self, app: &App) -> Result<Credentials, String> {
-        let dir = fsutil::Dir::open(&self.socket_dir(&app.id)).map_err(|e| e.to_string())?;
-        let bytes = dir
-            .read_file(CREDENTIALS_FILE, CREDENTIALS_CAP)
-            .map_err(|e| e.to_string())?;
-        Credentials::from_json(&bytes).map_err(|e| e.to_string())
-    }
 }
-
-/// The largest credentials file the daemon reads back.
-const CREDENTIALS_CAP: u64 = 64 * 1024;
 
 /// Binds the app's socket and starts serving it.
 fn serve_app(shared: &Arc<Shared>, app: &App) -> Result<(), DaemonError> {
@@ -398,6 +403,7 @@ fn serve_app(shared: &Arc<Shared>, app: &App) -> Result<(), DaemonError> {
         app.uid,
         runtime,
         Arc::clone(shared),
+        shared.supervisor.peer_rule(&app.id),
         cancel,
     ));
     Ok(())
@@ -524,6 +530,7 @@ pub async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Arc<App>, Daemon
         token.cancel();
     }
     lock(&shared.runtimes).remove(&app.id);
+    shared.supervisor.forget(&app.id);
     cleanup_files(shared, &app.id);
     // The uid is free again only once no process of it remains on the host (a process the
     // app left behind would otherwise be the next app installed with it).

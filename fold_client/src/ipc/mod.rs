@@ -13,6 +13,27 @@ pub mod peer;
 
 pub use handler::{AppHandler, AppRuntime};
 pub use listener::{bind_socket, serve_socket, AppSocket, SocketError};
+pub use peer::PeerRule;
+
+use fold_ipc::Credentials;
+use std::path::Path;
 
 /// File name of the credentials file inside an app's socket directory.
 pub const CREDENTIALS_FILE: &str = "credentials.json";
+
+/// The largest credentials file the daemon reads back.
+pub const CREDENTIALS_CAP: u64 = 64 * 1024;
+
+/// The credentials in the app's socket directory `socket_dir`, read through the
+/// directory's descriptor (never through a symlink).
+///
+/// # Errors
+///
+/// The file is missing, not a regular file, too large or not valid credentials.
+pub fn read_credentials(socket_dir: &Path) -> Result<Credentials, String> {
+    let dir = crate::fsutil::Dir::open(socket_dir).map_err(|e| e.to_string())?;
+    let bytes = dir
+        .read_file(CREDENTIALS_FILE, CREDENTIALS_CAP)
+        .map_err(|e| e.to_string())?;
+    Credentials::from_json(&bytes).map_err(|e| e.to_string())
+}
