@@ -21,15 +21,17 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Daemon-wide state shared by every task.
+/// The daemon's wiring: what it built at start, handed piecewise to the modules that need
+/// it (the supervisor, the app sockets' [`ipc::Services`], the admin socket). No module
+/// below the daemon and its admin socket takes this struct.
 #[derive(Debug)]
 pub struct Shared {
     /// The validated configuration.
-    pub config: Config,
+    pub config: Arc<Config>,
     /// Installed apps.
     pub registry: Arc<Registry>,
     /// The node.
-    pub node: NodeClient,
+    pub node: Arc<NodeClient>,
     /// The audit log.
     pub audit: Audit,
     /// Every spawned connection and listener task, so shutdown can wait for them.
@@ -39,9 +41,13 @@ pub struct Shared {
     /// Running apps.
     pub supervisor: Arc<Supervisor>,
     /// Where requests spend their time (see `fold_bench`).
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Accepted nonces, kept across restarts (`nonce_journal`); and the timestamp floor.
     pub journal: Arc<NonceJournal>,
+    /// What the app sockets are served with (the same handles as above).
+    services: Arc<ipc::Services>,
+    /// Where each app's files are (the supervisor has the same).
+    paths: crate::config::AppPaths,
     /// Per-app listener cancellation, by app id.
     listeners: Mutex<HashMap<String, CancellationToken>>,
     /// Per-app authentication state, by app id.
@@ -212,18 +218,35 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
         tasks.clone(),
         shutdown.clone(),
     );
+    let config = Arc::new(config);
+    let paths = config.app_paths();
+    let node = Arc::new(node);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let journal = Arc::new(journal);
+    let services = Arc::new(ipc::Services {
+        config: Arc::clone(&config),
+        registry: Arc::clone(&registry),
+        node: Arc::clone(&node),
+        audit: audit.clone(),
+        metrics: Arc::clone(&metrics),
+        journal: Arc::clone(&journal),
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+    });
     let shared = Arc::new(Shared {
         supervisor,
-        metrics: crate::metrics::Metrics::default(),
+        metrics,
         config,
         registry,
         node,
         audit,
         tasks,
         shutdown,
+        services,
+        paths,
         listeners: Mutex::new(HashMap::new()),
         runtimes: Mutex::new(runtimes),
-        journal: Arc::new(journal),
+        journal,
         chown_to_app,
         socket_root,
     });
@@ -301,19 +324,19 @@ impl Shared {
 
     /// The app's socket directory.
     pub fn socket_dir(&self, app_id: &str) -> PathBuf {
-        self.config.socket_root.join(app_id)
+        self.paths.socket_dir(app_id)
     }
     /// The app's socket path.
     pub fn socket_path(&self, app_id: &str) -> PathBuf {
-        self.socket_dir(app_id).join(format!("{app_id}.sock"))
+        self.paths.socket_path(app_id)
     }
     /// The app's directory (its binary).
     pub fn app_dir(&self, app_id: &str) -> PathBuf {
-        self.config.apps_dir().join(app_id)
+        self.paths.app_dir(app_id)
     }
     /// The app's log file.
     pub fn log_path(&self, app_id: &str) -> PathBuf {
-        self.config.logs_dir().join(format!("{app_id}.log"))
+        self.paths.log_path(app_id)
     }
     /// Owner and mode for something in the app's socket directory: with per-app uids,
     /// root's with the app's group and `shared_mode` (the app reads, never writes); else the
@@ -402,7 +425,7 @@ fn serve_app(shared: &Arc<Shared>, app: &App) -> Result<(), DaemonError> {
         app.id.clone(),
         app.uid,
         runtime,
-        Arc::clone(shared),
+        Arc::clone(&shared.services),
         shared.supervisor.peer_rule(&app.id),
         cancel,
     ));

@@ -2,7 +2,7 @@
 
 use super::handler::{AppHandler, AppRuntime};
 use super::peer::{ContainerIdentity, Peer, PeerRule};
-use crate::daemon::Shared;
+use super::Services;
 use crate::fsutil::{Access, Dir};
 use crate::registry::Placement;
 use fold_ipc::frame::encode_frame;
@@ -91,7 +91,7 @@ pub async fn serve_socket(
     app_id: String,
     uid: u32,
     runtime: Arc<AppRuntime>,
-    shared: Arc<Shared>,
+    shared: Arc<Services>,
     peer_rule: watch::Receiver<PeerRule>,
     cancel: CancellationToken,
 ) {
@@ -165,7 +165,7 @@ pub async fn serve_socket(
     let _ = std::fs::remove_file(&socket.path);
 }
 
-async fn reject(shared: &Shared, app_id: &str, detail: &str) {
+async fn reject(shared: &Services, app_id: &str, detail: &str) {
     shared
         .audit
         .event(app_id, None, "peer_rejected", detail)
@@ -181,7 +181,7 @@ const STARTING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// supervisor last published it in `rule`), checked exactly (see `peer`). A container app
 /// whose container is not running accepts nobody.
 async fn placement_check(
-    shared: &Shared,
+    shared: &Services,
     app_id: &str,
     peer: &Peer,
     mut rule: watch::Receiver<PeerRule>,

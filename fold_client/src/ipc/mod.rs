@@ -15,8 +15,40 @@ pub use handler::{AppHandler, AppRuntime};
 pub use listener::{bind_socket, serve_socket, AppSocket, SocketError};
 pub use peer::PeerRule;
 
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::nonce_journal::NonceJournal;
+use crate::proxy::NodeClient;
+use crate::registry::Registry;
 use fold_ipc::Credentials;
 use std::path::Path;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What serving the app sockets needs, handed in by the daemon when it binds a socket:
+/// the listener and the request handler reach nothing else (in particular not the daemon
+/// or the supervisor; an app's peer rule comes on its own channel).
+#[derive(Debug)]
+pub struct Services {
+    /// The validated configuration (limits, timeouts, windows).
+    pub config: Arc<Config>,
+    /// Installed apps, looked up again on every connection and request.
+    pub registry: Arc<Registry>,
+    /// The node.
+    pub node: Arc<NodeClient>,
+    /// The audit log.
+    pub audit: Audit,
+    /// Where requests spend their time.
+    pub metrics: Arc<Metrics>,
+    /// Accepted nonces, kept across restarts; and the timestamp floor.
+    pub journal: Arc<NonceJournal>,
+    /// Every connection task is spawned here, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Fires on daemon shutdown.
+    pub shutdown: CancellationToken,
+}
 
 /// File name of the credentials file inside an app's socket directory.
 pub const CREDENTIALS_FILE: &str = "credentials.json";
