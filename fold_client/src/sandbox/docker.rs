@@ -12,6 +12,9 @@
 //!
 //! Containers carry `io.foldclient.daemon = <daemon_label>`: a daemon lists, adopts, stops
 //! and removes only containers with its own label, never anyone else's.
+//!
+//! The daemon holds the backend as a [`LazyDocker`], which connects on first use; every
+//! operation the supervisor needs is on the [`Sandbox`] trait.
 
 mod adopt;
 mod elf;
@@ -156,9 +159,9 @@ pub async fn prepare_image(
     Ok(true)
 }
 
-/// Every container of the app goes through here: the trait's `launch` carries the
-/// supervisor's labels (`LaunchSpec::labels`) besides the app and daemon labels, and pulls
-/// the image if it is missing.
+/// A launch creates a container carrying the spec's labels (`LaunchSpec::labels`) besides
+/// the app and daemon labels, pulling the image if it is missing; leftovers are this
+/// daemon's containers by label.
 impl Sandbox for DockerSandbox {
     fn kind(&self) -> SandboxKind {
         SandboxKind::Docker
