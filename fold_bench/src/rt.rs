@@ -203,7 +203,7 @@ pub async fn start(apps: usize, records: usize) -> Result<Servers> {
     let listener = UnixListener::bind(&floor_socket)?;
     tokio::spawn(accept_loop(listener, Arc::clone(&floor), stop.clone()));
 
-    let NodeClient::Embedded(node) = &shared.node else {
+    let NodeClient::Embedded(node) = &*shared.node else {
         bail!("the bench daemon must embed its node");
     };
     let direct_socket = dir.path().join("node").join("node.sock");

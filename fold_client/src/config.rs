@@ -5,8 +5,9 @@
 //! here as [`Overrides`]. Defaults are `pub const`s so docs and tests can name them.
 
 use crate::app_limits::{LimitSettings, NodeLimits};
+use crate::restart::RestartPolicy;
+use crate::sandbox::docker::DockerSettings;
 use crate::sandbox::ResourceLimits;
-use crate::supervisor::RestartPolicy;
 use fold_ipc::server::ConnectionLimits;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -225,6 +226,56 @@ impl Config {
             max_bytes: self.audit_max_bytes,
             keep: self.audit_keep,
         }
+    }
+    /// Where each app's files are.
+    pub fn app_paths(&self) -> AppPaths {
+        AppPaths {
+            socket_root: self.socket_root.clone(),
+            apps_dir: self.apps_dir(),
+            logs_dir: self.logs_dir(),
+        }
+    }
+    /// What the Docker backend needs.
+    pub fn docker_settings(&self) -> DockerSettings {
+        DockerSettings {
+            host: self.docker_host.clone(),
+            label: self.daemon_label.clone(),
+            engine_timeout: self.engine_timeout,
+            pull_timeout: self.pull_timeout,
+            storage_limit: self.storage_limit,
+            grace: self.stop_grace,
+        }
+    }
+}
+
+/// Where each app's files are, by app id: derived from the state directory and the socket
+/// root, so every module that needs a path agrees on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPaths {
+    /// Root of the per-app socket directories.
+    pub socket_root: PathBuf,
+    /// The directory holding app directories (binaries).
+    pub apps_dir: PathBuf,
+    /// The directory holding app logs.
+    pub logs_dir: PathBuf,
+}
+
+impl AppPaths {
+    /// The app's socket directory (its socket and credentials file).
+    pub fn socket_dir(&self, app_id: &str) -> PathBuf {
+        self.socket_root.join(app_id)
+    }
+    /// The app's socket path.
+    pub fn socket_path(&self, app_id: &str) -> PathBuf {
+        self.socket_dir(app_id).join(format!("{app_id}.sock"))
+    }
+    /// The app's directory (its binary).
+    pub fn app_dir(&self, app_id: &str) -> PathBuf {
+        self.apps_dir.join(app_id)
+    }
+    /// The app's log file.
+    pub fn log_path(&self, app_id: &str) -> PathBuf {
+        self.logs_dir.join(format!("{app_id}.log"))
     }
 }
 

@@ -9,7 +9,9 @@ use crate::ipc::{self, AppRuntime, CREDENTIALS_FILE};
 use crate::nonce_journal::NonceJournal;
 use crate::proxy::NodeClient;
 use crate::registry::{App, InstallSpec, IssuedSecrets, Placement, Registry, RegistryError};
-use crate::supervisor::Supervisor;
+use crate::sandbox::direct::DirectSandbox;
+use crate::sandbox::docker::LazyDocker;
+use crate::supervisor::{Backends, Supervisor, SupervisorSettings};
 use fold_ipc::Credentials;
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,15 +21,17 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Daemon-wide state shared by every task.
+/// The daemon's wiring: what it built at start, handed piecewise to the modules that need
+/// it (the supervisor, the app sockets' [`ipc::Services`], the admin socket). No module
+/// below the daemon and its admin socket takes this struct.
 #[derive(Debug)]
 pub struct Shared {
     /// The validated configuration.
-    pub config: Config,
+    pub config: Arc<Config>,
     /// Installed apps.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// The node.
-    pub node: NodeClient,
+    pub node: Arc<NodeClient>,
     /// The audit log.
     pub audit: Audit,
     /// Every spawned connection and listener task, so shutdown can wait for them.
@@ -35,11 +39,15 @@ pub struct Shared {
     /// Fires on shutdown.
     pub shutdown: CancellationToken,
     /// Running apps.
-    pub supervisor: Supervisor,
+    pub supervisor: Arc<Supervisor>,
     /// Where requests spend their time (see `fold_bench`).
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Accepted nonces, kept across restarts (`nonce_journal`); and the timestamp floor.
     pub journal: Arc<NonceJournal>,
+    /// What the app sockets are served with (the same handles as above).
+    services: Arc<ipc::Services>,
+    /// Where each app's files are (the supervisor has the same).
+    paths: crate::config::AppPaths,
     /// Per-app listener cancellation, by app id.
     listeners: Mutex<HashMap<String, CancellationToken>>,
     /// Per-app authentication state, by app id.
@@ -190,24 +198,61 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
     }
     let runtimes = AppRuntime::restore(&config, &loaded.entries);
     let chown_to_app = euid == 0 && matches!(config.uid_mode, UidMode::PerApp { .. });
+    let registry = Arc::new(registry);
+    let tasks = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    // The only place that names the backends: the supervisor sees them as `dyn Sandbox`.
+    let backends = Backends {
+        direct: Arc::new(DirectSandbox::new()),
+        container: Arc::new(LazyDocker::new(
+            config.docker_settings(),
+            tasks.clone(),
+            shutdown.clone(),
+        )),
+    };
+    let supervisor = Supervisor::new(
+        SupervisorSettings::from_config(&config),
+        backends,
+        Arc::clone(&registry),
+        audit.clone(),
+        tasks.clone(),
+        shutdown.clone(),
+    );
+    let config = Arc::new(config);
+    let paths = config.app_paths();
+    let node = Arc::new(node);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let journal = Arc::new(journal);
+    let services = Arc::new(ipc::Services {
+        config: Arc::clone(&config),
+        registry: Arc::clone(&registry),
+        node: Arc::clone(&node),
+        audit: audit.clone(),
+        metrics: Arc::clone(&metrics),
+        journal: Arc::clone(&journal),
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+    });
     let shared = Arc::new(Shared {
-        supervisor: Supervisor::new(&config),
-        metrics: crate::metrics::Metrics::default(),
+        supervisor,
+        metrics,
         config,
         registry,
         node,
         audit,
-        tasks: TaskTracker::new(),
-        shutdown: CancellationToken::new(),
+        tasks,
+        shutdown,
+        services,
+        paths,
         listeners: Mutex::new(HashMap::new()),
         runtimes: Mutex::new(runtimes),
-        journal: Arc::new(journal),
+        journal,
         chown_to_app,
         socket_root,
     });
     // Containers left running by an earlier run of this daemon (same label) are adopted
     // before the sockets are re-bound, so the peer check knows their containers.
-    shared.supervisor.adopt(&shared).await;
+    shared.supervisor.adopt().await;
     for app in shared.registry.list() {
         if let Err(e) = serve_app(&shared, &app) {
             tracing::error!(app = %app.name, "cannot serve app: {e}");
@@ -279,19 +324,19 @@ impl Shared {
 
     /// The app's socket directory.
     pub fn socket_dir(&self, app_id: &str) -> PathBuf {
-        self.config.socket_root.join(app_id)
+        self.paths.socket_dir(app_id)
     }
     /// The app's socket path.
     pub fn socket_path(&self, app_id: &str) -> PathBuf {
-        self.socket_dir(app_id).join(format!("{app_id}.sock"))
+        self.paths.socket_path(app_id)
     }
     /// The app's directory (its binary).
     pub fn app_dir(&self, app_id: &str) -> PathBuf {
-        self.config.apps_dir().join(app_id)
+        self.paths.app_dir(app_id)
     }
     /// The app's log file.
     pub fn log_path(&self, app_id: &str) -> PathBuf {
-        self.config.logs_dir().join(format!("{app_id}.log"))
+        self.paths.log_path(app_id)
     }
     /// Owner and mode for something in the app's socket directory: with per-app uids,
     /// root's with the app's group and `shared_mode` (the app reads, never writes); else the
@@ -333,7 +378,7 @@ impl Shared {
         if let Ok(stat) = dir.stat_entry(CREDENTIALS_FILE) {
             if stat.st_uid != nix::unistd::geteuid().as_raw() {
                 match dir
-                    .read_file(CREDENTIALS_FILE, CREDENTIALS_CAP)
+                    .read_file(CREDENTIALS_FILE, ipc::CREDENTIALS_CAP)
                     .ok()
                     .filter(|bytes| Credentials::from_json(bytes).is_ok())
                 {
@@ -351,24 +396,7 @@ impl Shared {
         }
         Ok(dir)
     }
-
-    /// The app's credentials, read through its socket directory's descriptor (never
-    /// through a symlink).
-    ///
-    /// # Errors
-    ///
-    /// The file is missing, not a regular file, too large or not valid credentials.
-    pub fn read_credentials(&self, app: &App) -> Result<Credentials, String> {
-        let dir = fsutil::Dir::open(&self.socket_dir(&app.id)).map_err(|e| e.to_string())?;
-        let bytes = dir
-            .read_file(CREDENTIALS_FILE, CREDENTIALS_CAP)
-            .map_err(|e| e.to_string())?;
-        Credentials::from_json(&bytes).map_err(|e| e.to_string())
-    }
 }
-
-/// The largest credentials file the daemon reads back.
-const CREDENTIALS_CAP: u64 = 64 * 1024;
 
 /// Binds the app's socket and starts serving it.
 fn serve_app(shared: &Arc<Shared>, app: &App) -> Result<(), DaemonError> {
@@ -397,7 +425,8 @@ fn serve_app(shared: &Arc<Shared>, app: &App) -> Result<(), DaemonError> {
         app.id.clone(),
         app.uid,
         runtime,
-        Arc::clone(shared),
+        Arc::clone(&shared.services),
+        shared.supervisor.peer_rule(&app.id),
         cancel,
     ));
     Ok(())
@@ -524,6 +553,7 @@ pub async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Arc<App>, Daemon
         token.cancel();
     }
     lock(&shared.runtimes).remove(&app.id);
+    shared.supervisor.forget(&app.id);
     cleanup_files(shared, &app.id);
     // The uid is free again only once no process of it remains on the host (a process the
     // app left behind would otherwise be the next app installed with it).

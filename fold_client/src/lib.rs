@@ -17,10 +17,11 @@
 //! - [`proxy`]: the only way to the node (embedded or external).
 //! - [`audit`]: one JSON line per decision and lifecycle event.
 //! - [`metrics`]: where each request's time goes (counters per stage).
-//! - [`sandbox`]: where apps run, behind one trait: hardened Docker containers, the host in
-//!   dev mode (`direct`, NOT sandboxed), and a recording fake for unit tests.
+//! - [`sandbox`]: where apps run, behind one trait: hardened Docker containers and the host
+//!   in dev mode (`direct`, NOT sandboxed); tests add a scriptable fake.
+//! - [`restart`]: the restart policy and backoff (plain data for config and supervisor).
 //! - [`supervisor`]: launching, stopping, restarting and tracking apps; adoption after a
-//!   daemon restart.
+//!   daemon restart; it publishes each app's peer rule for the socket's peer check.
 //! - [`uids`]: per-app uids that belong to the app alone (host databases, live processes,
 //!   host-wide reservations).
 //! - [`admin`]: the admin socket the CLI uses.
@@ -39,6 +40,7 @@ pub mod nonce_journal;
 pub mod policy;
 pub mod proxy;
 pub mod registry;
+pub mod restart;
 pub mod sandbox;
 pub mod supervisor;
 pub mod terminal;

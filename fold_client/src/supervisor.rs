@@ -6,53 +6,103 @@
 //! publishes that state, then either stops (clean exit, stop request, policy exhausted) or
 //! waits the backoff (`restarting`) and launches again. The state `app ps` shows is the
 //! watcher's, so `restarting` is visible between runs.
+//!
+//! The supervisor owns what it needs (the registry handle, the audit, its slice of the
+//! configuration, the backends, the daemon's task tracker and shutdown token) and calls
+//! backends only through [`Sandbox`]. It publishes each app's [`PeerRule`] (from every
+//! state change of the app's run) on a channel the app's socket listener reads.
 
 mod options;
 mod watcher;
 
-pub use options::{backoff, LaunchOptions, RestartPolicy, MAX_BACKOFF, RESTART_RESET};
+pub use crate::restart::{backoff, RestartPolicy, MAX_BACKOFF, RESTART_RESET};
+pub use options::LaunchOptions;
 
-use crate::audit::now_ms;
-use crate::daemon::Shared;
-use crate::ipc::CREDENTIALS_FILE;
-use crate::registry::{App, AuthMode, Placement};
-use crate::sandbox::direct::DirectSandbox;
-use crate::sandbox::docker::{DockerSandbox, DockerSettings};
-use crate::sandbox::{AppState, LaunchSpec, Sandbox, SandboxError, SandboxKind};
+use crate::audit::{now_ms, Audit};
+use crate::config::{AppPaths, Config};
+use crate::ipc::{PeerRule, CREDENTIALS_FILE};
+use crate::registry::{App, AuthMode, Registry};
+use crate::sandbox::{AppState, LaunchSpec, Launched, Sandbox, SandboxError, SandboxKind};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{watch, OnceCell};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// The token for `FOLD_CLIENT_APP_TOKEN`: only in direct mode, only for apps installed with
-/// `auth = "token"` (reference-era apps read it from the environment). Read back from the
-/// credentials file, the one place the daemon keeps it. Never given to containers.
-fn legacy_token(shared: &Shared, app: &App, direct: bool) -> Option<String> {
-    if app.auth_mode != AuthMode::Token || !direct {
-        return None;
-    }
-    shared.read_credentials(app).ok().map(|c| c.token)
+/// The supervisor's slice of the configuration.
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    /// Where each app's files are.
+    pub paths: AppPaths,
+    /// Image of apps that name none.
+    pub default_image: String,
+    /// Size cap of each app's log file.
+    pub log_cap: u64,
+    /// The restart policy of an adopted container whose labels do not say.
+    pub restart: RestartPolicy,
+    /// Delay before the first restart; doubles per restart (see [`backoff`]).
+    pub restart_backoff: Duration,
+    /// Grace between SIGTERM and SIGKILL when a stop arrives while a restart is starting.
+    pub stop_grace: Duration,
 }
 
-/// Who may connect to an app's socket, besides the uid check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerRule {
-    /// Any process of the app's uid: the app is placed on the host (dev mode).
-    Uid,
-    /// Only processes of this running container (same cgroups and pid namespace as its
-    /// init process, host pid `init_pid`).
-    Container {
-        /// The container's full id.
-        id: String,
-        /// Its init process's host pid.
-        init_pid: u32,
-    },
-    /// The container is starting; its init pid is not known yet.
-    Starting,
-    /// Nobody: the app is placed in a container and none is running.
-    Nobody,
+impl SupervisorSettings {
+    /// The settings of `config`.
+    pub fn from_config(config: &Config) -> SupervisorSettings {
+        SupervisorSettings {
+            paths: config.app_paths(),
+            default_image: config.default_image.clone(),
+            log_cap: config.log_cap,
+            restart: config.restart,
+            restart_backoff: config.restart_backoff,
+            stop_grace: config.stop_grace,
+        }
+    }
+}
+
+/// The backends apps run in.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// Host processes (`app launch --direct`, dev mode).
+    pub direct: Arc<dyn Sandbox>,
+    /// Containers (every other launch).
+    pub container: Arc<dyn Sandbox>,
+}
+
+/// One backend and whether its leftovers (runs of an earlier daemon) were taken over.
+#[derive(Debug)]
+struct Backend {
+    sandbox: Arc<dyn Sandbox>,
+    recovered: OnceCell<()>,
+}
+
+impl Backend {
+    fn new(sandbox: Arc<dyn Sandbox>) -> Backend {
+        Backend {
+            sandbox,
+            recovered: OnceCell::new(),
+        }
+    }
+}
+
+/// Who may connect to a container app while its run is in `state` in `backend`.
+fn peer_rule(backend: &dyn Sandbox, app_id: &str, state: &AppState) -> PeerRule {
+    match state {
+        AppState::Running {
+            pid: Some(init_pid),
+        } => match backend.container(app_id) {
+            Some(id) => PeerRule::Container {
+                id,
+                init_pid: *init_pid,
+            },
+            None => PeerRule::Nobody,
+        },
+        AppState::Starting => PeerRule::Starting,
+        _ => PeerRule::Nobody,
+    }
 }
 
 /// What a launch did.
@@ -101,6 +151,7 @@ pub struct AppStatus {
 /// The supervision of one app's launch and its restarts.
 #[derive(Debug)]
 struct Tracked {
+    app_id: String,
     kind: SandboxKind,
     backend: Arc<dyn Sandbox>,
     options: LaunchOptions,
@@ -131,9 +182,17 @@ impl Tracked {
 /// Launches and tracks apps across backends.
 #[derive(Debug)]
 pub struct Supervisor {
-    direct: Arc<dyn Sandbox>,
-    docker: OnceCell<DockerSandbox>,
+    direct: Backend,
+    container: Backend,
+    registry: Arc<Registry>,
+    audit: Audit,
+    settings: SupervisorSettings,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
     tracked: Mutex<HashMap<String, Arc<Tracked>>>,
+    /// Each app's peer rule, by app id; created on first use, so a listener can subscribe
+    /// before the app is ever launched.
+    peers: Mutex<HashMap<String, watch::Sender<PeerRule>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -141,48 +200,129 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Supervisor {
-    /// A supervisor; the Docker engine is connected on first use (or by [`Self::adopt`]).
-    pub fn new(_config: &crate::config::Config) -> Supervisor {
-        Supervisor {
-            direct: Arc::new(DirectSandbox::new()),
-            docker: OnceCell::new(),
+    /// A supervisor of apps in `backends`. Watchers run on `tasks` and end at `shutdown`;
+    /// apps are looked up in `registry` (a restart of a removed app is dropped), lifecycle
+    /// events go to `audit`.
+    pub fn new(
+        settings: SupervisorSettings,
+        backends: Backends,
+        registry: Arc<Registry>,
+        audit: Audit,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Arc<Supervisor> {
+        Arc::new(Supervisor {
+            direct: Backend::new(backends.direct),
+            container: Backend::new(backends.container),
+            registry,
+            audit,
+            settings,
+            tasks,
+            shutdown,
             tracked: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The app's peer rule from now on: every change is published here (a container that
+    /// starts, runs with its init pid, ends). Until the app runs in a container: `Nobody`.
+    pub fn peer_rule(&self, app_id: &str) -> watch::Receiver<PeerRule> {
+        lock(&self.peers)
+            .entry(app_id.to_string())
+            .or_default()
+            .subscribe()
+    }
+
+    /// Publishes the app's peer rule (only when it changed, so readers are not woken).
+    fn publish(&self, app_id: &str, rule: PeerRule) {
+        lock(&self.peers)
+            .entry(app_id.to_string())
+            .or_default()
+            .send_if_modified(|current| {
+                let changed = *current != rule;
+                *current = rule;
+                changed
+            });
+    }
+
+    /// Publishes the peer rule of the app's run in `backend` as it is now.
+    fn publish_current(&self, app_id: &str, backend: &dyn Sandbox) {
+        let state = backend.state(app_id).unwrap_or(AppState::Stopped);
+        self.publish(app_id, peer_rule(backend, app_id, &state));
+    }
+
+    /// Forgets a removed app's peer rule (left at `Nobody` for listeners still holding it).
+    pub fn forget(&self, app_id: &str) {
+        if let Some(peer) = lock(&self.peers).remove(app_id) {
+            peer.send_replace(PeerRule::Nobody);
         }
     }
 
-    /// The Docker backend, connecting (and adopting this daemon's containers) on first use.
-    async fn docker(&self, shared: &Arc<Shared>) -> Result<&DockerSandbox, SandboxError> {
-        self.docker
+    fn backend(&self, direct: bool) -> &Backend {
+        if direct {
+            &self.direct
+        } else {
+            &self.container
+        }
+    }
+
+    /// Takes over what earlier runs of this daemon left in each backend (daemon start).
+    /// Without a reachable Docker engine this only logs: adoption then happens before the
+    /// first container launch.
+    pub async fn adopt(self: &Arc<Self>) {
+        for backend in [&self.direct, &self.container] {
+            if let Err(e) = self.ensure_recovered(backend).await {
+                tracing::warn!(
+                    "{} backend not available; nothing adopted: {e}",
+                    backend.sandbox.kind().as_str()
+                );
+            }
+        }
+    }
+
+    /// Adopts `backend`'s leftovers once. An unreachable engine is retried on the next
+    /// call; any other failure to list them is logged and not retried (as a launch into
+    /// the backend must not wait on it forever).
+    async fn ensure_recovered(self: &Arc<Self>, backend: &Backend) -> Result<(), SandboxError> {
+        backend
+            .recovered
             .get_or_try_init(|| async {
-                let settings = DockerSettings::from_config(&shared.config);
-                let docker = DockerSandbox::connect(
-                    settings,
-                    shared.tasks.clone(),
-                    shared.shutdown.child_token(),
-                )
-                .await?;
-                watcher::adopt_all(shared, &docker).await;
-                Ok(docker)
+                match watcher::adopt_all(self, &backend.sandbox).await {
+                    Err(e @ SandboxError::EngineUnreachable { .. }) => Err(e),
+                    Err(e) => {
+                        tracing::warn!("cannot list this daemon's containers; none adopted: {e}");
+                        Ok(())
+                    }
+                    Ok(()) => Ok(()),
+                }
             })
             .await
+            .map(|_| ())
     }
 
-    /// Connects to the engine and adopts this daemon's containers (daemon start). Without a
-    /// reachable engine this only logs: adoption happens on the first Docker launch.
-    pub async fn adopt(&self, shared: &Arc<Shared>) {
-        if let Err(e) = self.docker(shared).await {
-            tracing::warn!("Docker engine not available; no containers adopted: {e}");
+    /// The token for `FOLD_CLIENT_APP_TOKEN`: only in direct mode, only for apps installed
+    /// with `auth = "token"` (reference-era apps read it from the environment). Read back
+    /// from the credentials file, the one place the daemon keeps it. Never given to
+    /// containers.
+    fn legacy_token(&self, app: &App, direct: bool) -> Option<String> {
+        if app.auth_mode != AuthMode::Token || !direct {
+            return None;
         }
+        let socket_dir = self.settings.paths.socket_dir(&app.id);
+        crate::ipc::read_credentials(&socket_dir)
+            .ok()
+            .map(|c| c.token)
     }
 
-    fn spec(shared: &Shared, app: &App, options: &LaunchOptions) -> LaunchSpec {
+    fn spec(&self, app: &App, options: &LaunchOptions) -> LaunchSpec {
+        let paths = &self.settings.paths;
         LaunchSpec {
             app_id: app.id.clone(),
             app_name: app.name.clone(),
-            app_dir: shared.app_dir(&app.id),
+            app_dir: paths.app_dir(&app.id),
             binary: app.binary.clone(),
             args: options.args.clone(),
-            socket_dir: shared.socket_dir(&app.id),
+            socket_dir: paths.socket_dir(&app.id),
             credentials_file: CREDENTIALS_FILE.to_string(),
             uid: app.uid,
             gid: app.gid,
@@ -191,71 +331,52 @@ impl Supervisor {
                 .image
                 .clone()
                 .or_else(|| app.image.clone())
-                .unwrap_or_else(|| shared.config.default_image.clone()),
+                .unwrap_or_else(|| self.settings.default_image.clone()),
             network: app.network.clone(),
-            log_path: shared.log_path(&app.id),
-            log_cap: shared.config.log_cap,
-            legacy_token: legacy_token(shared, app, options.direct),
+            log_path: paths.log_path(&app.id),
+            log_cap: self.settings.log_cap,
+            legacy_token: self.legacy_token(app, options.direct),
+            labels: HashMap::new(),
         }
     }
 
-    /// Starts one run in `backend`.
+    /// Starts one run in the backend `options` name, after taking over its leftovers.
     async fn start_run(
-        &self,
-        shared: &Arc<Shared>,
+        self: &Arc<Self>,
         app: &App,
         options: &LaunchOptions,
         restarts: u32,
         deadline_ms: Option<u64>,
-    ) -> Result<LaunchOutcome, SandboxError> {
-        let spec = Self::spec(shared, app, options);
-        if options.direct {
-            let state = self.direct.launch(&spec).await?;
-            return Ok(LaunchOutcome {
-                kind: SandboxKind::Direct,
-                state,
-                container: None,
-                warnings: Vec::new(),
-            });
-        }
-        let docker = self.docker(shared).await?;
-        let labels = options.labels(restarts, deadline_ms);
-        let launched = docker.launch_with(&spec, &labels).await?;
-        Ok(LaunchOutcome {
-            kind: SandboxKind::Docker,
-            state: launched.state,
-            container: Some(launched.container_id),
-            warnings: launched.warnings,
-        })
+    ) -> Result<Launched, SandboxError> {
+        let backend = self.backend(options.direct);
+        self.ensure_recovered(backend).await?;
+        let mut spec = self.spec(app, options);
+        spec.labels = options.labels(restarts, deadline_ms);
+        // The app may connect as soon as its container runs, before the launch returns:
+        // its connection waits (briefly) for the init pid rather than being refused.
+        self.publish(&app.id, PeerRule::Starting);
+        let launched = backend.sandbox.launch(&spec).await;
+        self.publish_current(&app.id, &*backend.sandbox);
+        launched
     }
 
-    fn backend_of(&self, kind: SandboxKind) -> Option<Arc<dyn Sandbox>> {
-        match kind {
-            SandboxKind::Docker => self
-                .docker
-                .get()
-                .map(|d| Arc::new(d.clone()) as Arc<dyn Sandbox>),
-            _ => Some(Arc::clone(&self.direct)),
-        }
+    fn track(&self, tracked: Arc<Tracked>) {
+        lock(&self.tracked).insert(tracked.app_id.clone(), tracked);
     }
 
-    fn track(&self, app_id: &str, tracked: Arc<Tracked>) {
-        lock(&self.tracked).insert(app_id.to_string(), tracked);
-    }
-
-    /// Starts `app` as `options` say (Docker unless `options.direct`) and supervises it.
+    /// Starts `app` as `options` say (in a container unless `options.direct`) and
+    /// supervises it.
     ///
     /// # Errors
     ///
     /// The app is already running, or the backend could not start it.
     pub async fn launch(
-        &self,
-        shared: &Arc<Shared>,
+        self: &Arc<Self>,
         app: &App,
         options: LaunchOptions,
     ) -> Result<LaunchOutcome, SandboxError> {
         // The uid must still be the app's alone (users and ranges may be added after install).
-        if let Some(problem) = shared.registry.uid_problem(app) {
+        if let Some(problem) = self.registry.uid_problem(app) {
             return Err(SandboxError::UidNotOwned {
                 app: app.name.clone(),
                 problem,
@@ -264,58 +385,56 @@ impl Supervisor {
         if self.state(&app.id).is_some_and(|(_, s)| s.is_live()) {
             return Err(SandboxError::AlreadyRunning(app.name.clone()));
         }
-        let kind = if options.direct {
-            SandboxKind::Direct
-        } else {
-            SandboxKind::Docker
-        };
+        let backend = Arc::clone(&self.backend(options.direct).sandbox);
+        let kind = backend.kind();
         let deadline_ms = options
             .max_lifetime
             .map(|d| now_ms() + u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let result = self.start_run(shared, app, &options, 0, deadline_ms).await;
-        if let Err(SandboxError::AlreadyRunning(_)) = &result {
-            return result; // a concurrent launch won; its supervision stands
-        }
+        let result = match self.start_run(app, &options, 0, deadline_ms).await {
+            // A concurrent launch won; its supervision stands.
+            Err(e @ SandboxError::AlreadyRunning(_)) => return Err(e),
+            other => other,
+        };
         let state = match &result {
-            Ok(outcome) => outcome.state.clone(),
+            Ok(launched) => launched.state.clone(),
             Err(e) => AppState::Failed {
                 reason: e.to_string(),
             },
         };
-        if let Some(backend) = self.backend_of(kind) {
-            let tracked = Arc::new(Tracked {
-                kind,
-                backend,
-                options,
-                state: watch::Sender::new(state),
-                restarts: AtomicU32::new(0),
-                note: Mutex::new(None),
-                stop: CancellationToken::new(),
-                deadline_ms,
-            });
-            self.track(&app.id, Arc::clone(&tracked));
-            if result.is_ok() {
-                watcher::spawn(shared, tracked, app.id.clone());
-            }
-        }
-        result
+        let tracked = Arc::new(Tracked {
+            app_id: app.id.clone(),
+            kind,
+            backend,
+            options,
+            state: watch::Sender::new(state),
+            restarts: AtomicU32::new(0),
+            note: Mutex::new(None),
+            stop: CancellationToken::new(),
+            deadline_ms,
+        });
+        self.track(Arc::clone(&tracked));
+        let launched = result?;
+        watcher::spawn(self, tracked);
+        Ok(LaunchOutcome {
+            kind,
+            state: launched.state,
+            container: launched.container,
+            warnings: launched.warnings,
+        })
     }
 
-    /// Records an adopted container's app and supervises it from here on.
-    #[allow(clippy::too_many_arguments)]
+    /// Records an adopted run's app and supervises it from here on.
     fn track_adopted(
-        &self,
-        shared: &Arc<Shared>,
-        backend: Arc<dyn Sandbox>,
+        self: &Arc<Self>,
+        backend: &Arc<dyn Sandbox>,
         app_id: &str,
         state: AppState,
-        options: LaunchOptions,
-        restarts: u32,
-        deadline_ms: Option<u64>,
+        (options, restarts, deadline_ms): (LaunchOptions, u32, Option<u64>),
     ) {
         let tracked = Arc::new(Tracked {
-            kind: SandboxKind::Docker,
-            backend,
+            app_id: app_id.to_string(),
+            kind: backend.kind(),
+            backend: Arc::clone(backend),
             options,
             state: watch::Sender::new(state),
             restarts: AtomicU32::new(restarts),
@@ -323,8 +442,9 @@ impl Supervisor {
             stop: CancellationToken::new(),
             deadline_ms,
         });
-        self.track(app_id, Arc::clone(&tracked));
-        watcher::spawn(shared, tracked, app_id.to_string());
+        self.track(Arc::clone(&tracked));
+        self.publish_current(app_id, &**backend);
+        watcher::spawn(self, tracked);
     }
 
     /// Runs `app` once (no restarts), waits at most `timeout`, then stops it (SIGTERM,
@@ -334,8 +454,7 @@ impl Supervisor {
     ///
     /// The app is already running, or could not be started.
     pub async fn run(
-        &self,
-        shared: &Arc<Shared>,
+        self: &Arc<Self>,
         app: &App,
         mut options: LaunchOptions,
         timeout: Duration,
@@ -344,7 +463,7 @@ impl Supervisor {
         options.restart = RestartPolicy::Never;
         options.max_lifetime = None;
         let started = Instant::now();
-        let launch = self.launch(shared, app, options).await?;
+        let launch = self.launch(app, options).await?;
         let (state, timed_out) = match tokio::time::timeout(timeout, self.wait(&app.id)).await {
             Ok(state) => (state.unwrap_or(AppState::Stopped), false),
             Err(_) => {
@@ -414,10 +533,7 @@ impl Supervisor {
     /// The app's full status for `app ps`.
     pub fn status(&self, app_id: &str) -> Option<AppStatus> {
         let tracked = lock(&self.tracked).get(app_id).cloned()?;
-        let container = match tracked.kind {
-            SandboxKind::Docker => self.docker.get().and_then(|d| d.container_id(app_id)),
-            _ => None,
-        };
+        let container = tracked.backend.container(app_id);
         let state = tracked.state.borrow().clone();
         let note = lock(&tracked.note).clone();
         Some(AppStatus {
@@ -427,25 +543,6 @@ impl Supervisor {
             note,
             container,
         })
-    }
-
-    /// Who may connect to the app's socket besides its uid. Decided by the app's recorded
-    /// placement, never by whether it was launched since the daemon started: a container
-    /// app is reachable only from its running container.
-    pub fn peer_rule(&self, app: &App) -> PeerRule {
-        if app.placement == Placement::Host {
-            return PeerRule::Uid;
-        }
-        match self.docker.get().and_then(|d| d.current(&app.id)) {
-            Some((
-                id,
-                AppState::Running {
-                    pid: Some(init_pid),
-                },
-            )) => PeerRule::Container { id, init_pid },
-            Some((_, AppState::Starting)) => PeerRule::Starting,
-            _ => PeerRule::Nobody,
-        }
     }
 
     /// Waits until the app is no longer live (restarts included).
@@ -471,3 +568,6 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

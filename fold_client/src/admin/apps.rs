@@ -161,7 +161,7 @@ async fn launch(
     options: LaunchOptions,
 ) -> Result<Value, DaemonError> {
     let app = daemon::place(shared, app, placement_of(options.direct)).await?;
-    let outcome = shared.supervisor.launch(shared, &app, options).await?;
+    let outcome = shared.supervisor.launch(&app, options).await?;
     let kind = outcome.kind;
     let detail = sandbox_detail(kind, &outcome);
     shared
@@ -188,10 +188,7 @@ async fn run(
 ) -> Result<Value, DaemonError> {
     let app = daemon::place(shared, app, placement_of(options.direct)).await?;
     let grace = shared.config.stop_grace;
-    let outcome = shared
-        .supervisor
-        .run(shared, &app, options, timeout, grace)
-        .await?;
+    let outcome = shared.supervisor.run(&app, options, timeout, grace).await?;
     let kind = outcome.launch.kind;
     let detail = format!(
         "{}; {}{}",

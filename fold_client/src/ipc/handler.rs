@@ -1,10 +1,10 @@
 //! One app request, from decoded envelope to response: authenticate, check grants, proxy,
 //! audit. Transport concerns (framing, timeouts, concurrency) are `fold_ipc::server`'s.
 
+use super::Services;
 use crate::app_limits::TokenBucket;
 use crate::audit::{now_ms, RequestRecord, Verdict};
 use crate::auth::{self, Authenticated, FailureLimiter, Freshness, NonceCache};
-use crate::daemon::Shared;
 use crate::metrics::Stage;
 use crate::policy;
 use crate::verifier::Verifier;
@@ -91,8 +91,8 @@ pub struct AppHandler {
     pub app_id: String,
     /// The app's authentication state.
     pub runtime: Arc<AppRuntime>,
-    /// Daemon-wide state.
-    pub shared: Arc<Shared>,
+    /// What the daemon hands its sockets.
+    pub shared: Arc<Services>,
 }
 
 /// When and how a request reached the handler.

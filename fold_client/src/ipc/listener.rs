@@ -1,10 +1,10 @@
 //! Binding an app's socket (safely: never over a live daemon's) and serving it.
 
 use super::handler::{AppHandler, AppRuntime};
-use super::peer::{ContainerIdentity, Peer};
-use crate::daemon::Shared;
+use super::peer::{ContainerIdentity, Peer, PeerRule};
+use super::Services;
 use crate::fsutil::{Access, Dir};
-use crate::supervisor::PeerRule;
+use crate::registry::Placement;
 use fold_ipc::frame::encode_frame;
 use fold_ipc::server::serve_connection;
 use fold_ipc::{ErrorCode, Response, WireError};
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Why a socket could not be bound.
@@ -82,15 +82,17 @@ pub fn bind_socket(dir: &Dir, name: &str, access: Access) -> Result<AppSocket, S
 /// Serves one app's socket until `cancel` fires, then removes the socket file.
 ///
 /// Each connection's peer uid must be `uid` (checked with `SO_PEERCRED` before anything is
-/// read), and the peer must be where the app is placed (`placement_check`: its running
-/// container, checked exactly, for a container app); the app may hold at most `max_connections_per_app` connections, and further ones
-/// get a `rate_limited` error frame and are closed.
+/// read), and the peer must be where the app is placed (`placement_check`: for a container
+/// app, the running container `peer_rule` names, checked exactly); the app may hold at most
+/// `max_connections_per_app` connections, and further ones get a `rate_limited` error frame
+/// and are closed.
 pub async fn serve_socket(
     socket: AppSocket,
     app_id: String,
     uid: u32,
     runtime: Arc<AppRuntime>,
-    shared: Arc<Shared>,
+    shared: Arc<Services>,
+    peer_rule: watch::Receiver<PeerRule>,
     cancel: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(shared.config.max_connections_per_app));
@@ -149,8 +151,9 @@ pub async fn serve_socket(
         let shutdown = shared.shutdown.clone();
         let checking = Arc::clone(&shared);
         let app = app_id.clone();
+        let rule = peer_rule.clone();
         shared.tasks.spawn(async move {
-            if let Err(detail) = placement_check(&checking, &app, &peer).await {
+            if let Err(detail) = placement_check(&checking, &app, &peer, rule).await {
                 reject(&checking, &app, &detail).await;
                 return;
             }
@@ -162,7 +165,7 @@ pub async fn serve_socket(
     let _ = std::fs::remove_file(&socket.path);
 }
 
-async fn reject(shared: &Shared, app_id: &str, detail: &str) {
+async fn reject(shared: &Services, app_id: &str, detail: &str) {
     shared
         .audit
         .event(app_id, None, "peer_rejected", detail)
@@ -174,22 +177,33 @@ async fn reject(shared: &Shared, app_id: &str, detail: &str) {
 const STARTING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the app is placed decides who may connect: a host-placed app (dev mode) any
-/// process of its uid; a container app only a process of its running container, checked
-/// exactly (see `peer`). A container app whose container is not running accepts nobody.
-async fn placement_check(shared: &Shared, app_id: &str, peer: &Peer) -> Result<(), String> {
+/// process of its uid; a container app only a process of its running container (as its
+/// supervisor last published it in `rule`), checked exactly (see `peer`). A container app
+/// whose container is not running accepts nobody.
+async fn placement_check(
+    shared: &Services,
+    app_id: &str,
+    peer: &Peer,
+    mut rule: watch::Receiver<PeerRule>,
+) -> Result<(), String> {
     let waited = tokio::time::Instant::now();
     loop {
         let Some(app) = shared.registry.get(app_id) else {
             return Err("the app was removed; connection closed unread".into());
         };
-        match shared.supervisor.peer_rule(&app) {
-            PeerRule::Uid => return Ok(()),
+        if app.placement == Placement::Host {
+            return Ok(());
+        }
+        let current = rule.borrow_and_update().clone();
+        match current {
             PeerRule::Nobody => return Err(
                 "the app is placed in a container and none is running; connection closed unread"
                     .into(),
             ),
             PeerRule::Starting if waited.elapsed() < STARTING_WAIT => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                // Woken by the next change, or re-checked after a while (placement too).
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(10), rule.changed())
+                    .await;
             }
             PeerRule::Starting => {
                 return Err(

@@ -172,6 +172,28 @@ pub fn cgroup_names(cgroup: &str, container_id: &str) -> bool {
             })
 }
 
+/// Which processes of a container-placed app may connect, besides the uid check: what the
+/// supervisor last published about the app's container (each change of its state is
+/// published). The listener reads it; it never asks the supervisor. A host-placed app (dev
+/// mode) admits any process of its uid, whatever this says: the registry's placement
+/// decides which applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PeerRule {
+    /// Nobody: no container of the app is running.
+    #[default]
+    Nobody,
+    /// The container is starting; its init pid is not known yet.
+    Starting,
+    /// Only processes of this running container (same cgroups and pid namespace as its
+    /// init process, host pid `init_pid`).
+    Container {
+        /// The container's full id.
+        id: String,
+        /// Its init process's host pid.
+        init_pid: u32,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

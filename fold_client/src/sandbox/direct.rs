@@ -18,7 +18,7 @@
 //! under `RLIMIT_DATA`. Neither is a cgroup limit: it bounds each process, not the group.
 
 use super::logfile::{pump, LogFile};
-use super::{AppState, LaunchSpec, ResourceLimits, Sandbox, SandboxError, SandboxKind};
+use super::{AppState, LaunchSpec, Launched, ResourceLimits, Sandbox, SandboxError, SandboxKind};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -163,8 +163,16 @@ impl Sandbox for DirectSandbox {
         SandboxKind::Direct
     }
 
-    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<AppState, SandboxError>> {
-        async move { self.launch_now(spec) }.boxed()
+    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<Launched, SandboxError>> {
+        async move {
+            let state = self.launch_now(spec)?;
+            Ok(Launched {
+                state,
+                container: None,
+                warnings: Vec::new(),
+            })
+        }
+        .boxed()
     }
 
     fn stop<'a>(
@@ -179,14 +187,8 @@ impl Sandbox for DirectSandbox {
         self.apps().get(app_id).map(|e| e.state.borrow().clone())
     }
 
-    fn wait<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, Option<AppState>> {
-        let rx = self.apps().get(app_id).map(|e| e.state.subscribe());
-        async move {
-            let mut rx = rx?;
-            let state = rx.wait_for(|s| !s.is_live()).await.ok()?.clone();
-            Some(state)
-        }
-        .boxed()
+    fn subscribe(&self, app_id: &str) -> Option<watch::Receiver<AppState>> {
+        self.apps().get(app_id).map(|e| e.state.subscribe())
     }
 }
 

@@ -37,6 +37,7 @@ fn app(script: &str) -> (tempfile::TempDir, LaunchSpec) {
         log_path: tmp.path().join("logs/app1.log"),
         log_cap: 1 << 20,
         legacy_token: None,
+        labels: HashMap::new(),
     };
     (tmp, spec)
 }
@@ -45,7 +46,7 @@ fn app(script: &str) -> (tempfile::TempDir, LaunchSpec) {
 async fn run(spec: &LaunchSpec) -> (AppState, String) {
     let sbx = DirectSandbox::new();
     assert!(matches!(
-        sbx.launch(spec).await,
+        sbx.launch(spec).await.map(|l| l.state),
         Ok(AppState::Running { pid: Some(_) })
     ));
     let state = tokio::time::timeout(Duration::from_secs(5), sbx.wait(&spec.app_id)).await;

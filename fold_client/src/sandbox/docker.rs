@@ -12,6 +12,9 @@
 //!
 //! Containers carry `io.foldclient.daemon = <daemon_label>`: a daemon lists, adopts, stops
 //! and removes only containers with its own label, never anyone else's.
+//!
+//! The daemon holds the backend as a [`LazyDocker`], which connects on first use; every
+//! operation the supervisor needs is on the [`Sandbox`] trait.
 
 mod adopt;
 mod elf;
@@ -27,15 +30,14 @@ pub use report::{engine_report, EngineReport, StorageSupport};
 pub use spec::{container_name, LABEL_APP, LABEL_DAEMON, SOCKET_MOUNT};
 
 use super::logfile::LogFile;
-use super::{AppState, LaunchSpec, Sandbox, SandboxError, SandboxKind};
-use crate::config::Config;
+use super::{AppState, Found, LaunchSpec, Launched, Sandbox, SandboxError, SandboxKind};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, OnceCell};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,48 +57,6 @@ pub struct DockerSettings {
     pub storage_limit: Option<u64>,
     /// Default stop grace (recorded as the container's stop timeout).
     pub grace: Duration,
-}
-
-impl DockerSettings {
-    /// The settings of `config`.
-    pub fn from_config(config: &Config) -> DockerSettings {
-        DockerSettings {
-            host: config.docker_host.clone(),
-            label: config.daemon_label.clone(),
-            engine_timeout: config.engine_timeout,
-            pull_timeout: config.pull_timeout,
-            storage_limit: config.storage_limit,
-            grace: config.stop_grace,
-        }
-    }
-}
-
-/// A started container.
-#[derive(Debug, Clone)]
-pub struct Launched {
-    /// Its state right after the start.
-    pub state: AppState,
-    /// The container's id.
-    pub container_id: String,
-    /// Things the user should know (storage limit not enforced, binary/image mismatch).
-    pub warnings: Vec<String>,
-}
-
-/// A container of this daemon found in the engine (daemon restart).
-#[derive(Debug, Clone)]
-pub struct Found {
-    /// The app it runs.
-    pub app_id: String,
-    /// The container's id.
-    pub container_id: String,
-    /// Whether it is still running.
-    pub running: bool,
-    /// Its labels (the supervisor keeps its launch options there).
-    pub labels: HashMap<String, String>,
-    /// Arguments it was started with.
-    pub args: Vec<String>,
-    /// Its image.
-    pub image: String,
 }
 
 /// Runs apps in hardened Docker containers.
@@ -172,64 +132,6 @@ impl DockerSandbox {
         Ok(DockerSandbox { inner })
     }
 
-    /// Launches `spec` in a new container carrying `labels` besides the app and daemon
-    /// labels. Pulls the image if missing.
-    ///
-    /// # Errors
-    ///
-    /// Already running, image unavailable, or the engine refused (its message, with a fix).
-    pub async fn launch_with(
-        &self,
-        spec: &LaunchSpec,
-        labels: &HashMap<String, String>,
-    ) -> Result<Launched, SandboxError> {
-        lifecycle::launch(&self.inner, spec, labels).await
-    }
-
-    /// This daemon's containers (by label), running or not.
-    ///
-    /// # Errors
-    ///
-    /// The engine did not answer.
-    pub async fn find_ours(&self) -> Result<Vec<Found>, SandboxError> {
-        adopt::find_ours(&self.inner).await
-    }
-
-    /// Takes over a container found after a daemon restart: its state, output and events.
-    /// A container that has exited meanwhile is finalized (state read, removed).
-    ///
-    /// # Errors
-    ///
-    /// The log cannot be opened or the engine did not answer.
-    pub async fn adopt(&self, spec: &LaunchSpec, found: &Found) -> Result<AppState, SandboxError> {
-        adopt::adopt(&self.inner, spec, found).await
-    }
-
-    /// Kills and removes a container of this daemon that no installed app owns.
-    ///
-    /// # Errors
-    ///
-    /// The engine did not answer.
-    pub async fn discard(&self, container_id: &str) -> Result<(), SandboxError> {
-        let timeout = self.inner.settings.engine_timeout;
-        engine::remove(&self.inner.docker, timeout, container_id).await
-    }
-
-    /// The id of the app's current (or last) container.
-    pub fn container_id(&self, app_id: &str) -> Option<String> {
-        lock(&self.inner.apps)
-            .get(app_id)
-            .and_then(|e| e.container())
-    }
-
-    /// The app's current (or last) container and its state.
-    pub fn current(&self, app_id: &str) -> Option<(String, AppState)> {
-        let entry = lock(&self.inner.apps).get(app_id).cloned()?;
-        let id = entry.container()?;
-        let state = entry.state.borrow().clone();
-        Some((id, state))
-    }
-
     /// Whether this engine limits container storage, as known so far.
     pub fn storage(&self) -> StorageSupport {
         lock(&self.inner.storage).clone()
@@ -257,17 +159,16 @@ pub async fn prepare_image(
     Ok(true)
 }
 
+/// A launch creates a container carrying the spec's labels (`LaunchSpec::labels`) besides
+/// the app and daemon labels, pulling the image if it is missing; leftovers are this
+/// daemon's containers by label.
 impl Sandbox for DockerSandbox {
     fn kind(&self) -> SandboxKind {
         SandboxKind::Docker
     }
 
-    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<AppState, SandboxError>> {
-        async move {
-            let launched = self.launch_with(spec, &HashMap::new()).await?;
-            Ok(launched.state)
-        }
-        .boxed()
+    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<Launched, SandboxError>> {
+        lifecycle::launch(&self.inner, spec, &spec.labels).boxed()
     }
 
     fn stop<'a>(
@@ -278,10 +179,10 @@ impl Sandbox for DockerSandbox {
         lifecycle::stop(&self.inner, app_id, grace).boxed()
     }
 
-    fn state(&self, app_id: &str) -> Option<AppState> {
+    fn subscribe(&self, app_id: &str) -> Option<watch::Receiver<AppState>> {
         lock(&self.inner.apps)
             .get(app_id)
-            .map(|e| e.state.borrow().clone())
+            .map(|e| e.state.subscribe())
     }
 
     fn exit_note(&self, app_id: &str) -> Option<String> {
@@ -290,15 +191,120 @@ impl Sandbox for DockerSandbox {
         note.map(str::to_string)
     }
 
-    fn wait<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, Option<AppState>> {
-        let rx = lock(&self.inner.apps)
+    fn container(&self, app_id: &str) -> Option<String> {
+        lock(&self.inner.apps)
             .get(app_id)
-            .map(|e| e.state.subscribe());
-        async move {
-            let mut rx = rx?;
-            let state = rx.wait_for(|s| !s.is_live()).await.ok()?.clone();
-            Some(state)
+            .and_then(|e| e.container())
+    }
+
+    fn leftovers(&self) -> BoxFuture<'_, Result<Vec<Found>, SandboxError>> {
+        adopt::find_ours(&self.inner).boxed()
+    }
+
+    fn adopt<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+        found: &'a Found,
+    ) -> BoxFuture<'a, Result<AppState, SandboxError>> {
+        adopt::adopt(&self.inner, spec, found).boxed()
+    }
+
+    fn discard<'a>(&'a self, found: &'a Found) -> BoxFuture<'a, Result<(), SandboxError>> {
+        let timeout = self.inner.settings.engine_timeout;
+        engine::remove(&self.inner.docker, timeout, &found.container_id).boxed()
+    }
+}
+
+/// The Docker backend as the daemon holds it: the engine is connected on first use (the
+/// search for leftovers at daemon start, or the first container launch), so a daemon
+/// without a reachable engine still serves host apps, and a later launch connects once
+/// the engine is up. Until then it knows no apps.
+#[derive(Debug)]
+pub struct LazyDocker {
+    settings: DockerSettings,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    engine: OnceCell<DockerSandbox>,
+}
+
+impl LazyDocker {
+    /// A backend that connects with `settings` when first needed; its background work runs
+    /// on `tasks` until `shutdown`.
+    pub fn new(
+        settings: DockerSettings,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> LazyDocker {
+        LazyDocker {
+            settings,
+            tasks,
+            shutdown,
+            engine: OnceCell::new(),
         }
-        .boxed()
+    }
+
+    /// The connected backend, connecting now if needed (retried on the next call after a
+    /// failure).
+    async fn connected(&self) -> Result<&DockerSandbox, SandboxError> {
+        self.engine
+            .get_or_try_init(|| {
+                DockerSandbox::connect(
+                    self.settings.clone(),
+                    self.tasks.clone(),
+                    self.shutdown.child_token(),
+                )
+            })
+            .await
+    }
+}
+
+impl Sandbox for LazyDocker {
+    fn kind(&self) -> SandboxKind {
+        SandboxKind::Docker
+    }
+
+    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<Launched, SandboxError>> {
+        async move { self.connected().await?.launch(spec).await }.boxed()
+    }
+
+    fn stop<'a>(
+        &'a self,
+        app_id: &'a str,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<AppState, SandboxError>> {
+        match self.engine.get() {
+            Some(docker) => docker.stop(app_id, grace),
+            None => {
+                futures::future::ready(Err(SandboxError::NotRunning(app_id.to_string()))).boxed()
+            }
+        }
+    }
+
+    fn subscribe(&self, app_id: &str) -> Option<watch::Receiver<AppState>> {
+        self.engine.get()?.subscribe(app_id)
+    }
+
+    fn exit_note(&self, app_id: &str) -> Option<String> {
+        self.engine.get()?.exit_note(app_id)
+    }
+
+    fn container(&self, app_id: &str) -> Option<String> {
+        self.engine.get()?.container(app_id)
+    }
+
+    fn leftovers(&self) -> BoxFuture<'_, Result<Vec<Found>, SandboxError>> {
+        async move { self.connected().await?.leftovers().await }.boxed()
+    }
+
+    fn adopt<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+        found: &'a Found,
+    ) -> BoxFuture<'a, Result<AppState, SandboxError>> {
+        async move { self.connected().await?.adopt(spec, found).await }.boxed()
+    }
+
+    fn discard<'a>(&'a self, found: &'a Found) -> BoxFuture<'a, Result<(), SandboxError>> {
+        async move { self.connected().await?.discard(found).await }.boxed()
     }
 }

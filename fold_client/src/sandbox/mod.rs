@@ -1,18 +1,24 @@
 //! Sandboxes: where and how an app's binary runs.
 //!
 //! Every backend implements [`Sandbox`]: `direct` (dev mode: a host process, NOT
-//! sandboxed), `docker` (hardened containers; the only file that imports bollard), and
-//! `fake` (records calls, for unit tests of the logic around it).
+//! sandboxed) and `docker` (hardened containers; the only file that imports bollard). The
+//! supervisor holds them as `Arc<dyn Sandbox>` and calls nothing outside the trait. Tests
+//! (and the `test-support` feature) add `fake`, a scriptable, recording backend for unit
+//! tests of the supervision logic.
 
 pub mod direct;
 pub mod docker;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 pub mod logfile;
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Which backend runs an app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,8 +27,6 @@ pub enum SandboxKind {
     Direct,
     /// A hardened Docker container.
     Docker,
-    /// The recording fake used in unit tests.
-    Fake,
 }
 
 impl SandboxKind {
@@ -31,7 +35,6 @@ impl SandboxKind {
         match self {
             SandboxKind::Direct => "direct",
             SandboxKind::Docker => "docker",
-            SandboxKind::Fake => "fake",
         }
     }
 }
@@ -99,6 +102,10 @@ pub struct LaunchSpec {
     /// The app's token, passed as `FOLD_CLIENT_APP_TOKEN` in direct mode only, for
     /// reference-era apps. Never placed in a container's environment.
     pub legacy_token: Option<String>,
+    /// What the supervisor records with the run (restart policy, restarts so far,
+    /// deadline). A backend whose runs outlive the daemon (containers) keeps them and hands
+    /// them back in [`Found::labels`]; the others ignore them.
+    pub labels: HashMap<String, String>,
 }
 
 impl fmt::Debug for LaunchSpec {
@@ -120,6 +127,7 @@ impl fmt::Debug for LaunchSpec {
                 "legacy_token",
                 &self.legacy_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("labels", &self.labels)
             .finish_non_exhaustive()
     }
 }
@@ -231,14 +239,44 @@ pub enum SandboxError {
     Backend(String),
 }
 
-/// A place apps run. Methods return boxed futures so the trait stays object-safe and the
-/// daemon can hold `Arc<dyn Sandbox>` per backend.
+/// A started run.
+#[derive(Debug, Clone)]
+pub struct Launched {
+    /// Its state right after the start.
+    pub state: AppState,
+    /// Its container, for a backend that runs apps in containers.
+    pub container: Option<String>,
+    /// Things the user should know (storage limit not enforced, binary/image mismatch).
+    pub warnings: Vec<String>,
+}
+
+/// A run of this daemon found in a backend after a daemon restart (a container with the
+/// daemon's label).
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The app it runs.
+    pub app_id: String,
+    /// The container's id.
+    pub container_id: String,
+    /// Whether it is still running.
+    pub running: bool,
+    /// Its labels (the supervisor keeps its launch options there: [`LaunchSpec::labels`]).
+    pub labels: HashMap<String, String>,
+    /// Arguments it was started with.
+    pub args: Vec<String>,
+    /// Its image.
+    pub image: String,
+}
+
+/// A place apps run: every operation the supervisor needs from a backend. Methods return
+/// boxed futures so the trait stays object-safe and the supervisor can hold
+/// `Arc<dyn Sandbox>` per backend.
 pub trait Sandbox: Send + Sync + fmt::Debug {
     /// Which backend this is.
     fn kind(&self) -> SandboxKind;
 
     /// Starts the app described by `spec`; returns once it is running (or failed to start).
-    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<AppState, SandboxError>>;
+    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<Launched, SandboxError>>;
 
     /// Stops the app: SIGTERM, then SIGKILL after `grace`. Returns the final state.
     fn stop<'a>(
@@ -247,8 +285,26 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
         grace: Duration,
     ) -> BoxFuture<'a, Result<AppState, SandboxError>>;
 
-    /// The app's current state in this backend, if it was ever launched here.
-    fn state(&self, app_id: &str) -> Option<AppState>;
+    /// The app's current state in this backend, if it was ever launched (or adopted) here.
+    fn state(&self, app_id: &str) -> Option<AppState> {
+        self.subscribe(app_id).map(|rx| rx.borrow().clone())
+    }
+
+    /// Every state of the app's current (or last) run from now on: the backend publishes
+    /// each change (starting, running with its pid, how it ended). `None` if the app was
+    /// never launched here.
+    fn subscribe(&self, app_id: &str) -> Option<watch::Receiver<AppState>>;
+
+    /// Resolves when the app is no longer live (exited, killed or stopped), with its state.
+    fn wait<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, Option<AppState>> {
+        let rx = self.subscribe(app_id);
+        async move {
+            let mut rx = rx?;
+            let state = rx.wait_for(|s| !s.is_live()).await.ok()?.clone();
+            Some(state)
+        }
+        .boxed()
+    }
 
     /// What the app's last run left that its state cannot say, once it has ended (e.g. the
     /// Docker backend notes an OOM kill of a process other than the app's main one, whose
@@ -257,6 +313,38 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
         None
     }
 
-    /// Resolves when the app is no longer live (exited, killed or stopped), with its state.
-    fn wait<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, Option<AppState>>;
+    /// The id of the app's current (or last) container; `None` for a backend without
+    /// containers.
+    fn container(&self, _app_id: &str) -> Option<String> {
+        None
+    }
+
+    /// This daemon's runs that outlived its last run (containers with its label), running
+    /// or not. None by default: a host process does not outlive the daemon.
+    fn leftovers(&self) -> BoxFuture<'_, Result<Vec<Found>, SandboxError>> {
+        futures::future::ready(Ok(Vec::new())).boxed()
+    }
+
+    /// Takes over a run found by [`Sandbox::leftovers`]: its state, output and events from
+    /// here on, under `spec` (log file, app id). One that ended meanwhile is finalized; the
+    /// returned state says how it ended.
+    fn adopt<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+        found: &'a Found,
+    ) -> BoxFuture<'a, Result<AppState, SandboxError>> {
+        let _ = found;
+        let error = SandboxError::Backend(format!(
+            "the {} backend cannot adopt {}",
+            self.kind().as_str(),
+            spec.app_name
+        ));
+        futures::future::ready(Err(error)).boxed()
+    }
+
+    /// Kills and removes a leftover run that no installed app owns.
+    fn discard<'a>(&'a self, found: &'a Found) -> BoxFuture<'a, Result<(), SandboxError>> {
+        let _ = found;
+        futures::future::ready(Ok(())).boxed()
+    }
 }

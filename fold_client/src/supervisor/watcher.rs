@@ -1,21 +1,20 @@
-//! The watcher of one launch (restarts, maximum lifetime), and adoption of this daemon's
-//! containers after a restart.
+//! The watcher of one launch (restarts, maximum lifetime, the peer rule of each run), and
+//! adoption of this daemon's leftover runs after a restart.
 
-use super::{backoff, LaunchOptions, Supervisor, Tracked, RESTART_RESET};
+use super::{backoff, peer_rule, LaunchOptions, Supervisor, Tracked, RESTART_RESET};
 use crate::audit::now_ms;
-use crate::daemon::Shared;
-use crate::sandbox::docker::DockerSandbox;
-use crate::sandbox::{AppState, Sandbox};
+use crate::sandbox::{AppState, Sandbox, SandboxError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Spawns the watcher of `tracked` (observes daemon shutdown).
-pub(super) fn spawn(shared: &Arc<Shared>, tracked: Arc<Tracked>, app_id: String) {
-    let owned = Arc::clone(shared);
-    shared
+pub(super) fn spawn(supervisor: &Arc<Supervisor>, tracked: Arc<Tracked>) {
+    let owned = Arc::clone(supervisor);
+    supervisor
         .tasks
-        .spawn(async move { watch(owned, tracked, app_id).await });
+        .spawn(async move { watch(owned, tracked).await });
 }
 
 /// Resolves at `deadline_ms` (never without one).
@@ -29,38 +28,53 @@ async fn until(deadline_ms: Option<u64>) {
     }
 }
 
-async fn audit(shared: &Shared, app_id: &str, event: &str, detail: &str) {
-    let name = shared.registry.get(app_id).map(|a| a.name.clone());
-    shared
-        .audit
-        .event(app_id, name.as_deref(), event, detail)
-        .await;
-}
+impl Supervisor {
+    async fn audit(&self, app_id: &str, event: &str, detail: &str) {
+        let name = self.registry.get(app_id).map(|a| a.name.clone());
+        self.audit
+            .event(app_id, name.as_deref(), event, detail)
+            .await;
+    }
 
-/// The hard kill when an app outlives its maximum lifetime (never restarted after).
-async fn lifetime_exceeded(shared: &Shared, tracked: &Tracked, app_id: &str) -> Option<AppState> {
-    tracked.set_note("killed: maximum lifetime exceeded");
-    tracked.stop.cancel();
-    audit(
-        shared,
-        app_id,
-        "max_lifetime",
-        "maximum lifetime exceeded; killed",
-    )
-    .await;
-    match tracked.backend.stop(app_id, Duration::ZERO).await {
-        Ok(state) => Some(state),
-        Err(_) => tracked.backend.state(app_id),
+    /// Follows the app's current run in its backend until it ends, publishing the peer
+    /// rule at every change of its state; returns how it ended (`None`: the backend lost it).
+    async fn follow(&self, tracked: &Tracked) -> Option<AppState> {
+        let app_id = &tracked.app_id;
+        let mut rx = tracked.backend.subscribe(app_id)?;
+        loop {
+            let state = rx.borrow_and_update().clone();
+            self.publish(app_id, peer_rule(&*tracked.backend, app_id, &state));
+            if !state.is_live() {
+                return Some(state);
+            }
+            rx.changed().await.ok()?;
+        }
+    }
+
+    /// The hard kill when an app outlives its maximum lifetime (never restarted after).
+    async fn lifetime_exceeded(&self, tracked: &Tracked) -> Option<AppState> {
+        let app_id = &tracked.app_id;
+        tracked.set_note("killed: maximum lifetime exceeded");
+        tracked.stop.cancel();
+        self.audit(app_id, "max_lifetime", "maximum lifetime exceeded; killed")
+            .await;
+        let state = match tracked.backend.stop(app_id, Duration::ZERO).await {
+            Ok(state) => Some(state),
+            Err(_) => tracked.backend.state(app_id),
+        };
+        self.publish_current(app_id, &*tracked.backend);
+        state
     }
 }
 
-async fn watch(shared: Arc<Shared>, tracked: Arc<Tracked>, app_id: String) {
+async fn watch(supervisor: Arc<Supervisor>, tracked: Arc<Tracked>) {
+    let app_id = tracked.app_id.clone();
     let mut run_started = Instant::now();
     loop {
         let ended = tokio::select! {
-            () = shared.shutdown.cancelled() => return,
-            state = tracked.backend.wait(&app_id) => state,
-            () = until(tracked.deadline_ms) => lifetime_exceeded(&shared, &tracked, &app_id).await,
+            () = supervisor.shutdown.cancelled() => return,
+            state = supervisor.follow(&tracked) => state,
+            () = until(tracked.deadline_ms) => supervisor.lifetime_exceeded(&tracked).await,
         };
         let ended = match ended {
             Some(state) if !state.is_live() => state,
@@ -71,7 +85,7 @@ async fn watch(shared: Arc<Shared>, tracked: Arc<Tracked>, app_id: String) {
         // E.g. a child's OOM kill, while the app's own exit is what `ended` says.
         let exit_note = tracked.backend.exit_note(&app_id);
         let detail = with_note(ended.to_string(), exit_note.as_deref());
-        audit(&shared, &app_id, "exit", &detail).await;
+        supervisor.audit(&app_id, "exit", &detail).await;
         let policy = tracked.options.restart;
         let mut restarts = tracked.restarts.load(Ordering::SeqCst);
         if run_started.elapsed() >= RESTART_RESET {
@@ -85,7 +99,7 @@ async fn watch(shared: Arc<Shared>, tracked: Arc<Tracked>, app_id: String) {
                 && policy.should_restart(&ended, 0)
             {
                 let gave_up = format!("gave up after {restarts} restarts");
-                audit(&shared, &app_id, "restart_gave_up", &gave_up).await;
+                supervisor.audit(&app_id, "restart_gave_up", &gave_up).await;
                 tracked.set_note(with_note(gave_up, exit_note.as_deref()));
             } else if let Some(exit_note) = exit_note {
                 // Added, not replacing: a note on why the run was killed (maximum lifetime,
@@ -96,43 +110,37 @@ async fn watch(shared: Arc<Shared>, tracked: Arc<Tracked>, app_id: String) {
             return;
         }
         tracked.state.send_replace(AppState::Restarting);
+        let delay = backoff(supervisor.settings.restart_backoff, restarts);
         tokio::select! {
-            () = shared.shutdown.cancelled() => return,
+            () = supervisor.shutdown.cancelled() => return,
             () = tracked.stop.cancelled() => {
                 tracked.state.send_replace(AppState::Stopped);
                 return;
             }
-            () = tokio::time::sleep(backoff(shared.config.restart_backoff, restarts)) => {}
+            () = tokio::time::sleep(delay) => {}
         }
-        let Some(app) = shared.registry.get(&app_id) else {
+        let Some(app) = supervisor.registry.get(&app_id) else {
             tracked.set_note("removed while restarting");
             tracked.state.send_replace(AppState::Stopped);
             return;
         };
         restarts += 1;
         tracked.restarts.store(restarts, Ordering::SeqCst);
-        let started = shared
-            .supervisor
-            .start_run(
-                &shared,
-                &app,
-                &tracked.options,
-                restarts,
-                tracked.deadline_ms,
-            )
+        let started = supervisor
+            .start_run(&app, &tracked.options, restarts, tracked.deadline_ms)
             .await;
         match started {
-            Ok(outcome) => {
-                tracked.state.send_replace(outcome.state);
+            Ok(launched) => {
+                tracked.state.send_replace(launched.state);
                 let detail = format!(
                     "restart {restarts} of {} after {ended}",
                     policy.max_restarts()
                 );
-                audit(&shared, &app_id, "restart", &detail).await;
+                supervisor.audit(&app_id, "restart", &detail).await;
             }
             Err(e) => {
                 let reason = e.to_string();
-                audit(&shared, &app_id, "restart_failed", &reason).await;
+                supervisor.audit(&app_id, "restart_failed", &reason).await;
                 tracked.state.send_replace(AppState::Failed { reason });
                 return;
             }
@@ -140,59 +148,55 @@ async fn watch(shared: Arc<Shared>, tracked: Arc<Tracked>, app_id: String) {
         run_started = Instant::now();
         if tracked.stop.is_cancelled() {
             // A stop arrived while the restart was starting.
-            let _ = tracked
-                .backend
-                .stop(&app_id, shared.config.stop_grace)
-                .await;
+            let grace = supervisor.settings.stop_grace;
+            let _ = tracked.backend.stop(&app_id, grace).await;
         }
     }
 }
 
-/// Takes over this daemon's containers found in the engine: running ones are supervised
-/// again (state, logs, events, restart policy, lifetime), ended ones are finalized (and
-/// restarted if their policy says so), ones of apps no longer installed are removed.
-pub(super) async fn adopt_all(shared: &Arc<Shared>, docker: &DockerSandbox) {
-    let found = match docker.find_ours().await {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!("cannot list this daemon's containers; none adopted: {e}");
-            return;
-        }
-    };
-    let backend: Arc<dyn Sandbox> = Arc::new(docker.clone());
-    for f in found {
-        let Some(app) = shared.registry.get(&f.app_id) else {
+/// Takes over this daemon's runs found in `backend`: running ones are supervised again
+/// (state, logs, events, restart policy, lifetime), ended ones are finalized (and restarted
+/// if their policy says so), ones of apps no longer installed are removed.
+///
+/// # Errors
+///
+/// The backend could not list its leftovers (nothing was adopted).
+pub(super) async fn adopt_all(
+    supervisor: &Arc<Supervisor>,
+    backend: &Arc<dyn Sandbox>,
+) -> Result<(), SandboxError> {
+    for f in backend.leftovers().await? {
+        let Some(app) = supervisor.registry.get(&f.app_id) else {
             tracing::warn!(container = %f.container_id, app_id = %f.app_id, "removing a container of an app that is no longer installed");
-            if let Err(e) = docker.discard(&f.container_id).await {
+            if let Err(e) = backend.discard(&f).await {
                 tracing::warn!("cannot remove orphan container: {e}");
             }
-            audit(shared, &f.app_id, "orphan_removed", &f.container_id).await;
+            supervisor
+                .audit(&f.app_id, "orphan_removed", &f.container_id)
+                .await;
             continue;
         };
-        let (options, restarts, deadline_ms) =
-            LaunchOptions::from_labels(&f.labels, &shared.config, f.args.clone(), f.image.clone());
-        let spec = Supervisor::spec(shared, &app, &options);
-        match docker.adopt(&spec, &f).await {
+        let resumed = LaunchOptions::from_labels(
+            &f.labels,
+            supervisor.settings.restart,
+            f.args.clone(),
+            f.image.clone(),
+        );
+        let spec = supervisor.spec(&app, &resumed.0);
+        match backend.adopt(&spec, &f).await {
             Ok(state) => {
                 let detail = format!(
                     "container {} {state}",
                     &f.container_id[..12.min(f.container_id.len())]
                 );
                 tracing::info!(app = %app.name, "adopted: {detail}");
-                audit(shared, &app.id, "adopt", &detail).await;
-                shared.supervisor.track_adopted(
-                    shared,
-                    Arc::clone(&backend),
-                    &app.id,
-                    state,
-                    options,
-                    restarts,
-                    deadline_ms,
-                );
+                supervisor.audit(&app.id, "adopt", &detail).await;
+                supervisor.track_adopted(backend, &app.id, state, resumed);
             }
             Err(e) => tracing::warn!(app = %app.name, "cannot adopt container: {e}"),
         }
     }
+    Ok(())
 }
 
 /// `text`, then `; note` when there is one.

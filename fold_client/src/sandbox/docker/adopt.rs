@@ -2,10 +2,10 @@
 //! taken over (state, output, events); ones that ended meanwhile are finalized.
 
 use super::super::logfile::LogFile;
-use super::super::{AppState, LaunchSpec, SandboxError};
+use super::super::{AppState, Found, LaunchSpec, SandboxError};
 use super::lifecycle::{finalize, new_entry, short};
 use super::spec::{LABEL_APP, LABEL_DAEMON};
-use super::{engine, lock, logs, Found, Inner};
+use super::{engine, lock, logs, Inner};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -2,10 +2,10 @@
 //! events (`events`), which call [`finalize`] when a container dies.
 
 use super::super::logfile::LogFile;
-use super::super::{AppState, LaunchSpec, SandboxError};
+use super::super::{AppState, LaunchSpec, Launched, SandboxError};
 use super::report::StorageSupport;
 use super::spec::{self, container_name, Plan, LABEL_APP, LABEL_DAEMON};
-use super::{elf, engine, lock, logs, Entry, Inner, Launched};
+use super::{elf, engine, lock, logs, Entry, Inner};
 use bollard::query_parameters::AttachContainerOptionsBuilder;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,7 +104,7 @@ pub(super) async fn launch(
             let state = entry.state.borrow().clone();
             Ok(Launched {
                 state,
-                container_id,
+                container: Some(container_id),
                 warnings,
             })
         }

@@ -213,6 +213,7 @@ mod tests {
             log_path: PathBuf::from("/state/logs/a.log"),
             log_cap: 1 << 20,
             legacy_token: Some("secret-token".into()),
+            labels: HashMap::new(),
         }
     }
 
