@@ -146,6 +146,13 @@ const UNTRACKED_SPAWNS: &[(&str, &str, usize, &str)] = &[
          process group if the task is dropped",
     ),
     (
+        "fold_client/src/sandbox/fake.rs",
+        "tokio::spawn(",
+        1,
+        "the fake backend's scripted run: test support only (`cfg(test)` or `test-support`), \
+         never in the daemon",
+    ),
+    (
         "fold_client/src/cli/run.rs",
         "tokio::spawn(",
         1,
