@@ -114,3 +114,49 @@ pub struct Usage {
     /// Versions kept, current ones included.
     pub versions: u64,
 }
+
+/// The node-only operation that answers what one app's records take ([`Usage`]), with
+/// params [`UsageParams`]. Only the daemon sends it (it reaches the node's socket; apps do
+/// not), so it is not an [`Operation`](crate::Operation).
+pub const USAGE_OPERATION: &str = "usage";
+
+/// The params of [`USAGE_OPERATION`]: `{"app_id":"..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageParams {
+    /// The app whose usage is asked for.
+    pub app_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serialises `value`, checks the text is `json`, and that it reads back equal.
+    fn round_trip<T>(value: &T, json: &str)
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        assert_eq!(serde_json::to_string(value).unwrap(), json);
+        assert_eq!(&serde_json::from_str::<T>(json).unwrap(), value);
+    }
+
+    #[test]
+    fn usage_shapes_round_trip() {
+        round_trip(
+            &UsageParams {
+                app_id: "app_7f3a".into(),
+            },
+            r#"{"app_id":"app_7f3a"}"#,
+        );
+        round_trip(
+            &Usage {
+                bytes: 10,
+                records: 2,
+                versions: 3,
+            },
+            r#"{"bytes":10,"records":2,"versions":3}"#,
+        );
+        assert!(serde_json::from_str::<UsageParams>(r#"{"app_id":"a","x":1}"#).is_err());
+    }
+}

@@ -6,6 +6,7 @@
 
 use crate::node::Node;
 use crate::secret::NodeSecret;
+use fold_ipc::limits::UsageParams;
 use fold_ipc::server::{serve_connection, ConnectionLimits, Handler};
 use fold_ipc::{ErrorCode, Request, Response, WireError};
 use std::future::Future;
@@ -54,16 +55,7 @@ impl NodeHandler {
     }
 }
 
-/// The node-only operation `usage`, `params: {"app_id": ...}`: what that app's records
-/// take, answered with [`Usage`](fold_ipc::limits::Usage) JSON. For the daemon (it reaches
-/// the node socket; apps do not), so it is not an [`Operation`](fold_ipc::Operation).
-pub const USAGE_OPERATION: &str = "usage";
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UsageParams {
-    app_id: String,
-}
+pub use fold_ipc::limits::USAGE_OPERATION;
 
 impl NodeHandler {
     async fn usage(&self, id: String, params: Option<&serde_json::value::RawValue>) -> Response {
