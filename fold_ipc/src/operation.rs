@@ -162,7 +162,7 @@ pub enum Operation {
     },
     /// Define a schema. Params: the [`SchemaDef`]. Result: the stored [`SchemaDef`].
     CreateSchema(SchemaDef),
-    /// Drop a schema. Params `{"name", "force"?}`. Result: `{"deleted": true, "records": n}`.
+    /// Drop a schema. Params `{"name", "force"?}`. Result: [`DeleteSchemaResult`].
     DeleteSchema {
         /// The schema's name.
         name: String,
@@ -483,6 +483,15 @@ pub struct SchemaList {
     pub schemas: Vec<String>,
 }
 
+/// The `delete_schema` result: `{"deleted":true,"records":n}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteSchemaResult {
+    /// Always true (the schema is gone; a refusal is an error response instead).
+    pub deleted: bool,
+    /// How many records were deleted with it (0 unless `force` was given).
+    pub records: u64,
+}
+
 /// The `mutation` result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MutationResult {
@@ -674,6 +683,73 @@ mod tests {
         assert_eq!(data["u"].as_f64(), Some(1.700077777777778e72));
         assert_eq!(data["v"].as_f64(), Some(1.7000777777777778e72));
         assert_eq!(data["w"].as_f64(), Some(5e-324));
+    }
+
+    /// Serialises `value`, checks the text is `json`, and that it reads back equal.
+    fn result_round_trip<T>(value: &T, json: &str)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + fmt::Debug,
+    {
+        assert_eq!(serde_json::to_string(value).unwrap(), json);
+        assert_eq!(&serde_json::from_str::<T>(json).unwrap(), value);
+    }
+
+    #[test]
+    fn every_result_round_trips_with_its_documented_shape() {
+        result_round_trip(
+            &Pong {
+                pong: true,
+                version: 1,
+            },
+            r#"{"pong":true,"version":1}"#,
+        );
+        result_round_trip(
+            &SchemaList {
+                schemas: vec!["comment".into(), "post".into()],
+            },
+            r#"{"schemas":["comment","post"]}"#,
+        );
+        result_round_trip(
+            &DeleteSchemaResult {
+                deleted: true,
+                records: 42,
+            },
+            r#"{"deleted":true,"records":42}"#,
+        );
+        result_round_trip(
+            &MutationResult {
+                id: "01J9Z6BZ1N4KTA".into(),
+                version: 1,
+            },
+            r#"{"id":"01J9Z6BZ1N4KTA","version":1}"#,
+        );
+        let mut data = Record::new();
+        data.insert("title".into(), "hi".into());
+        result_round_trip(
+            &HistoryResult {
+                versions: vec![
+                    RecordVersion {
+                        version: 1,
+                        action: MutationKind::Create,
+                        timestamp: 1_700_000_000_123,
+                        writer: "app_7f3a".into(),
+                        data: Some(data),
+                    },
+                    RecordVersion {
+                        version: 2,
+                        action: MutationKind::Delete,
+                        timestamp: 1_700_000_000_456,
+                        writer: "app_7f3a".into(),
+                        data: None,
+                    },
+                ],
+            },
+            concat!(
+                r#"{"versions":[{"version":1,"action":"create","timestamp":1700000000123,"#,
+                r#""writer":"app_7f3a","data":{"title":"hi"}},"#,
+                r#"{"version":2,"action":"delete","timestamp":1700000000456,"writer":"app_7f3a"}]}"#
+            ),
+        );
     }
 
     #[test]
