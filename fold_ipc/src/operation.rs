@@ -824,15 +824,18 @@ mod tests {
         filter
     }
 
-    fn parse_err(operation: &str, params: String) -> WireError {
-        Operation::parse(operation, Some(&raw(&params))).unwrap_err()
+    fn parse_err(operation: &str, params: &str) -> WireError {
+        Operation::parse(operation, Some(&raw(params))).unwrap_err()
     }
 
     #[test]
     fn a_filter_nested_past_the_parser_s_limit_names_params_filter_in_a_short_error() {
         for depth in [200, 1000] {
             let filter = nested_filter(depth, r#"{"op":"eq","field":"a","value":1}"#);
-            let err = parse_err("query", format!(r#"{{"schema":"post","filter":{filter}}}"#));
+            let err = parse_err(
+                "query",
+                &format!(r#"{{"schema":"post","filter":{filter}}}"#),
+            );
             assert_eq!(err.code, crate::ErrorCode::BadRequest, "{err}");
             assert_eq!(err.field.as_deref(), Some("params.filter"), "{err}");
             assert!(err.message.starts_with("params.filter: "), "{err}");
@@ -844,7 +847,10 @@ mod tests {
         }
         // A problem deep inside the tree that the parser finds itself names the tree too.
         let filter = nested_filter(5, r#"{"op":"eq","field":"a","value":[[{"a":1e999}]]}"#);
-        let err = parse_err("query", format!(r#"{{"schema":"post","filter":{filter}}}"#));
+        let err = parse_err(
+            "query",
+            &format!(r#"{{"schema":"post","filter":{filter}}}"#),
+        );
         assert_eq!(err.field.as_deref(), Some("params.filter"), "{err}");
     }
 
@@ -893,7 +899,7 @@ mod tests {
             ),
         ];
         for (operation, params, field) in cases {
-            let err = parse_err(operation, params);
+            let err = parse_err(operation, &params);
             assert_eq!(err.field.as_deref(), Some(field), "{operation}: {err}");
             assert!(
                 err.message.len() <= 300,
@@ -904,7 +910,7 @@ mod tests {
         // Short, plain keys are still named in full.
         let err = parse_err(
             "create_schema",
-            r#"{"name":"post","fields":{"Title":{"type":"blob"}}}"#.to_string(),
+            r#"{"name":"post","fields":{"Title":{"type":"blob"}}}"#,
         );
         assert_eq!(err.field.as_deref(), Some("params.fields.Title.type"));
     }
