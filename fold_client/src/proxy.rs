@@ -5,7 +5,7 @@
 //! `node_unavailable`; the pool reconnects on the next call, so service resumes by itself.
 
 use crate::config::NodeTarget;
-use fold_ipc::limits::{RequestLimits, Usage};
+use fold_ipc::limits::{RequestLimits, Usage, UsageParams, USAGE_OPERATION};
 use fold_ipc::mux::{CallError, MuxConnection};
 use fold_ipc::{ErrorCode, Operation, Request, WireError};
 use serde_json::value::RawValue;
@@ -138,8 +138,8 @@ impl NodeClient {
             }
             NodeClient::Remote(remote) => {
                 let mut request = remote.request(None, None);
-                request.operation = fold_ipc::limits::USAGE_OPERATION.to_string();
-                let params = fold_ipc::limits::UsageRequest {
+                request.operation = USAGE_OPERATION.to_string();
+                let params = UsageParams {
                     app_id: app_id.to_string(),
                 };
                 request.params = serde_json::value::to_raw_value(&params).ok();

@@ -104,19 +104,6 @@ pub enum HistoryPolicy {
     Refuse,
 }
 
-/// The node-only operation `usage`, `params` a [`UsageRequest`]: what one app's records
-/// take, answered with [`Usage`]. For the daemon (it reaches the node socket; apps do
-/// not), so it is not an [`Operation`](crate::Operation).
-pub const USAGE_OPERATION: &str = "usage";
-
-/// The `params` of [`USAGE_OPERATION`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UsageRequest {
-    /// The app whose usage is asked for.
-    pub app_id: String,
-}
-
 /// What an app's records take on a node, as counted against its [`Quota`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -128,29 +115,48 @@ pub struct Usage {
     pub versions: u64,
 }
 
+/// The node-only operation that answers what one app's records take ([`Usage`]), with
+/// params [`UsageParams`]. Only the daemon sends it (it reaches the node's socket; apps do
+/// not), so it is not an [`Operation`](crate::Operation).
+pub const USAGE_OPERATION: &str = "usage";
+
+/// The params of [`USAGE_OPERATION`]: `{"app_id":"..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageParams {
+    /// The app whose usage is asked for.
+    pub app_id: String,
+}
+
 #[cfg(test)]
-mod usage_tests {
+mod tests {
     use super::*;
 
+    /// Serialises `value`, checks the text is `json`, and that it reads back equal.
+    fn round_trip<T>(value: &T, json: &str)
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        assert_eq!(serde_json::to_string(value).unwrap(), json);
+        assert_eq!(&serde_json::from_str::<T>(json).unwrap(), value);
+    }
+
     #[test]
-    fn usage_request_and_answer_round_trip_in_their_documented_shapes() {
-        let request = UsageRequest {
-            app_id: "a1".into(),
-        };
-        let json = serde_json::to_string(&request).unwrap();
-        assert_eq!(json, r#"{"app_id":"a1"}"#);
-        assert_eq!(
-            serde_json::from_str::<UsageRequest>(&json).unwrap(),
-            request
+    fn usage_shapes_round_trip() {
+        round_trip(
+            &UsageParams {
+                app_id: "app_7f3a".into(),
+            },
+            r#"{"app_id":"app_7f3a"}"#,
         );
-        assert!(serde_json::from_str::<UsageRequest>(r#"{"app_id":"a","x":1}"#).is_err());
-        let usage = Usage {
-            bytes: 10,
-            records: 2,
-            versions: 3,
-        };
-        let json = serde_json::to_string(&usage).unwrap();
-        assert_eq!(json, r#"{"bytes":10,"records":2,"versions":3}"#);
-        assert_eq!(serde_json::from_str::<Usage>(&json).unwrap(), usage);
+        round_trip(
+            &Usage {
+                bytes: 10,
+                records: 2,
+                versions: 3,
+            },
+            r#"{"bytes":10,"records":2,"versions":3}"#,
+        );
+        assert!(serde_json::from_str::<UsageParams>(r#"{"app_id":"a","x":1}"#).is_err());
     }
 }

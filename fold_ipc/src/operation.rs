@@ -162,7 +162,7 @@ pub enum Operation {
     },
     /// Define a schema. Params: the [`SchemaDef`]. Result: the stored [`SchemaDef`].
     CreateSchema(SchemaDef),
-    /// Drop a schema. Params `{"name", "force"?}`. Result: `{"deleted": true, "records": n}`.
+    /// Drop a schema. Params `{"name", "force"?}`. Result: [`DeleteSchemaResult`].
     DeleteSchema {
         /// The schema's name.
         name: String,
@@ -384,14 +384,68 @@ fn params_of<T: DeserializeOwned>(params: Option<&RawValue>) -> Result<T, WireEr
     }
     let mut de = serde_json::Deserializer::from_str(raw.get());
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
-        let field = if path == "." {
-            "params".to_string()
-        } else {
-            format!("params.{path}")
-        };
-        WireError::bad_field(field, crate::message::strip_position(&err.into_inner()))
+        let field = field_of(err.path());
+        let detail = crate::message::strip_position(err.inner());
+        WireError::bad_field(field, excerpt(&detail, MAX_DETAIL_BYTES))
     })
+}
+
+/// Most path segments a `bad_request` names after `params`. The deepest params structure
+/// has three (`params.fields.<name>.type`, `params.order_by[0].field`).
+const MAX_FIELD_SEGMENTS: usize = 4;
+
+/// Longest part of the JSON parser's message a `bad_request` repeats (it may quote a key or
+/// a value of the request).
+const MAX_DETAIL_BYTES: usize = 256;
+
+/// The `field` a params parse error at `path` is reported under: bounded, whatever the
+/// request holds.
+///
+/// - A problem inside one of the free-form trees, the filter or a record's data, names the
+///   tree (`params.filter`, `params.data`): their paths are as deep as the request nests them
+///   (a filter 200 levels deep would be `params.filter.filter...`, 900 bytes).
+/// - A map key longer than a name ([`MAX_NAME_LEN`](crate::schema::MAX_NAME_LEN)) or not
+///   printable ASCII ends the path before it (an unknown key may be any string).
+/// - At most [`MAX_FIELD_SEGMENTS`] segments follow `params`.
+fn field_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    use std::fmt::Write as _;
+    let mut field = String::from("params");
+    for (i, segment) in path.iter().take(MAX_FIELD_SEGMENTS).enumerate() {
+        match segment {
+            Segment::Seq { index } => {
+                let _ = write!(field, "[{index}]");
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } if is_plain_key(key) => {
+                field.push('.');
+                field.push_str(key);
+                if i == 0 && (key == "filter" || key == "data") {
+                    break;
+                }
+            }
+            Segment::Map { .. } | Segment::Enum { .. } | Segment::Unknown => break,
+        }
+    }
+    field
+}
+
+/// A key short and plain enough to be repeated in a `field`.
+fn is_plain_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= crate::schema::MAX_NAME_LEN
+        && key.bytes().all(|b| b.is_ascii_graphic() && b != b'.')
+}
+
+/// `text`, cut to at most `max` bytes (on a character boundary, marked with `...`).
+fn excerpt(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end]).into()
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), WireError> {
@@ -411,6 +465,15 @@ pub fn check_record_id(id: &str) -> Result<(), WireError> {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(())
+    } else if id.len() > MAX_RECORD_ID_LEN {
+        // Not quoted: the message stays short whatever was sent.
+        Err(WireError::bad_field(
+            "params.id",
+            format!(
+                "a record id is at most {MAX_RECORD_ID_LEN} bytes; this one is {}",
+                id.len()
+            ),
+        ))
     } else {
         Err(WireError::bad_field(
             "params.id",
@@ -481,6 +544,15 @@ pub struct Pong {
 pub struct SchemaList {
     /// Schema names, sorted.
     pub schemas: Vec<String>,
+}
+
+/// The `delete_schema` result: `{"deleted":true,"records":n}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteSchemaResult {
+    /// Always true (the schema is gone; a refusal is an error response instead).
+    pub deleted: bool,
+    /// How many records were deleted with it (0 unless `force` was given).
+    pub records: u64,
 }
 
 /// The `mutation` result.
@@ -674,6 +746,173 @@ mod tests {
         assert_eq!(data["u"].as_f64(), Some(1.700077777777778e72));
         assert_eq!(data["v"].as_f64(), Some(1.7000777777777778e72));
         assert_eq!(data["w"].as_f64(), Some(5e-324));
+    }
+
+    /// Serialises `value`, checks the text is `json`, and that it reads back equal.
+    fn result_round_trip<T>(value: &T, json: &str)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + fmt::Debug,
+    {
+        assert_eq!(serde_json::to_string(value).unwrap(), json);
+        assert_eq!(&serde_json::from_str::<T>(json).unwrap(), value);
+    }
+
+    #[test]
+    fn every_result_round_trips_with_its_documented_shape() {
+        result_round_trip(
+            &Pong {
+                pong: true,
+                version: 1,
+            },
+            r#"{"pong":true,"version":1}"#,
+        );
+        result_round_trip(
+            &SchemaList {
+                schemas: vec!["comment".into(), "post".into()],
+            },
+            r#"{"schemas":["comment","post"]}"#,
+        );
+        result_round_trip(
+            &DeleteSchemaResult {
+                deleted: true,
+                records: 42,
+            },
+            r#"{"deleted":true,"records":42}"#,
+        );
+        result_round_trip(
+            &MutationResult {
+                id: "01J9Z6BZ1N4KTA".into(),
+                version: 1,
+            },
+            r#"{"id":"01J9Z6BZ1N4KTA","version":1}"#,
+        );
+        let mut data = Record::new();
+        data.insert("title".into(), "hi".into());
+        result_round_trip(
+            &HistoryResult {
+                versions: vec![
+                    RecordVersion {
+                        version: 1,
+                        action: MutationKind::Create,
+                        timestamp: 1_700_000_000_123,
+                        writer: "app_7f3a".into(),
+                        data: Some(data),
+                    },
+                    RecordVersion {
+                        version: 2,
+                        action: MutationKind::Delete,
+                        timestamp: 1_700_000_000_456,
+                        writer: "app_7f3a".into(),
+                        data: None,
+                    },
+                ],
+            },
+            concat!(
+                r#"{"versions":[{"version":1,"action":"create","timestamp":1700000000123,"#,
+                r#""writer":"app_7f3a","data":{"title":"hi"}},"#,
+                r#"{"version":2,"action":"delete","timestamp":1700000000456,"writer":"app_7f3a"}]}"#
+            ),
+        );
+    }
+
+    /// `{"op":"not","filter": ...}` around `leaf`, `depth` times.
+    fn nested_filter(depth: usize, leaf: &str) -> String {
+        let mut filter = leaf.to_string();
+        for _ in 0..depth {
+            filter = format!(r#"{{"op":"not","filter":{filter}}}"#);
+        }
+        filter
+    }
+
+    fn parse_err(operation: &str, params: &str) -> WireError {
+        Operation::parse(operation, Some(&raw(params))).unwrap_err()
+    }
+
+    #[test]
+    fn a_filter_nested_past_the_parser_s_limit_names_params_filter_in_a_short_error() {
+        for depth in [200, 1000] {
+            let filter = nested_filter(depth, r#"{"op":"eq","field":"a","value":1}"#);
+            let err = parse_err(
+                "query",
+                &format!(r#"{{"schema":"post","filter":{filter}}}"#),
+            );
+            assert_eq!(err.code, crate::ErrorCode::BadRequest, "{err}");
+            assert_eq!(err.field.as_deref(), Some("params.filter"), "{err}");
+            assert!(err.message.starts_with("params.filter: "), "{err}");
+            assert!(
+                err.message.len() <= 300,
+                "{} bytes: {err}",
+                err.message.len()
+            );
+        }
+        // A problem deep inside the tree that the parser finds itself names the tree too.
+        let filter = nested_filter(5, r#"{"op":"eq","field":"a","value":[[{"a":1e999}]]}"#);
+        let err = parse_err(
+            "query",
+            &format!(r#"{{"schema":"post","filter":{filter}}}"#),
+        );
+        assert_eq!(err.field.as_deref(), Some("params.filter"), "{err}");
+    }
+
+    #[test]
+    fn error_fields_and_messages_are_bounded_whatever_the_params_hold() {
+        let mut data = "1".to_string();
+        for _ in 0..200 {
+            data = format!(r#"{{"k":{data}}}"#);
+        }
+        let long = "k".repeat(10_000);
+        let cases = [
+            (
+                "mutation",
+                format!(r#"{{"schema":"post","action":"create","data":{data}}}"#),
+                "params.data",
+            ),
+            (
+                "create_schema",
+                format!(r#"{{"name":"post","fields":{{"{long}":{{"type":"blob"}}}}}}"#),
+                "params.fields",
+            ),
+            (
+                "query",
+                format!(r#"{{"schema":"post","{long}":1}}"#),
+                "params",
+            ),
+            (
+                "query",
+                format!(r#"{{"schema":"post","order_by":[{{"field":"a","{long}":1}}]}}"#),
+                "params.order_by[0]",
+            ),
+            (
+                "query",
+                format!(r#"{{"schema":"post","filter":{{"op":"{long}"}}}}"#),
+                "params.filter",
+            ),
+            (
+                "get_schema",
+                format!(r#"{{"name":"P{long}"}}"#),
+                "params.name",
+            ),
+            (
+                "history",
+                format!(r#"{{"schema":"post","id":"/{long}"}}"#),
+                "params.id",
+            ),
+        ];
+        for (operation, params, field) in cases {
+            let err = parse_err(operation, &params);
+            assert_eq!(err.field.as_deref(), Some(field), "{operation}: {err}");
+            assert!(
+                err.message.len() <= 300,
+                "{operation}: {} bytes: {err}",
+                err.message.len()
+            );
+        }
+        // Short, plain keys are still named in full.
+        let err = parse_err(
+            "create_schema",
+            r#"{"name":"post","fields":{"Title":{"type":"blob"}}}"#,
+        );
+        assert_eq!(err.field.as_deref(), Some("params.fields.Title.type"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 use crate::error::{ErrorCode, WireError};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Deepest filter tree accepted (an `and` inside an `or` is depth 2).
@@ -466,14 +467,100 @@ impl Query {
     }
 }
 
-/// The `query` result: one page of rows.
+/// The `query` result: one page of rows, `{"rows":[...],"next_cursor":"..."}`.
+///
+/// `R` is how a row is held: by default a JSON object; an app may read its rows straight
+/// into a type of its own (`QueryResult<Post>`). The node sends the text of a
+/// `QueryResult<Box<RawValue>>`, built by [`QueryResultWriter`]: each row is the object
+/// text SQLite built, with its keys in the order of the query's `fields` (a map would sort
+/// them), spliced in unparsed.
+///
+/// ```
+/// use fold_ipc::query::QueryResult;
+/// use serde_json::value::RawValue;
+///
+/// let row = RawValue::from_string(r#"{"id":"r1","title":"hi"}"#.to_string()).unwrap();
+/// let page = QueryResult { rows: vec![row], next_cursor: None };
+/// let text = serde_json::to_string(&page).unwrap();
+/// assert_eq!(text, r#"{"rows":[{"id":"r1","title":"hi"}]}"#);
+/// let read: QueryResult = serde_json::from_str(&text).unwrap();
+/// assert_eq!(read.rows[0]["title"], "hi");
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueryResult {
+pub struct QueryResult<R = serde_json::Map<String, Value>> {
     /// The rows: objects with `id` and the requested fields.
-    pub rows: Vec<serde_json::Map<String, Value>>,
+    pub rows: Vec<R>,
     /// Pass this as `cursor` to get the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+}
+
+/// Writes the JSON text of a [`QueryResult`] from rows that are JSON text already, without
+/// parsing them: the node's page builder.
+///
+/// The text is exactly what serialising a `QueryResult<Box<RawValue>>` of the same rows
+/// gives (tested), built in one buffer: a page of 1,000 rows takes about half the time of
+/// boxing each row and serialising the struct.
+///
+/// ```
+/// use fold_ipc::query::QueryResultWriter;
+///
+/// let mut page = QueryResultWriter::new();
+/// page.push_row(r#"{"id":"r1","title":"hi"}"#);
+/// assert_eq!(page.rows(), 1);
+/// let text = page.finish(Some("c2")).unwrap();
+/// assert_eq!(text.get(), r#"{"rows":[{"id":"r1","title":"hi"}],"next_cursor":"c2"}"#);
+/// ```
+#[derive(Debug, Clone)]
+pub struct QueryResultWriter {
+    out: String,
+    rows: usize,
+}
+
+impl Default for QueryResultWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QueryResultWriter {
+    /// An empty page.
+    pub fn new() -> Self {
+        let mut out = String::with_capacity(256);
+        out.push_str("{\"rows\":[");
+        QueryResultWriter { out, rows: 0 }
+    }
+
+    /// Appends one row: the compact text of a JSON object (as SQLite's `json_object`
+    /// makes it), copied as it is. [`QueryResultWriter::finish`] checks the page is JSON.
+    pub fn push_row(&mut self, row: &str) {
+        if self.rows > 0 {
+            self.out.push(',');
+        }
+        self.out.push_str(row);
+        self.rows += 1;
+    }
+
+    /// How many rows were pushed.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Ends the page; `next_cursor` is absent when `None` (the last page).
+    ///
+    /// # Errors
+    ///
+    /// When a pushed row was not JSON, so neither is the page.
+    pub fn finish(self, next_cursor: Option<&str>) -> Result<Box<RawValue>, serde_json::Error> {
+        let mut out = self.out;
+        out.push(']');
+        if let Some(cursor) = next_cursor {
+            out.push_str(",\"next_cursor\":");
+            out.push_str(&serde_json::to_string(cursor)?);
+        }
+        out.push('}');
+        RawValue::from_string(out)
+    }
 }
 
 #[cfg(test)]
@@ -558,6 +645,63 @@ mod tests {
         assert_eq!(
             limit_of(&is_in("a", 0..(MAX_IN_VALUES as i64 + 1))),
             l("max_in_values", "params.filter.values")
+        );
+    }
+
+    #[test]
+    fn query_result_round_trips_in_both_row_forms() {
+        let text = r#"{"rows":[{"id":"r2","title":"b","author":"x"},{"id":"r1","title":"a"}],"next_cursor":"c2"}"#;
+        // The node's form keeps each row's text, key order included.
+        let raw: QueryResult<Box<RawValue>> = serde_json::from_str(text).unwrap();
+        assert_eq!(raw.rows.len(), 2);
+        assert_eq!(serde_json::to_string(&raw).unwrap(), text);
+        // The app's form: rows as maps, equal after a round trip.
+        let page: QueryResult = serde_json::from_str(text).unwrap();
+        assert_eq!(page.rows[0]["author"], "x");
+        assert_eq!(page.next_cursor.as_deref(), Some("c2"));
+        let back: QueryResult =
+            serde_json::from_str(&serde_json::to_string(&page).unwrap()).unwrap();
+        assert_eq!(back, page);
+        // The last page has no `next_cursor` key at all.
+        let last: QueryResult = serde_json::from_str(r#"{"rows":[]}"#).unwrap();
+        assert_eq!(last.next_cursor, None);
+        assert_eq!(serde_json::to_string(&last).unwrap(), r#"{"rows":[]}"#);
+    }
+
+    /// What the writer builds is byte for byte what serde makes of the type.
+    #[test]
+    fn query_result_writer_matches_the_type() {
+        let rows = [
+            r#"{"id":"r1","title":"hi","n":1}"#,
+            r#"{"id":"r2","title":null,"meta":{"a":[1,2]}}"#,
+            r#"{"id":"r3"}"#,
+        ];
+        for n in 0..=rows.len() {
+            for cursor in [None, Some("b2Zmc2V0OjI"), Some("needs \"escaping\"\n")] {
+                let mut writer = QueryResultWriter::new();
+                for row in &rows[..n] {
+                    writer.push_row(row);
+                }
+                assert_eq!(writer.rows(), n);
+                let written = writer.finish(cursor).unwrap();
+                let typed = QueryResult {
+                    rows: rows[..n]
+                        .iter()
+                        .map(|r| RawValue::from_string(r.to_string()).unwrap())
+                        .collect::<Vec<_>>(),
+                    next_cursor: cursor.map(str::to_string),
+                };
+                assert_eq!(written.get(), serde_json::to_string(&typed).unwrap());
+                let read: QueryResult = serde_json::from_str(written.get()).unwrap();
+                assert_eq!(read.rows.len(), n);
+                assert_eq!(read.next_cursor.as_deref(), cursor);
+            }
+        }
+        let mut bad = QueryResultWriter::new();
+        bad.push_row(r#"{"id":"r1""#);
+        assert!(
+            bad.finish(None).is_err(),
+            "a row that is not JSON is refused"
         );
     }
 

@@ -21,6 +21,13 @@ pub const RESERVED_FIELDS: &[&str] = &["id"];
 ///
 /// A message saying why the name is refused.
 pub fn validate_name(name: &str) -> Result<(), String> {
+    // The length first: the messages below quote the name, which must be short by then.
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "name is {} bytes long; the maximum is {MAX_NAME_LEN}",
+            name.len()
+        ));
+    }
     let mut chars = name.chars();
     match chars.next() {
         None => return Err("name is empty".into()),
@@ -30,12 +37,6 @@ pub fn validate_name(name: &str) -> Result<(), String> {
             ));
         }
         Some(_) => {}
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "name is {} bytes long; the maximum is {MAX_NAME_LEN}",
-            name.len()
-        ));
     }
     if let Some(bad) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
     {

@@ -150,7 +150,8 @@ impl Node {
     /// identity.
     ///
     /// The result is the operation's result JSON, as sent in a response's `result`:
-    /// [`Pong`], [`SchemaList`], a schema definition, `{"deleted": true, "records": n}`,
+    /// [`Pong`], [`SchemaList`], a schema definition, a
+    /// [`DeleteSchemaResult`](fold_ipc::operation::DeleteSchemaResult),
     /// a [`QueryResult`](fold_ipc::query::QueryResult), a
     /// [`MutationResult`](fold_ipc::operation::MutationResult) or a
     /// [`HistoryResult`](fold_ipc::operation::HistoryResult).

@@ -20,7 +20,7 @@ use crate::columns::Column;
 use crate::cursor;
 use crate::error::{bad_field, NodeError};
 use crate::filter::{self, Sql};
-use fold_ipc::query::{Filter, Query, DEFAULT_LIMIT};
+use fold_ipc::query::{Filter, Query, QueryResultWriter, DEFAULT_LIMIT};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
 use serde_json::value::RawValue;
@@ -215,7 +215,7 @@ fn after(sql: &mut Sql, order: &[(Column<'_>, bool)], keys: Vec<SqlValue>) {
     }
 }
 
-/// Runs `q` and returns the `QueryResult` JSON.
+/// Runs `q` and returns its page, a [`QueryResult`](fold_ipc::query::QueryResult) JSON.
 pub(crate) fn run(
     conn: &Connection,
     catalog: &Catalog,
@@ -225,36 +225,29 @@ pub(crate) fn run(
     let c = compile(&schema, q)?;
     let mut stmt = conn.prepare_cached(&c.sql.text)?;
     let mut rows = stmt.query(params_from_iter(&c.sql.params))?;
-    let mut out = String::with_capacity(256);
-    out.push_str("{\"rows\":[");
-    let mut n = 0usize;
+    // The row objects SQLite built go into the page as text, unparsed.
+    let mut page = QueryResultWriter::new();
     let mut last_keys = Vec::new();
     let mut more = false;
     while let Some(row) = rows.next()? {
-        if n == c.limit {
+        if page.rows() == c.limit {
             more = true;
             break;
         }
-        if n > 0 {
-            out.push(',');
-        }
-        out.push_str(row.get_ref(0)?.as_str()?);
-        n += 1;
-        if n == c.limit {
+        page.push_row(row.get_ref(0)?.as_str()?);
+        if page.rows() == c.limit {
             last_keys = (1..=c.n_keys)
                 .map(|i| row.get::<_, SqlValue>(i))
                 .collect::<Result<_, _>>()?;
         }
     }
-    out.push(']');
-    if more {
-        let next = cursor::encode(&c.fingerprint(&q.filter), &last_keys)?;
-        out.push_str(",\"next_cursor\":\"");
-        out.push_str(&next); // base64url: nothing to escape
-        out.push('"');
-    }
-    out.push('}');
-    RawValue::from_string(out).map_err(|e| NodeError::Corrupt(format!("query result: {e}")))
+    let next = if more {
+        Some(cursor::encode(&c.fingerprint(&q.filter), &last_keys)?)
+    } else {
+        None
+    };
+    page.finish(next.as_deref())
+        .map_err(|e| NodeError::Corrupt(format!("query result: {e}")))
 }
 
 /// SQLite's plan for `q`, one line per step (`EXPLAIN QUERY PLAN`).

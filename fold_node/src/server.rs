@@ -6,7 +6,7 @@
 
 use crate::node::Node;
 use crate::secret::NodeSecret;
-use fold_ipc::limits::{UsageRequest, USAGE_OPERATION};
+use fold_ipc::limits::UsageParams;
 use fold_ipc::server::{serve_connection, ConnectionLimits, Handler};
 use fold_ipc::{ErrorCode, Request, Response, WireError};
 use std::future::Future;
@@ -55,11 +55,13 @@ impl NodeHandler {
     }
 }
 
+pub use fold_ipc::limits::USAGE_OPERATION;
+
 impl NodeHandler {
     async fn usage(&self, id: String, params: Option<&serde_json::value::RawValue>) -> Response {
         let parsed = match params {
             None => Err(WireError::bad_field("params.app_id", "missing")),
-            Some(raw) => serde_json::from_str::<UsageRequest>(raw.get()).map_err(|e| {
+            Some(raw) => serde_json::from_str::<UsageParams>(raw.get()).map_err(|e| {
                 WireError::bad_field(
                     "params.app_id",
                     format!("expected {{\"app_id\": string}}: {e}"),

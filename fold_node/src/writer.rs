@@ -22,7 +22,7 @@ use crate::error::NodeError;
 use crate::records;
 use crate::store::now_ms;
 use fold_ipc::limits::Quota;
-use fold_ipc::operation::Mutation;
+use fold_ipc::operation::{DeleteSchemaResult, Mutation};
 use fold_ipc::schema::SchemaDef;
 use fold_ipc::{ErrorCode, WireError};
 use rusqlite::{Connection, TransactionBehavior};
@@ -46,7 +46,8 @@ pub(crate) enum WriteOp {
     },
     /// A mutation, within the writer's quota when the request carries one.
     Mutation(Mutation, Option<Quota>),
-    /// Refresh the query planner's statistics (`ANALYZE`).
+    /// Refresh the query planner's statistics (`ANALYZE`). Answered with `null`: only the
+    /// node asks for it (`Node::analyze`), and no result of it crosses a socket.
     Analyze,
 }
 
@@ -384,7 +385,10 @@ fn apply(
         }
         WriteOp::DeleteSchema { name, force } => {
             let records = catalog::delete(conn, catalog, &name, force)?;
-            to_raw_value(&serde_json::json!({ "deleted": true, "records": records }))
+            to_raw_value(&DeleteSchemaResult {
+                deleted: true,
+                records,
+            })
         }
         WriteOp::Mutation(m, quota) => to_raw_value(&records::apply(
             conn,
@@ -396,7 +400,8 @@ fn apply(
         )?),
         WriteOp::Analyze => {
             analyze(conn)?;
-            to_raw_value(&serde_json::json!({ "analyzed": true }))
+            // The node's own job: `Node::analyze` drops the answer, nothing is sent.
+            return Ok(RawValue::NULL.to_owned());
         }
     };
     raw.map_err(|e| NodeError::Corrupt(format!("cannot encode result: {e}")))

@@ -3,20 +3,15 @@
 use super::error::{Error, Result};
 use super::Client;
 use crate::operation::{
-    HistoryResult, Mutation, MutationResult, Operation, Pong, Record, SchemaList,
+    DeleteSchemaResult, HistoryResult, Mutation, MutationResult, Operation, Pong, Record,
+    SchemaList,
 };
 use crate::query::{Query, QueryResult};
 use crate::schema::SchemaDef;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
-
-/// The `delete_schema` result.
-#[derive(Deserialize)]
-struct SchemaDeleted {
-    records: u64,
-}
 
 impl Client {
     /// Checks the daemon is there; returns the protocol version it speaks.
@@ -69,7 +64,7 @@ impl Client {
             name: name.to_string(),
             force,
         };
-        let deleted: SchemaDeleted = self.call(&op).await?;
+        let deleted: DeleteSchemaResult = self.call(&op).await?;
         Ok(deleted.records)
     }
 
@@ -268,7 +263,7 @@ mod tests {
 
     #[test]
     fn rows_decode_into_types_and_name_the_bad_row() {
-        #[derive(Deserialize, Debug, PartialEq)]
+        #[derive(serde::Deserialize, Debug, PartialEq)]
         struct Post {
             id: String,
             n: i64,

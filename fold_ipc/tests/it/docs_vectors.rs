@@ -9,12 +9,14 @@
 //!   bytes, and the example frame header is its length;
 //! - the error-code table, the operation headings and the limits table match the crate;
 //! - every `params:` / `result:` example of an operation is accepted by the crate's parser or
-//!   result types, and every example response is a well-formed response.
+//!   result types, each result example is byte for byte what its type serialises to (for
+//!   `query`, what the node's page builder writes), and every example response is a
+//!   well-formed response.
 
 use ed25519_dalek::SigningKey;
 use fold_ipc::frame::{encode_frame, DEFAULT_MAX_FRAME, HEADER_LEN};
-use fold_ipc::operation::{HistoryResult, MutationResult, Pong, SchemaList};
-use fold_ipc::query::QueryResult;
+use fold_ipc::operation::{DeleteSchemaResult, HistoryResult, MutationResult, Pong, SchemaList};
+use fold_ipc::query::{QueryResult, QueryResultWriter};
 use fold_ipc::schema::SchemaDef;
 use fold_ipc::signing::{canonical_bytes, sign, verify, SignedFields, DOMAIN_TAG};
 use fold_ipc::{Operation, OperationKind, Request, Response};
@@ -416,6 +418,36 @@ fn typed_round_trip<T: DeserializeOwned + Serialize>(json: &str) {
     assert_eq!(serde_json::to_value(&typed).unwrap(), value, "{json}");
 }
 
+/// As [`typed_round_trip`], and `T` serialises to exactly the doc's bytes: the example is
+/// what a server sends, key order included.
+fn exact_round_trip<T: DeserializeOwned + Serialize>(json: &str) {
+    typed_round_trip::<T>(json);
+    let typed: T = serde_json::from_str(json).expect("result has the documented type");
+    assert_eq!(
+        serde_json::to_string(&typed).unwrap(),
+        json,
+        "the doc prints what the type sends"
+    );
+}
+
+/// A `query` result example: the app's form reads it, and the node's form (rows kept as
+/// text, as `QueryResultWriter` builds them) gives back its exact bytes.
+fn query_result_round_trip(json: &str) {
+    typed_round_trip::<QueryResult>(json);
+    exact_round_trip::<QueryResult<Box<RawValue>>>(json);
+    let page: QueryResult<Box<RawValue>> = serde_json::from_str(json).unwrap();
+    let mut writer = QueryResultWriter::new();
+    for row in &page.rows {
+        writer.push_row(row.get());
+    }
+    let written = writer.finish(page.next_cursor.as_deref()).unwrap();
+    assert_eq!(
+        written.get(),
+        json,
+        "the node's page builder writes the doc's bytes"
+    );
+}
+
 #[test]
 fn operation_examples_parse() {
     let mut op: Option<&str> = None;
@@ -441,18 +473,16 @@ fn operation_examples_parse() {
             params_seen += 1;
         } else if let Some(result) = line.strip_prefix("result: ") {
             match op {
-                "ping" => typed_round_trip::<Pong>(result),
-                "list_schemas" => typed_round_trip::<SchemaList>(result),
-                "get_schema" | "create_schema" => typed_round_trip::<SchemaDef>(result),
-                "query" => typed_round_trip::<QueryResult>(result),
-                "mutation" => typed_round_trip::<MutationResult>(result),
-                "history" => typed_round_trip::<HistoryResult>(result),
+                "ping" => exact_round_trip::<Pong>(result),
+                "list_schemas" => exact_round_trip::<SchemaList>(result),
+                "get_schema" | "create_schema" => exact_round_trip::<SchemaDef>(result),
+                "query" => query_result_round_trip(result),
+                "mutation" => exact_round_trip::<MutationResult>(result),
+                "history" => exact_round_trip::<HistoryResult>(result),
                 "delete_schema" => {
-                    let v: Value = serde_json::from_str(result).unwrap();
-                    let obj = v.as_object().expect("an object");
-                    assert_eq!(obj.len(), 2, "{result}");
-                    assert_eq!(obj["deleted"], Value::Bool(true));
-                    assert!(obj["records"].is_u64());
+                    exact_round_trip::<DeleteSchemaResult>(result);
+                    let r: DeleteSchemaResult = serde_json::from_str(result).unwrap();
+                    assert!(r.deleted, "{result}");
                 }
                 other => panic!("no result type known for {other}"),
             }

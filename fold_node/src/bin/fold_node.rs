@@ -12,6 +12,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fold_ipc::operation::DeleteSchemaResult;
 use fold_ipc::query::{Filter, OrderBy, Query, QueryResult, MAX_LIMIT};
 use fold_ipc::schema::SchemaDef;
 use fold_ipc::server::ConnectionLimits;
@@ -290,7 +291,8 @@ async fn admin(node: &Node, command: Command, json: bool) -> Result<()> {
             if json {
                 return print_json(&v);
             }
-            println!("deleted schema {name} ({} records)", v["records"]);
+            let deleted: DeleteSchemaResult = serde_json::from_value(v)?;
+            println!("deleted schema {name} ({} records)", deleted.records);
         }
         Command::Query(args) => query(node, args, json).await?,
         Command::Dump { schemas } => dump(node, schemas, json).await?,

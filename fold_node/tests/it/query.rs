@@ -320,6 +320,35 @@ async fn filter_errors_name_the_filter_node() {
     node.stop().await;
 }
 
+/// A filter nested past the JSON parser's limit (128 levels) is refused while parsing: the
+/// error names `params.filter` (docs/protocol.md, section 7), not the 900-byte path to where
+/// the parser stopped, and its message stays short.
+#[tokio::test]
+async fn a_filter_nested_200_deep_names_params_filter_in_a_short_error() {
+    let node = start().await;
+    let mut c = node.client().await;
+    c.create_schema(post_schema()).await;
+    for depth in [200, 1000] {
+        let mut deep = json!({"op": "eq", "field": "likes", "value": 1});
+        for _ in 0..depth {
+            deep = json!({"op": "not", "filter": deep});
+        }
+        let e = c
+            .bad(
+                "query",
+                json!({"schema": "post", "filter": deep}),
+                "params.filter",
+            )
+            .await;
+        assert!(
+            e.message.len() <= 300,
+            "depth {depth}: {} bytes: {e}",
+            e.message.len()
+        );
+    }
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn projection_and_ordering() {
     let node = start().await;

@@ -8,8 +8,8 @@ use crate::credentials::Credentials;
 use crate::error::{ErrorCode, WireError};
 use crate::message::{Request, Response};
 use crate::operation::{
-    HistoryResult, Mutation, MutationKind, MutationResult, Operation, Pong, RecordVersion,
-    SchemaList,
+    DeleteSchemaResult, HistoryResult, Mutation, MutationKind, MutationResult, Operation, Pong,
+    RecordVersion, SchemaList,
 };
 use crate::query::QueryResult;
 use crate::server::{serve_connection, ConnectionLimits, Handler};
@@ -210,9 +210,10 @@ impl State {
             }),
             Operation::GetSchema { name } => json!({"name": name, "fields": {}}),
             Operation::CreateSchema(def) => json!(def),
-            Operation::DeleteSchema { force, .. } => {
-                json!({"deleted": true, "records": if force { 3 } else { 0 }})
-            }
+            Operation::DeleteSchema { force, .. } => json!(DeleteSchemaResult {
+                deleted: true,
+                records: if force { 3 } else { 0 },
+            }),
             Operation::Query(q) => json!(QueryResult {
                 rows: vec![
                     json!({"id": "r1", "schema": q.schema, "limit": q.limit, "filter": q.filter})
