@@ -377,6 +377,9 @@ mod tests {
     fn absolute_paths() {
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(parse_absolute_path("bin/app").unwrap(), cwd.join("bin/app"));
-        assert_eq!(parse_absolute_path("/bin/true").unwrap(), PathBuf::from("/bin/true"));
+        assert_eq!(
+            parse_absolute_path("/bin/true").unwrap(),
+            PathBuf::from("/bin/true")
+        );
     }
 }

@@ -3,9 +3,9 @@
 
 use super::protocol::{
     AdminCall, AdminReply, AdminRequest, AppView, GrantRequest, InstallRequest, InstallResponse,
-    LaunchRequest, LaunchResponse, LimitsRequest, ListResponse, NodeLimitsView, PsResponse,
-    PsRow, RemoveResponse, ResourceLimitsView, RunRequest, RunResponse, ShowResponse,
-    StateResponse, StatusResponse, StopRequest, UngrantRequest, UsageView, WaitRequest,
+    LaunchRequest, LaunchResponse, LimitsRequest, ListResponse, NodeLimitsView, PsResponse, PsRow,
+    RemoveResponse, ResourceLimitsView, RunRequest, RunResponse, ShowResponse, StateResponse,
+    StatusResponse, StopRequest, UngrantRequest, UsageView, WaitRequest,
 };
 use super::{binary_name, check_cpus, encode};
 use crate::daemon::{self, DaemonError, Shared};
@@ -44,15 +44,14 @@ fn app_view(shared: &Shared, app: &App) -> AppView {
             nofile: limits.nofile,
             tmpfs_bytes: limits.tmpfs_bytes,
         },
-        node_limits: node_limits_view(
-            &app.node_limits
-                .resolve(&shared.config.default_node_limits),
-        ),
+        node_limits: node_limits_view(&app.node_limits.resolve(&shared.config.default_node_limits)),
         node_limits_set: app.node_limits,
         generation: app.generation,
         created_ms: app.created_ms,
         socket: shared.socket_path(&app.id),
-        credentials: shared.socket_dir(&app.id).join(crate::ipc::CREDENTIALS_FILE),
+        credentials: shared
+            .socket_dir(&app.id)
+            .join(crate::ipc::CREDENTIALS_FILE),
         app_dir: shared.app_dir(&app.id),
         log: shared.log_path(&app.id),
         sandbox,
@@ -183,7 +182,9 @@ async fn install(
     let mut limits = shared.config.default_limits;
     if let Some(memory) = request.memory_bytes {
         if memory == 0 {
-            return Err(DaemonError::Invalid("--memory must be at least 1 byte".into()));
+            return Err(DaemonError::Invalid(
+                "--memory must be at least 1 byte".into(),
+            ));
         }
         limits.memory_bytes = memory;
     }
@@ -232,8 +233,7 @@ async fn grant(shared: &Arc<Shared>, request: GrantRequest) -> Result<AppView, D
 
 async fn ungrant(shared: &Arc<Shared>, request: UngrantRequest) -> Result<AppView, DaemonError> {
     let drop = request.grants;
-    let app =
-        daemon::set_grants(shared, &request.app, |g| g.retain(|x| !drop.contains(x))).await?;
+    let app = daemon::set_grants(shared, &request.app, |g| g.retain(|x| !drop.contains(x))).await?;
     Ok(app_view(shared, &app))
 }
 

@@ -802,10 +802,7 @@ mod tests {
         // Only name and binary are required.
         let short: AdminRequest =
             serde_json::from_str(r#"{"cmd":"install","name":"n","binary":"/b"}"#).unwrap();
-        assert_eq!(
-            short,
-            AdminRequest::Install(InstallRequest::new("n", "/b"))
-        );
+        assert_eq!(short, AdminRequest::Install(InstallRequest::new("n", "/b")));
         response(InstallResponse {
             app: view(),
             warnings: vec!["glibc binary, musl image".into()],

@@ -4,8 +4,7 @@ use super::{cell, table, text, Context};
 use anyhow::Result;
 use fold_client::admin::protocol::{
     AdminCall, AppView, GrantRequest, InstallRequest, LaunchRequest, LimitsRequest, ListRequest,
-    PsRequest, RemoveRequest, RotateRequest, RunRequest, ShowRequest, StopRequest,
-    UngrantRequest,
+    PsRequest, RemoveRequest, RotateRequest, RunRequest, ShowRequest, StopRequest, UngrantRequest,
 };
 use fold_client::app_limits::LimitSettings;
 use fold_ipc::limits::HistoryPolicy;
@@ -124,7 +123,9 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
         AppCommand::Ungrant(request) => print(ctx, &call(ctx, request).await?)?,
         AppCommand::Rotate(request) => print(ctx, &call(ctx, request).await?)?,
         AppCommand::Remove(request) => print(ctx, &call(ctx, request).await?)?,
-        AppCommand::Launch { request, wait } => return super::run::launch(ctx, request, wait).await,
+        AppCommand::Launch { request, wait } => {
+            return super::run::launch(ctx, request, wait).await
+        }
         AppCommand::Run { request, raw } => return super::run::run(ctx, request, raw).await,
         AppCommand::Stop(request) => print(ctx, &call(ctx, request).await?)?,
         AppCommand::Ps => {
@@ -147,7 +148,15 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
                         ]
                     })
                     .collect();
-                let headers = ["NAME", "ID", "STATE", "SANDBOX", "RESTARTS", "CONTAINER", "NOTE"];
+                let headers = [
+                    "NAME",
+                    "ID",
+                    "STATE",
+                    "SANDBOX",
+                    "RESTARTS",
+                    "CONTAINER",
+                    "NOTE",
+                ];
                 table(&headers, &rows);
             }
         }
@@ -306,9 +315,26 @@ mod tests {
             request,
             node_limits,
         } = parse(&[
-            "install", "notes", "--binary", "bin/notes", "--grant", "query:post", "--grant",
-            "mutation:*", "--auth", "token", "--memory", "256m", "--cpus", "0.5",
-            "--max-bytes", "none", "--history", "refuse", "--bytes-in-flight", "16m",
+            "install",
+            "notes",
+            "--binary",
+            "bin/notes",
+            "--grant",
+            "query:post",
+            "--grant",
+            "mutation:*",
+            "--auth",
+            "token",
+            "--memory",
+            "256m",
+            "--cpus",
+            "0.5",
+            "--max-bytes",
+            "none",
+            "--history",
+            "refuse",
+            "--bytes-in-flight",
+            "16m",
         ])
         .unwrap()
         else {
@@ -360,7 +386,15 @@ mod tests {
     fn launch_and_run_flags() {
         use fold_client::admin::protocol::RestartMode;
         let AppCommand::Launch { request, wait } = parse(&[
-            "launch", "n", "--restart", "never", "--max-lifetime", "90s", "--wait", "--", "a",
+            "launch",
+            "n",
+            "--restart",
+            "never",
+            "--max-lifetime",
+            "90s",
+            "--wait",
+            "--",
+            "a",
             "--b",
         ])
         .unwrap() else {

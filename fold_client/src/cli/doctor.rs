@@ -48,7 +48,10 @@ pub async fn doctor(ctx: &Context) -> Result<i32> {
     // The daemon, if running, knows the installed apps' images and which engine it uses.
     let apps = ctx.call(ListRequest {}, Duration::from_secs(5)).await.ok();
     let status = match apps {
-        Some(_) => ctx.call(StatusRequest {}, Duration::from_secs(5)).await.ok(),
+        Some(_) => ctx
+            .call(StatusRequest {}, Duration::from_secs(5))
+            .await
+            .ok(),
         None => None,
     };
     checks.push(match &apps {

@@ -112,15 +112,7 @@ pub async fn launch(ctx: &Context, request: LaunchRequest, wait: bool) -> Result
         return Ok(0);
     }
     let day = Duration::from_secs(24 * 3600);
-    let done = ctx
-        .call(
-            WaitRequest {
-                app,
-                timeout: day,
-            },
-            day,
-        )
-        .await?;
+    let done = ctx.call(WaitRequest { app, timeout: day }, day).await?;
     if !ctx.json {
         println!("{} {}", escape(&done.name), escape(&done.state));
     }
