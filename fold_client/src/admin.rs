@@ -165,7 +165,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// A message naming the bad value.
 pub fn parse_grace(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<f64>() {
-        Ok(zero) if zero == 0.0 => Ok(Duration::ZERO),
+        Ok(0.0) => Ok(Duration::ZERO),
         _ => parse_duration(text),
     }
 }
@@ -236,6 +236,9 @@ pub enum AdminError {
         /// Why not.
         source: std::io::Error,
     },
+    /// The request cannot be written as JSON (a path that is not UTF-8, for instance).
+    #[error("the request cannot be encoded: {0}")]
+    Encode(#[source] serde_json::Error),
     /// The connection failed midway.
     #[error("the admin exchange failed: {0}")]
     Exchange(#[source] std::io::Error),
@@ -290,7 +293,7 @@ impl AdminClient {
     /// this request's response, or the daemon refused the request.
     pub async fn call<R: AdminCall>(&self, request: R) -> Result<R::Response, AdminError> {
         let request: AdminRequest = request.into();
-        let body = serde_json::to_vec(&request).map_err(AdminError::BadReply)?;
+        let body = serde_json::to_vec(&request).map_err(AdminError::Encode)?;
         let mut stream =
             UnixStream::connect(&self.socket)
                 .await

@@ -81,7 +81,7 @@ impl Context {
 
 /// `--json` output: pretty JSON in which nothing a terminal acts on is left raw (serde_json
 /// escapes C0 controls; `terminal::escape_json` the C1 controls and bidi overrides it keeps).
-/// Keys are sorted, whatever order the type declares its fields in.
+/// Printed through `serde_json::Value`, so objects come out as `--json` always printed them.
 ///
 /// # Errors
 ///
