@@ -21,6 +21,7 @@ use crate::rt::{daemon_config, install};
 use crate::stats::{num, ratio, thousands, Summary};
 use crate::Options;
 use anyhow::{bail, Context as _, Result};
+use fold_client::admin::protocol::AppView;
 use fold_client::app_limits::NodeLimits;
 use fold_ipc::frame::DEFAULT_MAX_FRAME;
 use fold_ipc::mux::MuxConnection;
@@ -113,10 +114,11 @@ struct Conn {
 impl Conn {
     /// Connects to the app socket in `view` (an installed app's admin view). Must run on
     /// the runtime that will drive the connection.
-    async fn open(view: &serde_json::Value, creds: &Credentials) -> Result<Conn> {
-        let socket = view["socket"]
-            .as_str()
-            .context("no socket in the app's view")?;
+    async fn open(view: &AppView, creds: &Credentials) -> Result<Conn> {
+        let socket = view
+            .socket
+            .to_str()
+            .context("the app's socket path is not UTF-8")?;
         Conn::open_socket(socket, creds).await
     }
 
@@ -315,7 +317,7 @@ struct Payloads {
 async fn attacker(
     attack: Attack,
     index: usize,
-    view: Arc<serde_json::Value>,
+    view: Arc<AppView>,
     creds: Arc<Credentials>,
     payloads: Arc<Payloads>,
     tally: Arc<Tally>,
@@ -661,13 +663,7 @@ fn frame_row(runtime: &Runtime, o: &Options, sizes: &Sizes) -> Result<Row> {
             &["*:blob"],
             None,
         ))?;
-        let id_of = |key: &str| {
-            view[key]
-                .as_u64()
-                .and_then(|u| u32::try_from(u).ok())
-                .with_context(|| format!("no {key} in the app's view"))
-        };
-        let (uid, gid) = (id_of("uid")?, id_of("gid")?);
+        let (uid, gid) = (view.uid, view.gid);
         let mut client = std::process::Command::new(std::env::current_exe()?);
         client
             .arg("__frames")
@@ -691,7 +687,7 @@ fn frame_row(runtime: &Runtime, o: &Options, sizes: &Sizes) -> Result<Row> {
         let mut to = client.stdin.take().context("no stdin")?;
         let mut from = std::io::BufReader::new(client.stdout.take().context("no stdout")?);
         let setup = json!({
-            "socket": view["socket"],
+            "socket": view.socket,
             "credentials": creds.to_json(),
             "frames": sizes.frames,
         });

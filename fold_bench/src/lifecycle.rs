@@ -14,7 +14,7 @@ use crate::rt::{admin_call, install, install_placed};
 use crate::stats::{num, ratio, Summary};
 use crate::Options;
 use anyhow::{bail, Context as _, Result};
-use fold_client::admin::AdminRequest;
+use fold_client::admin::protocol::{LaunchRequest, RestartMode, StopRequest, WaitRequest};
 use fold_client::config::{Config, FileConfig, Overrides};
 use fold_client::daemon::{self, Shared};
 use std::path::{Path, PathBuf};
@@ -218,9 +218,9 @@ fn cli(bin: &Path, d: &LaunchDaemon, args: &[&str]) -> Command {
 fn wait_stopped(runtime: &tokio::runtime::Runtime, d: &LaunchDaemon, app: &str) -> Result<()> {
     runtime.block_on(admin_call(
         &d.config.admin_socket,
-        AdminRequest::Wait {
+        WaitRequest {
             app: app.into(),
-            timeout_ms: 60_000,
+            timeout: Duration::from_secs(60),
         },
     ))?;
     Ok(())
@@ -319,17 +319,14 @@ fn measure_stop(
         let before = d.shared.metrics.requests();
         runtime.block_on(admin_call(
             &d.config.admin_socket,
-            AdminRequest::LaunchWith {
-                app: app.into(),
+            LaunchRequest {
                 direct,
                 args: ["ignore-term", "query", "sleep", "3600"]
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
-                image: None,
-                restart: Some("never".into()),
-                max_restarts: None,
-                max_lifetime_ms: None,
+                restart: Some(RestartMode::Never),
+                ..LaunchRequest::new(app)
             },
         ))?;
         // Its first answer means `ignore-term` (the step before) is in force.
@@ -338,9 +335,9 @@ fn measure_stop(
         let started = Instant::now();
         runtime.block_on(admin_call(
             &d.config.admin_socket,
-            AdminRequest::Stop {
+            StopRequest {
                 app: app.into(),
-                grace_ms: Some(2000),
+                grace: Some(Duration::from_secs(2)),
             },
         ))?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -360,26 +357,23 @@ fn measure_stop_sh(
     for _ in 0..runs {
         runtime.block_on(admin_call(
             &d.config.admin_socket,
-            AdminRequest::LaunchWith {
-                app: "stubborn".into(),
+            LaunchRequest {
                 direct: true,
                 args: vec![
                     "-c".into(),
                     "trap '' TERM; while :; do sleep 1; done".into(),
                 ],
-                image: None,
-                restart: Some("never".into()),
-                max_restarts: None,
-                max_lifetime_ms: None,
+                restart: Some(RestartMode::Never),
+                ..LaunchRequest::new("stubborn")
             },
         ))?;
         std::thread::sleep(Duration::from_millis(300));
         let started = Instant::now();
         runtime.block_on(admin_call(
             &d.config.admin_socket,
-            AdminRequest::Stop {
+            StopRequest {
                 app: "stubborn".into(),
-                grace_ms: Some(2000),
+                grace: Some(Duration::from_secs(2)),
             },
         ))?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);

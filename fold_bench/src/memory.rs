@@ -7,7 +7,7 @@ use crate::rt::{admin_call, install};
 use crate::stats::{num, thousands};
 use crate::Options;
 use anyhow::{bail, Context as _, Result};
-use fold_client::admin::AdminRequest;
+use fold_client::admin::protocol::{LaunchRequest, RestartMode, StatusRequest, StopRequest};
 use fold_client::config::{Config, FileConfig, Overrides};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -107,7 +107,7 @@ impl DaemonProcess {
         loop {
             if d.admin.exists()
                 && runtime
-                    .block_on(admin_call(&d.admin, AdminRequest::Status))
+                    .block_on(admin_call(&d.admin, StatusRequest {}))
                     .is_ok()
             {
                 break;
@@ -230,14 +230,10 @@ pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
                 for name in &names {
                     runtime.block_on(admin_call(
                         &d.admin,
-                        AdminRequest::LaunchWith {
-                            app: name.clone(),
-                            direct: false,
+                        LaunchRequest {
                             args: vec!["sleep".into(), "3600".into()],
-                            image: None,
-                            restart: Some("never".into()),
-                            max_restarts: None,
-                            max_lifetime_ms: None,
+                            restart: Some(RestartMode::Never),
+                            ..LaunchRequest::new(name.clone())
                         },
                     ))?;
                 }
@@ -246,9 +242,9 @@ pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
                 for name in &names {
                     let _ = runtime.block_on(admin_call(
                         &d.admin,
-                        AdminRequest::Stop {
+                        StopRequest {
                             app: name.clone(),
-                            grace_ms: Some(0),
+                            grace: Some(Duration::ZERO),
                         },
                     ));
                 }

@@ -5,7 +5,8 @@
 use crate::worker::{AppKey, DaemonSetup, Setup};
 use anyhow::{bail, Context as _, Result};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use fold_client::admin::{self, AdminRequest};
+use fold_client::admin::protocol::{AppView, InstallRequest};
+use fold_client::admin::{AdminCall, AdminClient};
 use fold_client::config::{Config, FileConfig, Overrides};
 use fold_client::daemon::{self, Shared};
 use fold_client::proxy::NodeClient;
@@ -16,7 +17,7 @@ use fold_ipc::{Credentials, ErrorCode, Operation, Request, Response, WireError};
 use serde_json::json;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,13 +108,11 @@ pub fn daemon_config(state_dir: &Path, extra: &str) -> Result<Config> {
 }
 
 /// Calls the daemon's admin socket; the result, or the daemon's error.
-pub async fn admin_call(socket: &Path, request: AdminRequest) -> Result<serde_json::Value> {
-    let r = admin::call(socket, &request, ADMIN_TIMEOUT).await?;
-    if r.ok {
-        Ok(r.result)
-    } else {
-        bail!("admin: {}", r.error.unwrap_or_default())
-    }
+pub async fn admin_call<R: AdminCall>(socket: &Path, request: R) -> Result<R::Response> {
+    AdminClient::new(socket, ADMIN_TIMEOUT)
+        .call(request)
+        .await
+        .context("admin")
 }
 
 /// Installs app `name` with `grants` and the binary at `binary`; returns its credentials.
@@ -123,7 +122,7 @@ pub async fn install(
     binary: &Path,
     grants: &[&str],
     image: Option<&str>,
-) -> Result<(serde_json::Value, Credentials)> {
+) -> Result<(AppView, Credentials)> {
     install_placed(socket, name, binary, grants, image, image.is_none()).await
 }
 
@@ -139,31 +138,17 @@ pub async fn install_placed(
     grants: &[&str],
     image: Option<&str>,
     direct: bool,
-) -> Result<(serde_json::Value, Credentials)> {
-    let view = admin_call(
-        socket,
-        AdminRequest::Install {
-            name: name.into(),
-            binary: binary.to_path_buf(),
-            grants: grants.iter().map(ToString::to_string).collect(),
-            image: image.map(str::to_string),
-            auth: None,
-            network: None,
-            memory: None,
-            cpus: None,
-            pids: None,
-            direct,
-            node_limits: Default::default(),
-        },
-    )
-    .await?;
-    let path = PathBuf::from(
-        view["credentials"]
-            .as_str()
-            .context("no credentials path")?,
-    );
-    let creds = Credentials::load(&path)?;
-    Ok((view, creds))
+) -> Result<(AppView, Credentials)> {
+    let mut install = InstallRequest::new(name, binary);
+    install.grants = grants
+        .iter()
+        .map(|g| g.parse().map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()?;
+    install.image = image.map(str::to_string);
+    install.direct = direct;
+    let installed = admin_call(socket, install).await?;
+    let creds = Credentials::load(&installed.app.credentials)?;
+    Ok((installed.app, creds))
 }
 
 /// Starts the daemon (and a second one with batch verification off) with `apps` apps

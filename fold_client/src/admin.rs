@@ -2,22 +2,20 @@
 //! one request and one response at a time. Only the daemon's own uid (or root) may connect:
 //! the socket is 0600 in the 0700 state directory and the peer uid is checked.
 //!
-//! These types cross a socket, but only between the `fold_client` binary and itself, so they
-//! live here rather than in `fold_ipc` (which is the app-facing contract).
+//! The requests and their responses are typed ([`protocol`]); the daemon answers them in
+//! `apps` and the CLI sends them with [`AdminClient`]. These types cross a socket, but only
+//! between the `fold_client` binary and itself, so they live here rather than in `fold_ipc`
+//! (which is the app-facing contract).
 
 mod apps;
+pub mod protocol;
 
-pub use apps::app_view;
+pub use protocol::{AdminCall, AdminReply, AdminRequest};
 
-use crate::app_limits::LimitSettings;
 use crate::daemon::{DaemonError, Shared};
 use crate::ipc::AppSocket;
-use crate::policy::Grant;
-use apps::execute;
 use fold_ipc::frame::{read_frame, write_frame};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
@@ -26,167 +24,6 @@ use tokio::net::{UnixListener, UnixStream};
 const MAX_ADMIN_FRAME: usize = 1024 * 1024;
 /// How long an admin connection may stay idle.
 const ADMIN_IDLE: Duration = Duration::from_secs(60);
-
-/// A command from the CLI.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AdminRequest {
-    /// Daemon status.
-    Status,
-    /// Install an app.
-    Install {
-        /// App name.
-        name: String,
-        /// Absolute path of the binary to copy.
-        binary: PathBuf,
-        /// Grants, `OP:SCHEMA`.
-        #[serde(default)]
-        grants: Vec<String>,
-        /// Container image.
-        #[serde(default)]
-        image: Option<String>,
-        /// `signed` (default) or `token`.
-        #[serde(default)]
-        auth: Option<String>,
-        /// Named network.
-        #[serde(default)]
-        network: Option<String>,
-        /// Memory limit, e.g. `256m`.
-        #[serde(default)]
-        memory: Option<String>,
-        /// CPU limit in cores, e.g. 0.5.
-        #[serde(default)]
-        cpus: Option<f64>,
-        /// Process limit.
-        #[serde(default)]
-        pids: Option<u64>,
-        /// Place it on the host (dev mode): any process of its uid may connect. Without
-        /// it, only a process of its running container may.
-        #[serde(default)]
-        direct: bool,
-        /// Node limits set for this app; the rest come from the config.
-        #[serde(default)]
-        node_limits: LimitSettings,
-    },
-    /// Change an app's node limits (only those set).
-    Limits {
-        /// Name or id.
-        app: String,
-        /// The limits to change.
-        node_limits: LimitSettings,
-    },
-    /// List apps.
-    List,
-    /// One app in detail.
-    Show {
-        /// Name or id.
-        app: String,
-    },
-    /// Add grants.
-    Grant {
-        /// Name or id.
-        app: String,
-        /// Grants to add.
-        grants: Vec<String>,
-    },
-    /// Remove grants.
-    Ungrant {
-        /// Name or id.
-        app: String,
-        /// Grants to remove.
-        grants: Vec<String>,
-    },
-    /// New token and key.
-    Rotate {
-        /// Name or id.
-        app: String,
-    },
-    /// Uninstall.
-    Remove {
-        /// Name or id.
-        app: String,
-    },
-    /// Start the app with the daemon's default restart policy and lifetime.
-    Launch {
-        /// Name or id.
-        app: String,
-        /// Run on the host, NOT sandboxed.
-        #[serde(default)]
-        direct: bool,
-        /// Arguments for the binary.
-        #[serde(default)]
-        args: Vec<String>,
-    },
-    /// Start the app with explicit supervision options (absent ones: daemon defaults).
-    LaunchWith {
-        /// Name or id.
-        app: String,
-        /// Run on the host, NOT sandboxed.
-        #[serde(default)]
-        direct: bool,
-        /// Arguments for the binary.
-        #[serde(default)]
-        args: Vec<String>,
-        /// Image for this launch instead of the app's.
-        #[serde(default)]
-        image: Option<String>,
-        /// `never` or `on-failure`.
-        #[serde(default)]
-        restart: Option<String>,
-        /// Most restarts in a row after failures.
-        #[serde(default)]
-        max_restarts: Option<u32>,
-        /// Hard limit on the run time, ms.
-        #[serde(default)]
-        max_lifetime_ms: Option<u64>,
-    },
-    /// Run the app once: start, wait at most `timeout_ms`, stop, remove; answers when done.
-    Run {
-        /// Name or id.
-        app: String,
-        /// Run on the host, NOT sandboxed.
-        #[serde(default)]
-        direct: bool,
-        /// Arguments for the binary.
-        #[serde(default)]
-        args: Vec<String>,
-        /// Image for this run instead of the app's.
-        #[serde(default)]
-        image: Option<String>,
-        /// Kill it after this long, ms.
-        timeout_ms: u64,
-    },
-    /// Stop the app.
-    Stop {
-        /// Name or id.
-        app: String,
-        /// Grace before SIGKILL, ms.
-        #[serde(default)]
-        grace_ms: Option<u64>,
-    },
-    /// Wait until the app is no longer running.
-    Wait {
-        /// Name or id.
-        app: String,
-        /// Give up after this long, ms.
-        timeout_ms: u64,
-    },
-    /// States of launched apps.
-    Ps,
-}
-
-/// The daemon's answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AdminResponse {
-    /// Whether the command succeeded.
-    pub ok: bool,
-    /// The command's result.
-    #[serde(default)]
-    pub result: Value,
-    /// What went wrong and what to do.
-    #[serde(default)]
-    pub error: Option<String>,
-}
 
 /// Binds the admin socket and serves it in the background.
 ///
@@ -257,26 +94,10 @@ async fn serve_admin(mut stream: UnixStream, shared: Arc<Shared>) {
                 _ => return,
             },
         };
-        let response = match serde_json::from_slice::<AdminRequest>(&body) {
-            Ok(request) => match execute(&shared, request).await {
-                Ok(result) => AdminResponse {
-                    ok: true,
-                    result,
-                    error: None,
-                },
-                Err(e) => AdminResponse {
-                    ok: false,
-                    result: Value::Null,
-                    error: Some(e.to_string()),
-                },
-            },
-            Err(e) => AdminResponse {
-                ok: false,
-                result: Value::Null,
-                error: Some(format!("bad admin request: {e}")),
-            },
+        let body = match serde_json::from_slice::<AdminRequest>(&body) {
+            Ok(request) => apps::execute(&shared, request).await,
+            Err(e) => encode(&AdminReply::<()>::failed(format!("bad admin request: {e}"))),
         };
-        let body = serde_json::to_vec(&response).unwrap_or_default();
         if tokio::time::timeout(
             Duration::from_secs(10),
             write_frame(&mut stream, &body, MAX_ADMIN_FRAME),
@@ -337,14 +158,48 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn parse_grants(grants: &[String]) -> Result<Vec<Grant>, DaemonError> {
-    grants
-        .iter()
-        .map(|g| {
-            g.parse::<Grant>()
-                .map_err(|e| DaemonError::Invalid(format!("grant {e}")))
-        })
-        .collect()
+/// Parses a stop grace: a duration as [`parse_duration`] takes it, or `0` (SIGKILL at once).
+///
+/// # Errors
+///
+/// A message naming the bad value.
+pub fn parse_grace(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
+
+/// Parses a CPU limit in cores, more than 0 and at most 1024 (e.g. `0.5`).
+///
+/// # Errors
+///
+/// A message naming the bad value.
+pub fn parse_cpus(text: &str) -> Result<f64, String> {
+    let cpus: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of cores like 1 or 0.5"))?;
+    check_cpus(cpus)
+}
+
+/// `cpus` if it is a CPU limit the daemon accepts: more than 0, at most 1024 cores.
+fn check_cpus(cpus: f64) -> Result<f64, String> {
+    if cpus > 0.0 && cpus <= 1024.0 {
+        Ok(cpus)
+    } else {
+        Err(format!("--cpus {cpus} must be between 0 and 1024"))
+    }
+}
+
+/// Makes `text` an absolute path against the CLI's working directory (the daemon's may
+/// differ), without touching the file system.
+///
+/// # Errors
+///
+/// The working directory is unknown.
+pub fn parse_absolute_path(text: &str) -> Result<PathBuf, String> {
+    std::path::absolute(text).map_err(|e| format!("cannot resolve {text}: {e}"))
 }
 
 fn binary_name(path: &std::path::Path) -> Result<String, DaemonError> {
@@ -363,34 +218,118 @@ fn binary_name(path: &std::path::Path) -> Result<String, DaemonError> {
     Ok(name.to_string())
 }
 
-/// Sends one admin request (used by the CLI).
-///
-/// # Errors
-///
-/// The daemon is not reachable, or the exchange failed.
-pub async fn call(
-    socket: &std::path::Path,
-    request: &AdminRequest,
+/// An answer as the bytes of one frame. Every admin type serializes (plain data, string
+/// keys), so this cannot fail; if it did, the client would see the connection close.
+fn encode<T: serde::Serialize>(reply: &AdminReply<T>) -> Vec<u8> {
+    serde_json::to_vec(reply).unwrap_or_default()
+}
+
+/// Why an admin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Nothing answers on the admin socket: the daemon is not running (or serves another
+    /// state directory).
+    #[error("cannot connect to {}: {source}", socket.display())]
+    Unreachable {
+        /// The admin socket.
+        socket: PathBuf,
+        /// Why not.
+        source: std::io::Error,
+    },
+    /// The request cannot be written as JSON (a path that is not UTF-8, for instance).
+    #[error("the request cannot be encoded: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The connection failed midway.
+    #[error("the admin exchange failed: {0}")]
+    Exchange(#[source] std::io::Error),
+    /// The daemon took longer than the call's deadline.
+    #[error("the daemon did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// The daemon's answer is not the response of this request.
+    #[error("the daemon's answer cannot be read: {0}")]
+    BadReply(#[source] serde_json::Error),
+    /// The daemon refused the request; its message says why and what to do. It may quote
+    /// what an app chose (a name, its binary's bytes): escape it before printing.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The client side of the admin socket: one typed request, one typed answer.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    socket: PathBuf,
     timeout: Duration,
-) -> std::io::Result<AdminResponse> {
-    let mut stream = UnixStream::connect(socket).await?;
-    let body = serde_json::to_vec(request)?;
-    let exchange = async {
-        write_frame(&mut stream, &body, MAX_ADMIN_FRAME)
+}
+
+impl AdminClient {
+    /// A client of the daemon whose admin socket is `socket`; each call may take at most
+    /// `timeout`.
+    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> AdminClient {
+        AdminClient {
+            socket: socket.into(),
+            timeout,
+        }
+    }
+
+    /// This client with another deadline per call.
+    #[must_use]
+    pub fn with_timeout(&self, timeout: Duration) -> AdminClient {
+        AdminClient {
+            socket: self.socket.clone(),
+            timeout,
+        }
+    }
+
+    /// The admin socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends `request` on a connection of its own and returns the daemon's result.
+    ///
+    /// # Errors
+    ///
+    /// The daemon is not reachable, the exchange failed or timed out, the answer is not
+    /// this request's response, or the daemon refused the request.
+    pub async fn call<R: AdminCall>(&self, request: R) -> Result<R::Response, AdminError> {
+        let request: AdminRequest = request.into();
+        let body = serde_json::to_vec(&request).map_err(AdminError::Encode)?;
+        let mut stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| AdminError::Unreachable {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let exchange = async {
+            write_frame(&mut stream, &body, MAX_ADMIN_FRAME)
+                .await
+                .map_err(|e| AdminError::Exchange(std::io::Error::other(e)))?;
+            read_frame(&mut stream, 16 * MAX_ADMIN_FRAME)
+                .await
+                .map_err(|e| AdminError::Exchange(std::io::Error::other(e)))?
+                .ok_or_else(|| {
+                    AdminError::Exchange(std::io::Error::other(
+                        "the daemon closed the admin connection",
+                    ))
+                })
+        };
+        let reply = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(std::io::Error::other)?;
-        let reply = read_frame(&mut stream, 16 * MAX_ADMIN_FRAME)
-            .await
-            .map_err(std::io::Error::other)?
-            .ok_or_else(|| std::io::Error::other("the daemon closed the admin connection"))?;
-        serde_json::from_slice::<AdminResponse>(&reply).map_err(std::io::Error::other)
-    };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "the daemon did not answer in time",
-        )
-    })?
+            .map_err(|_| AdminError::TimedOut(self.timeout))??;
+        let reply: AdminReply<R::Response> =
+            serde_json::from_slice(&reply).map_err(AdminError::BadReply)?;
+        match reply {
+            AdminReply {
+                ok: true,
+                result: Some(result),
+                ..
+            } => Ok(result),
+            AdminReply { error, .. } => Err(AdminError::Refused(
+                error.unwrap_or_else(|| "the daemon refused the request".into()),
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -416,5 +355,34 @@ mod tests {
         for bad in ["", "0", "-1s", "5 parsecs", "1d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn graces() {
+        assert_eq!(parse_grace("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_grace("0.0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_grace("2.5").unwrap(), Duration::from_millis(2500));
+        assert_eq!(parse_grace("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_grace("-1").is_err());
+        assert!(parse_grace("soon").is_err());
+    }
+
+    #[test]
+    fn cpus() {
+        assert_eq!(parse_cpus("0.5").unwrap(), 0.5);
+        assert_eq!(parse_cpus("1024").unwrap(), 1024.0);
+        for bad in ["0", "-1", "1025", "NaN", "many"] {
+            assert!(parse_cpus(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn absolute_paths() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(parse_absolute_path("bin/app").unwrap(), cwd.join("bin/app"));
+        assert_eq!(
+            parse_absolute_path("/bin/true").unwrap(),
+            PathBuf::from("/bin/true")
+        );
     }
 }

@@ -36,7 +36,7 @@ enum Command {
     Serve(cli::ServeArgs),
     /// Install, inspect, launch and stop apps.
     #[command(subcommand)]
-    App(cli::AppCommand),
+    App(Box<cli::AppCommand>),
     /// Read the audit log.
     #[command(subcommand)]
     Audit(cli::AuditCommand),
@@ -75,7 +75,7 @@ fn main() -> Result<()> {
     let code = runtime.block_on(async {
         match args.command {
             Command::Serve(serve) => cli::serve(&ctx, serve).await.map(|()| 0),
-            Command::App(cmd) => cli::app(&ctx, cmd).await,
+            Command::App(cmd) => cli::app(&ctx, *cmd).await,
             Command::Audit(cmd) => cli::audit(&ctx, cmd).await.map(|()| 0),
             Command::Doctor => cli::doctor(&ctx).await,
         }

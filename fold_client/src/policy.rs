@@ -52,6 +52,21 @@ impl FromStr for Grant {
     }
 }
 
+/// On the wire (the admin socket) a grant is its text, `OPERATION:SCHEMA`.
+impl serde::Serialize for Grant {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Read back from its text, checked as [`Grant::from_str`] checks it.
+impl<'de> serde::Deserialize<'de> for Grant {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Grant, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl Grant {
     fn covers(&self, kind: OperationKind, schema: &str) -> bool {
         self.operation.is_none_or(|op| op == kind)

@@ -1,53 +1,65 @@
-//! Executing admin requests against the daemon.
+//! Executing admin requests against the daemon: one function per request, each returning
+//! its request's response type ([`AdminCall::Response`]).
 
-use super::{binary_name, parse_grants, parse_size, AdminRequest};
-use crate::daemon::{self, DaemonError, InstallRequest, Shared};
+use super::protocol::{
+    AdminCall, AdminReply, AdminRequest, AppView, GrantRequest, InstallRequest, InstallResponse,
+    LaunchRequest, LaunchResponse, LimitsRequest, ListResponse, NodeLimitsView, PsResponse, PsRow,
+    RemoveResponse, ResourceLimitsView, RunRequest, RunResponse, ShowResponse, StateResponse,
+    StatusResponse, StopRequest, UngrantRequest, UsageView, WaitRequest,
+};
+use super::{binary_name, check_cpus, encode};
+use crate::daemon::{self, DaemonError, Shared};
 use crate::registry::{App, AuthMode, InstallSpec, Placement};
-use crate::sandbox::{ResourceLimits, SandboxKind};
+use crate::sandbox::SandboxKind;
 use crate::supervisor::{LaunchOptions, LaunchOutcome, RestartPolicy};
-use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The JSON view of an app (no secrets).
-pub fn app_view(shared: &Shared, app: &App) -> Value {
+/// An app as the admin protocol shows it (no secrets).
+fn app_view(shared: &Shared, app: &App) -> AppView {
     let status = shared.supervisor.status(&app.id);
     let (sandbox, state) = match &status {
-        Some(s) => (Some(s.kind.as_str()), s.state.to_string()),
+        Some(s) => (Some(s.kind.as_str().to_string()), s.state.to_string()),
         None => (None, "not running".to_string()),
     };
-    json!({
-        "id": app.id,
-        "name": app.name,
-        "uid": app.uid,
-        "gid": app.gid,
-        "grants": app.grants.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "auth": app.auth_mode.as_str(),
-        "placement": app.placement.as_str(),
-        "binary": app.binary,
-        "image": app.image.clone().unwrap_or_else(|| shared.config.default_image.clone()),
-        "network": app.network,
-        "limits": {
-            "memory_bytes": app.limits.memory_bytes,
-            "nano_cpus": app.limits.nano_cpus,
-            "pids": app.limits.pids,
-            "nofile": app.limits.nofile,
-            "tmpfs_bytes": app.limits.tmpfs_bytes,
+    let limits = &app.limits;
+    AppView {
+        id: app.id.clone(),
+        name: app.name.clone(),
+        uid: app.uid,
+        gid: app.gid,
+        grants: app.grants.clone(),
+        auth: app.auth_mode,
+        placement: app.placement,
+        binary: app.binary.clone(),
+        image: app
+            .image
+            .clone()
+            .unwrap_or_else(|| shared.config.default_image.clone()),
+        network: app.network.clone(),
+        limits: ResourceLimitsView {
+            memory_bytes: limits.memory_bytes,
+            nano_cpus: limits.nano_cpus,
+            pids: limits.pids,
+            nofile: limits.nofile,
+            tmpfs_bytes: limits.tmpfs_bytes,
         },
-        "node_limits": node_limits_view(&app.node_limits.resolve(&shared.config.default_node_limits)),
-        "node_limits_set": app.node_limits,
-        "generation": app.generation,
-        "created_ms": app.created_ms,
-        "socket": shared.socket_path(&app.id),
-        "credentials": shared.socket_dir(&app.id).join(crate::ipc::CREDENTIALS_FILE),
-        "app_dir": shared.app_dir(&app.id),
-        "log": shared.log_path(&app.id),
-        "sandbox": sandbox,
-        "state": state,
-        "restarts": status.as_ref().map(|s| s.restarts),
-        "note": status.as_ref().and_then(|s| s.note.clone()),
-        "container": status.and_then(|s| s.container),
-    })
+        node_limits: node_limits_view(&app.node_limits.resolve(&shared.config.default_node_limits)),
+        node_limits_set: app.node_limits,
+        generation: app.generation,
+        created_ms: app.created_ms,
+        socket: shared.socket_path(&app.id),
+        credentials: shared
+            .socket_dir(&app.id)
+            .join(crate::ipc::CREDENTIALS_FILE),
+        app_dir: shared.app_dir(&app.id),
+        log: shared.log_path(&app.id),
+        sandbox,
+        state,
+        restarts: status.as_ref().map(|s| s.restarts),
+        note: status.as_ref().and_then(|s| s.note.clone()),
+        container: status.and_then(|s| s.container),
+    }
 }
 
 /// How long `app show` and `app ps` wait for the node's count of an app's usage.
@@ -55,37 +67,38 @@ const USAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What an app's records take on the node, with its quota beside each count; if the node
 /// cannot say, why not (the rest of the view is still shown).
-async fn usage_view(shared: &Shared, app: &App) -> Value {
+async fn usage_view(shared: &Shared, app: &App) -> UsageView {
     let quota = app
         .node_limits
         .resolve(&shared.config.default_node_limits)
         .quota;
     match shared.node.usage(&app.id, USAGE_TIMEOUT).await {
-        Ok(u) => json!({
-            "bytes": u.bytes,
-            "max_bytes": quota.max_bytes,
-            "records": u.records,
-            "max_records": quota.max_records,
-            "versions": u.versions,
-        }),
-        Err(e) => json!({"error": e.to_string()}),
+        Ok(u) => UsageView::Counted {
+            bytes: u.bytes,
+            max_bytes: quota.max_bytes,
+            records: u.records,
+            max_records: quota.max_records,
+            versions: u.versions,
+        },
+        Err(e) => UsageView::Unknown {
+            error: e.to_string(),
+        },
     }
 }
 
-/// An app's node limits as shown: `null` for an unlimited quota or rate.
-fn node_limits_view(limits: &crate::app_limits::NodeLimits) -> Value {
-    let rate = (limits.write_rate > 0).then_some(limits.write_rate);
-    json!({
-        "share_reads": limits.share.reads,
-        "share_writes": limits.share.writes,
-        "max_bytes": limits.quota.max_bytes,
-        "max_records": limits.quota.max_records,
-        "max_versions": limits.quota.max_versions,
-        "history": limits.quota.history,
-        "write_rate": rate,
-        "write_burst": limits.write_burst,
-        "bytes_in_flight": limits.bytes_in_flight,
-    })
+/// An app's node limits as shown: `None` for an unlimited quota or rate.
+fn node_limits_view(limits: &crate::app_limits::NodeLimits) -> NodeLimitsView {
+    NodeLimitsView {
+        share_reads: limits.share.reads,
+        share_writes: limits.share.writes,
+        max_bytes: limits.quota.max_bytes,
+        max_records: limits.quota.max_records,
+        max_versions: limits.quota.max_versions,
+        history: limits.quota.history,
+        write_rate: (limits.write_rate > 0).then_some(limits.write_rate),
+        write_burst: limits.write_burst,
+        bytes_in_flight: limits.bytes_in_flight,
+    }
 }
 
 /// Warnings about an installed binary: a glibc-dynamic binary for a musl/busybox image.
@@ -100,43 +113,29 @@ fn install_warnings(shared: &Shared, app: &App) -> Vec<String> {
         .collect()
 }
 
-fn ps_row(shared: &Shared, app: &App) -> Option<Value> {
-    let s = shared.supervisor.status(&app.id)?;
-    Some(json!({
-        "id": app.id,
-        "name": app.name,
-        "sandbox": s.kind.as_str(),
-        "state": s.state.to_string(),
-        "restarts": s.restarts,
-        "note": s.note,
-        "container": s.container.map(|c| c[..c.len().min(12)].to_string()),
-    }))
+/// A container id as `ps` shows it: its first 12 characters.
+fn short_id(container: &str) -> &str {
+    &container[..container.len().min(12)]
 }
 
-fn launch_options(
-    shared: &Shared,
-    direct: bool,
-    args: Vec<String>,
-    image: Option<String>,
-    restart: Option<&str>,
-    max_restarts: Option<u32>,
-    max_lifetime_ms: Option<u64>,
-) -> Result<LaunchOptions, DaemonError> {
-    let mut options = LaunchOptions::defaults(&shared.config, direct, args);
-    options.image = image;
-    let max = max_restarts.unwrap_or(shared.config.restart.max_restarts());
-    options.restart = match restart {
-        Some(r) => RestartPolicy::parse(r, max)
-            .map_err(|e| DaemonError::Invalid(format!("--restart {e}")))?,
+/// The supervision options of a launch: the daemon's defaults, with what the request sets.
+fn launch_options(shared: &Shared, request: LaunchRequest) -> LaunchOptions {
+    let mut options = LaunchOptions::defaults(&shared.config, request.direct, request.args);
+    options.image = request.image;
+    let max = request
+        .max_restarts
+        .unwrap_or(shared.config.restart.max_restarts());
+    options.restart = match request.restart {
+        Some(mode) => mode.policy(max),
         None => match options.restart {
             RestartPolicy::OnFailure { .. } => RestartPolicy::OnFailure { max_restarts: max },
             RestartPolicy::Never => RestartPolicy::Never,
         },
     };
-    if let Some(ms) = max_lifetime_ms {
-        options.max_lifetime = Some(Duration::from_millis(ms.max(1)));
+    if let Some(lifetime) = request.max_lifetime {
+        options.max_lifetime = Some(lifetime.max(Duration::from_millis(1)));
     }
-    Ok(options)
+    options
 }
 
 fn placement_of(direct: bool) -> Placement {
@@ -150,17 +149,118 @@ fn placement_of(direct: bool) -> Placement {
 fn sandbox_detail(kind: SandboxKind, outcome: &LaunchOutcome) -> String {
     match (kind, &outcome.container) {
         (SandboxKind::Direct, _) => "direct: NOT SANDBOXED".to_string(),
-        (kind, Some(c)) => format!("{} container {}", kind.as_str(), &c[..c.len().min(12)]),
+        (kind, Some(c)) => format!("{} container {}", kind.as_str(), short_id(c)),
         (kind, None) => kind.as_str().to_string(),
     }
 }
 
+fn status(shared: &Shared) -> StatusResponse {
+    let config = &shared.config;
+    StatusResponse {
+        state_dir: config.state_dir.clone(),
+        socket_root: config.socket_root.clone(),
+        apps: shared.registry.list().len(),
+        node: format!("{:?}", config.node),
+        audit: config.audit_path(),
+        pid: std::process::id(),
+        docker_host: config.docker_host.clone(),
+        daemon_label: config.daemon_label.clone(),
+        engine_timeout: config.engine_timeout,
+        pull_timeout: config.pull_timeout,
+        stop_grace: config.stop_grace,
+    }
+}
+
+async fn install(
+    shared: &Arc<Shared>,
+    request: InstallRequest,
+) -> Result<InstallResponse, DaemonError> {
+    request
+        .node_limits
+        .validate()
+        .map_err(DaemonError::Invalid)?;
+    let mut limits = shared.config.default_limits;
+    if let Some(memory) = request.memory_bytes {
+        if memory == 0 {
+            return Err(DaemonError::Invalid(
+                "--memory must be at least 1 byte".into(),
+            ));
+        }
+        limits.memory_bytes = memory;
+    }
+    if let Some(cpus) = request.cpus {
+        limits.nano_cpus = (check_cpus(cpus).map_err(DaemonError::Invalid)? * 1e9) as u64;
+    }
+    if let Some(pids) = request.pids {
+        limits.pids = pids.max(1);
+    }
+    let spec = InstallSpec {
+        name: request.name,
+        binary: binary_name(&request.binary)?,
+        grants: request.grants,
+        auth_mode: request.auth.unwrap_or(AuthMode::Signed),
+        placement: placement_of(request.direct),
+        image: request.image,
+        network: request.network,
+        limits,
+        node_limits: request.node_limits,
+    };
+    let app = daemon::install(
+        shared,
+        daemon::InstallRequest {
+            spec,
+            binary_path: request.binary,
+        },
+    )
+    .await?;
+    Ok(InstallResponse {
+        app: app_view(shared, &app),
+        warnings: install_warnings(shared, &app),
+    })
+}
+
+async fn grant(shared: &Arc<Shared>, request: GrantRequest) -> Result<AppView, DaemonError> {
+    let app = daemon::set_grants(shared, &request.app, |g| {
+        for grant in request.grants {
+            if !g.contains(&grant) {
+                g.push(grant);
+            }
+        }
+    })
+    .await?;
+    Ok(app_view(shared, &app))
+}
+
+async fn ungrant(shared: &Arc<Shared>, request: UngrantRequest) -> Result<AppView, DaemonError> {
+    let drop = request.grants;
+    let app = daemon::set_grants(shared, &request.app, |g| g.retain(|x| !drop.contains(x))).await?;
+    Ok(app_view(shared, &app))
+}
+
+async fn limits(shared: &Arc<Shared>, request: LimitsRequest) -> Result<AppView, DaemonError> {
+    request
+        .node_limits
+        .validate()
+        .map_err(DaemonError::Invalid)?;
+    let app = daemon::set_node_limits(shared, &request.app, &request.node_limits).await?;
+    Ok(app_view(shared, &app))
+}
+
+async fn show(shared: &Shared, app: &str) -> Result<ShowResponse, DaemonError> {
+    let app = shared.registry.find(app)?;
+    Ok(ShowResponse {
+        app: app_view(shared, &app),
+        usage: usage_view(shared, &app).await,
+    })
+}
+
 async fn launch(
     shared: &Arc<Shared>,
-    app: &str,
-    options: LaunchOptions,
-) -> Result<Value, DaemonError> {
-    let app = daemon::place(shared, app, placement_of(options.direct)).await?;
+    request: LaunchRequest,
+) -> Result<LaunchResponse, DaemonError> {
+    let app = request.app.clone();
+    let options = launch_options(shared, request);
+    let app = daemon::place(shared, &app, placement_of(options.direct)).await?;
     let outcome = shared.supervisor.launch(&app, options).await?;
     let kind = outcome.kind;
     let detail = sandbox_detail(kind, &outcome);
@@ -168,25 +268,32 @@ async fn launch(
         .audit
         .event(&app.id, Some(&app.name), "launch", &detail)
         .await;
-    Ok(json!({
-        "id": app.id,
-        "name": app.name,
-        "sandbox": kind.as_str(),
-        "sandboxed": kind != SandboxKind::Direct,
-        "state": outcome.state.to_string(),
-        "container": outcome.container,
-        "warnings": outcome.warnings,
-        "log": shared.log_path(&app.id),
-    }))
+    Ok(LaunchResponse {
+        id: app.id.clone(),
+        name: app.name.clone(),
+        sandbox: kind.as_str().to_string(),
+        sandboxed: kind != SandboxKind::Direct,
+        state: outcome.state.to_string(),
+        container: outcome.container,
+        warnings: outcome.warnings,
+        log: shared.log_path(&app.id),
+    })
 }
 
-async fn run(
-    shared: &Arc<Shared>,
-    app: &str,
-    options: LaunchOptions,
-    timeout: Duration,
-) -> Result<Value, DaemonError> {
-    let app = daemon::place(shared, app, placement_of(options.direct)).await?;
+async fn run(shared: &Arc<Shared>, request: RunRequest) -> Result<RunResponse, DaemonError> {
+    let timeout = request.timeout.max(Duration::from_millis(1));
+    let launch = LaunchRequest {
+        app: request.app,
+        direct: request.direct,
+        image: request.image,
+        restart: Some(super::protocol::RestartMode::Never),
+        max_restarts: None,
+        max_lifetime: None,
+        args: request.args,
+    };
+    let app = launch.app.clone();
+    let options = launch_options(shared, launch);
+    let app = daemon::place(shared, &app, placement_of(options.direct)).await?;
     let grace = shared.config.stop_grace;
     let outcome = shared.supervisor.run(&app, options, timeout, grace).await?;
     let kind = outcome.launch.kind;
@@ -204,217 +311,120 @@ async fn run(
         .audit
         .event(&app.id, Some(&app.name), "run", &detail)
         .await;
-    Ok(json!({
-        "id": app.id,
-        "name": app.name,
-        "sandbox": kind.as_str(),
-        "sandboxed": kind != SandboxKind::Direct,
-        "state": outcome.state.to_string(),
+    Ok(RunResponse {
+        id: app.id.clone(),
+        name: app.name.clone(),
+        sandbox: kind.as_str().to_string(),
+        sandboxed: kind != SandboxKind::Direct,
+        state: outcome.state.to_string(),
         // As in `ps`: what the state cannot say (a child's OOM kill, a timeout kill).
-        "note": shared.supervisor.status(&app.id).and_then(|s| s.note),
-        "exit_code": outcome.exit_code,
-        "timed_out": outcome.timed_out,
-        "duration_ms": u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
-        "container": outcome.launch.container,
-        "warnings": outcome.launch.warnings,
-        "log": shared.log_path(&app.id),
-    }))
+        note: shared.supervisor.status(&app.id).and_then(|s| s.note),
+        exit_code: outcome.exit_code,
+        timed_out: outcome.timed_out,
+        // Whole milliseconds, as the wire carries them.
+        duration: Duration::from_millis(
+            u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+        ),
+        container: outcome.launch.container,
+        warnings: outcome.launch.warnings,
+        log: shared.log_path(&app.id),
+    })
 }
 
-/// Executes one admin request.
-pub(super) async fn execute(
-    shared: &Arc<Shared>,
-    request: AdminRequest,
-) -> Result<Value, DaemonError> {
-    let registry = &shared.registry;
-    Ok(match request {
-        AdminRequest::Status => json!({
-            "state_dir": shared.config.state_dir,
-            "socket_root": shared.config.socket_root,
-            "apps": registry.list().len(),
-            "node": format!("{:?}", shared.config.node),
-            "audit": shared.config.audit_path(),
-            "pid": std::process::id(),
-            "docker_host": shared.config.docker_host,
-            "daemon_label": shared.config.daemon_label,
-        }),
-        AdminRequest::Install {
-            name,
-            binary,
-            grants,
-            image,
-            auth,
-            network,
-            memory,
-            cpus,
-            pids,
-            direct,
-            node_limits,
-        } => {
-            node_limits.validate().map_err(DaemonError::Invalid)?;
-            let mut limits = ResourceLimits {
-                ..shared.config.default_limits
-            };
-            if let Some(m) = memory {
-                limits.memory_bytes = parse_size(&m).map_err(DaemonError::Invalid)?;
-            }
-            if let Some(c) = cpus {
-                if !(c > 0.0 && c <= 1024.0) {
-                    return Err(DaemonError::Invalid(format!(
-                        "--cpus {c} must be between 0 and 1024"
-                    )));
-                }
-                limits.nano_cpus = (c * 1e9) as u64;
-            }
-            if let Some(p) = pids {
-                limits.pids = p.max(1);
-            }
-            let auth_mode = match auth.as_deref() {
-                None => AuthMode::Signed,
-                Some(a) => AuthMode::parse(a).ok_or_else(|| {
-                    DaemonError::Invalid(format!("--auth {a:?}: expected signed or token"))
-                })?,
-            };
-            let spec = InstallSpec {
-                name,
-                binary: binary_name(&binary)?,
-                grants: parse_grants(&grants)?,
-                auth_mode,
-                placement: placement_of(direct),
-                image,
-                network,
-                limits,
-                node_limits,
-            };
-            let app = daemon::install(
-                shared,
-                InstallRequest {
-                    spec,
-                    binary_path: binary,
-                },
-            )
-            .await?;
-            let mut view = app_view(shared, &app);
-            view["warnings"] = json!(install_warnings(shared, &app));
-            view
-        }
-        AdminRequest::List => Value::Array(
-            registry
+async fn stop(shared: &Shared, request: StopRequest) -> Result<StateResponse, DaemonError> {
+    let app = shared.registry.find(&request.app)?;
+    let grace = request.grace.unwrap_or(shared.config.stop_grace);
+    let state = shared.supervisor.stop(&app.id, grace).await?;
+    shared
+        .audit
+        .event(&app.id, Some(&app.name), "stop", &state.to_string())
+        .await;
+    Ok(StateResponse {
+        id: app.id.clone(),
+        name: app.name.clone(),
+        state: state.to_string(),
+    })
+}
+
+async fn wait(shared: &Shared, request: WaitRequest) -> Result<StateResponse, DaemonError> {
+    let app = shared.registry.find(&request.app)?;
+    let Ok(state) = tokio::time::timeout(request.timeout, shared.supervisor.wait(&app.id)).await
+    else {
+        return Err(DaemonError::Invalid(format!(
+            "app {} still running after {} ms",
+            app.name,
+            request.timeout.as_millis()
+        )));
+    };
+    Ok(StateResponse {
+        id: app.id.clone(),
+        name: app.name.clone(),
+        state: state.map_or_else(|| "not running".to_string(), |s| s.to_string()),
+    })
+}
+
+async fn ps(shared: &Shared) -> PsResponse {
+    let mut apps = Vec::new();
+    for app in shared.registry.list() {
+        let Some(s) = shared.supervisor.status(&app.id) else {
+            continue;
+        };
+        apps.push(PsRow {
+            id: app.id.clone(),
+            name: app.name.clone(),
+            sandbox: s.kind.as_str().to_string(),
+            state: s.state.to_string(),
+            restarts: s.restarts,
+            note: s.note,
+            container: s.container.as_deref().map(|c| short_id(c).to_string()),
+            usage: usage_view(shared, &app).await,
+        });
+    }
+    PsResponse { apps }
+}
+
+/// The answer to `R`, encoded: naming `R` makes the compiler check that the handler
+/// returns `R`'s response type.
+fn reply<R: AdminCall>(result: Result<R::Response, DaemonError>) -> Vec<u8> {
+    encode(&AdminReply::from(result))
+}
+
+/// Executes one admin request; returns the encoded answer.
+pub(super) async fn execute(shared: &Arc<Shared>, request: AdminRequest) -> Vec<u8> {
+    use super::protocol as p;
+    match request {
+        AdminRequest::Status(_) => reply::<p::StatusRequest>(Ok(status(shared))),
+        AdminRequest::Install(r) => reply::<p::InstallRequest>(install(shared, r).await),
+        AdminRequest::Limits(r) => reply::<p::LimitsRequest>(limits(shared, r).await),
+        AdminRequest::List(_) => reply::<p::ListRequest>(Ok(ListResponse {
+            apps: shared
+                .registry
                 .list()
                 .iter()
                 .map(|a| app_view(shared, a))
                 .collect(),
+        })),
+        AdminRequest::Show(r) => reply::<p::ShowRequest>(show(shared, &r.app).await),
+        AdminRequest::Grant(r) => reply::<p::GrantRequest>(grant(shared, r).await),
+        AdminRequest::Ungrant(r) => reply::<p::UngrantRequest>(ungrant(shared, r).await),
+        AdminRequest::Rotate(r) => reply::<p::RotateRequest>(
+            daemon::rotate(shared, &r.app)
+                .await
+                .map(|app| app_view(shared, &app)),
         ),
-        AdminRequest::Show { app } => {
-            let app = registry.find(&app)?;
-            let mut view = app_view(shared, &app);
-            view["usage"] = usage_view(shared, &app).await;
-            view
-        }
-        AdminRequest::Grant { app, grants } => {
-            let add = parse_grants(&grants)?;
-            let app = daemon::set_grants(shared, &app, |g| {
-                for grant in add {
-                    if !g.contains(&grant) {
-                        g.push(grant);
-                    }
+        AdminRequest::Remove(r) => {
+            reply::<p::RemoveRequest>(daemon::remove(shared, &r.app).await.map(|app| {
+                RemoveResponse {
+                    id: app.id.clone(),
+                    name: app.name.clone(),
+                    removed: true,
                 }
-            })
-            .await?;
-            app_view(shared, &app)
+            }))
         }
-        AdminRequest::Ungrant { app, grants } => {
-            let drop = parse_grants(&grants)?;
-            let app = daemon::set_grants(shared, &app, |g| g.retain(|x| !drop.contains(x))).await?;
-            app_view(shared, &app)
-        }
-        AdminRequest::Limits { app, node_limits } => {
-            node_limits.validate().map_err(DaemonError::Invalid)?;
-            let app = daemon::set_node_limits(shared, &app, &node_limits).await?;
-            app_view(shared, &app)
-        }
-        AdminRequest::Rotate { app } => app_view(shared, &*daemon::rotate(shared, &app).await?),
-        AdminRequest::Remove { app } => {
-            let app = daemon::remove(shared, &app).await?;
-            json!({"id": app.id, "name": app.name, "removed": true})
-        }
-        AdminRequest::Launch { app, direct, args } => {
-            let options = launch_options(shared, direct, args, None, None, None, None)?;
-            launch(shared, &app, options).await?
-        }
-        AdminRequest::LaunchWith {
-            app,
-            direct,
-            args,
-            image,
-            restart,
-            max_restarts,
-            max_lifetime_ms,
-        } => {
-            let options = launch_options(
-                shared,
-                direct,
-                args,
-                image,
-                restart.as_deref(),
-                max_restarts,
-                max_lifetime_ms,
-            )?;
-            launch(shared, &app, options).await?
-        }
-        AdminRequest::Run {
-            app,
-            direct,
-            args,
-            image,
-            timeout_ms,
-        } => {
-            let options = launch_options(shared, direct, args, image, Some("never"), None, None)?;
-            run(
-                shared,
-                &app,
-                options,
-                Duration::from_millis(timeout_ms.max(1)),
-            )
-            .await?
-        }
-        AdminRequest::Stop { app, grace_ms } => {
-            let app = registry.find(&app)?;
-            let grace = grace_ms.map_or(shared.config.stop_grace, Duration::from_millis);
-            let state = shared.supervisor.stop(&app.id, grace).await?;
-            shared
-                .audit
-                .event(&app.id, Some(&app.name), "stop", &state.to_string())
-                .await;
-            json!({"id": app.id, "name": app.name, "state": state.to_string()})
-        }
-        AdminRequest::Wait { app, timeout_ms } => {
-            let app = registry.find(&app)?;
-            let state = tokio::time::timeout(
-                Duration::from_millis(timeout_ms),
-                shared.supervisor.wait(&app.id),
-            )
-            .await;
-            let state = match state {
-                Ok(state) => state.map_or_else(|| "not running".to_string(), |s| s.to_string()),
-                Err(_) => {
-                    return Err(DaemonError::Invalid(format!(
-                        "app {} still running after {timeout_ms} ms",
-                        app.name
-                    )))
-                }
-            };
-            json!({"id": app.id, "name": app.name, "state": state})
-        }
-        AdminRequest::Ps => {
-            let mut rows = Vec::new();
-            for app in registry.list() {
-                if let Some(mut row) = ps_row(shared, &app) {
-                    row["usage"] = usage_view(shared, &app).await;
-                    rows.push(row);
-                }
-            }
-            Value::Array(rows)
-        }
-    })
+        AdminRequest::Launch(r) => reply::<p::LaunchRequest>(launch(shared, r).await),
+        AdminRequest::Run(r) => reply::<p::RunRequest>(run(shared, r).await),
+        AdminRequest::Stop(r) => reply::<p::StopRequest>(stop(shared, r).await),
+        AdminRequest::Wait(r) => reply::<p::WaitRequest>(wait(shared, r).await),
+        AdminRequest::Ps(_) => reply::<p::PsRequest>(Ok(ps(shared).await)),
+    }
 }

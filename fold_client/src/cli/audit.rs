@@ -34,6 +34,8 @@ pub enum AuditCommand {
 /// Runs an `audit` subcommand.
 pub async fn audit(ctx: &Context, cmd: AuditCommand) -> Result<()> {
     let AuditCommand::Tail { follow, app, lines } = cmd;
+    // Read directly, so the audit can be read while the daemon is down: the path comes
+    // from the same config loading `serve` uses (`Context::config`), so the two agree.
     let path = ctx.config(Overrides::default())?.audit_path();
     let text = tokio::fs::read_to_string(&path)
         .await

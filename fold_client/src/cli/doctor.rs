@@ -1,8 +1,8 @@
 //! `fold_client doctor`: checks the host and the engine, and says how to fix each problem.
 
-use super::{table, text, Context};
+use super::{table, Context};
 use anyhow::Result;
-use fold_client::admin::AdminRequest;
+use fold_client::admin::protocol::{ListRequest, StatusRequest};
 use fold_client::config::{Config, Overrides, UidMode};
 use fold_client::sandbox::docker::{self, EngineReport, StorageSupport};
 use serde::Serialize;
@@ -45,11 +45,15 @@ fn problem(
 pub async fn doctor(ctx: &Context) -> Result<i32> {
     let config = ctx.config(Overrides::default())?;
     let mut checks = Vec::new();
-    // The daemon, if running, knows the installed apps' images.
-    let apps = ctx
-        .admin(&AdminRequest::List, Duration::from_secs(5))
-        .await
-        .ok();
+    // The daemon, if running, knows the installed apps' images and which engine it uses.
+    let apps = ctx.call(ListRequest {}, Duration::from_secs(5)).await.ok();
+    let status = match apps {
+        Some(_) => ctx
+            .call(StatusRequest {}, Duration::from_secs(5))
+            .await
+            .ok(),
+        None => None,
+    };
     checks.push(match &apps {
         Some(_) => ok(
             "daemon",
@@ -66,16 +70,16 @@ pub async fn doctor(ctx: &Context) -> Result<i32> {
         ),
     });
     let mut images = vec![config.default_image.clone()];
-    for app in apps
-        .iter()
-        .flat_map(|a| a.as_array().cloned().unwrap_or_default())
-    {
-        let image = text(&app["image"]);
-        if !images.contains(&image) {
-            images.push(image);
+    for app in apps.into_iter().flat_map(|list| list.apps) {
+        if !images.contains(&app.image) {
+            images.push(app.image);
         }
     }
-    let report = docker::engine_report(&config.docker_host, config.engine_timeout, &images).await;
+    // The doctor asks the engine itself (read-only): it must work while the daemon is down,
+    // and check what the daemon would use. A running daemon names its engine; else the
+    // config says which one a daemon started now would use.
+    let docker_host = status.map_or_else(|| config.docker_host.clone(), |s| s.docker_host);
+    let report = docker::engine_report(&docker_host, config.engine_timeout, &images).await;
     engine_checks(&config, &report, &mut checks);
     host_checks(&config, &mut checks);
     checks.push(peer_pidfd_check());

@@ -1,6 +1,9 @@
-//! The CLI's commands. Every `app` command goes through the admin socket of the running
-//! daemon; `audit tail` and `app logs` read the files directly; `doctor` asks the engine
-//! and looks at the host itself. `DOCKER_HOST` names the engine (for the daemon and the CLI).
+//! The CLI's commands. Everything that changes the daemon's state goes through its admin
+//! socket ([`fold_client::admin::AdminClient`], typed requests and answers). Read-only
+//! exceptions, each on the paths and settings the daemon itself uses: `audit tail` and
+//! `app logs` read the files the daemon writes, `app launch` and `app run` pull a missing
+//! image from the daemon's engine first (to show progress), and `doctor` asks the engine
+//! and looks at the host itself.
 
 mod app;
 mod audit;
@@ -14,9 +17,10 @@ pub use doctor::doctor;
 pub use serve::{serve, ServeArgs};
 
 use anyhow::{bail, Context as _, Result};
-use fold_client::admin::{self, AdminRequest};
+use fold_client::admin::{AdminCall, AdminClient, AdminError};
 use fold_client::config::{Config, FileConfig, Overrides};
 use fold_client::terminal::escape;
+use serde::Serialize;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,36 +57,37 @@ impl Context {
     }
 
     /// Sends an admin request to the running daemon; returns its result.
-    pub async fn admin(&self, request: &AdminRequest, timeout: Duration) -> Result<Value> {
+    pub async fn call<R: AdminCall>(&self, request: R, timeout: Duration) -> Result<R::Response> {
         let config = self.config(Overrides::default())?;
-        let response = match admin::call(&config.admin_socket, request, timeout).await {
-            Ok(r) => r,
-            Err(e) => bail!(
-                "cannot reach the fold_client daemon at {} ({e}); start it with `fold_client --state-dir {} serve`",
+        let client = AdminClient::new(&config.admin_socket, timeout);
+        match client.call(request).await {
+            Ok(response) => Ok(response),
+            // The daemon's message may quote what an app chose (a name, its binary's bytes).
+            Err(AdminError::Refused(error)) => {
+                bail!("{}", fold_client::terminal::escape_text(&error))
+            }
+            Err(AdminError::Unreachable { source, .. }) => bail!(
+                "cannot reach the fold_client daemon at {} ({source}); start it with `fold_client --state-dir {} serve`",
                 config.admin_socket.display(),
                 self.state_dir.display()
             ),
-        };
-        if response.ok {
-            Ok(response.result)
-        } else {
-            // The daemon's message may quote what an app chose (a name, its binary's bytes).
-            let error = response
-                .error
-                .unwrap_or_else(|| "the daemon refused the request".into());
-            bail!("{}", fold_client::terminal::escape_text(&error))
+            Err(e) => bail!(
+                "the fold_client daemon at {}: {e}",
+                config.admin_socket.display()
+            ),
         }
     }
 }
 
 /// `--json` output: pretty JSON in which nothing a terminal acts on is left raw (serde_json
 /// escapes C0 controls; `terminal::escape_json` the C1 controls and bidi overrides it keeps).
+/// Printed through `serde_json::Value`, so objects come out as `--json` always printed them.
 ///
 /// # Errors
 ///
 /// Serialization failed.
-pub fn json(value: &Value) -> Result<String> {
-    let text = serde_json::to_string_pretty(value)?;
+pub fn json(value: &impl Serialize) -> Result<String> {
+    let text = serde_json::to_string_pretty(&serde_json::to_value(value)?)?;
     Ok(fold_client::terminal::escape_json(&text).into_owned())
 }
 
@@ -114,9 +119,14 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// A JSON value as plain text for a table cell or a message, with every control character
-/// escaped (`fold_client::terminal`): the values come from the daemon but may carry
-/// app-controlled text.
+/// An optional value as a table cell: `-` when absent.
+pub fn cell(value: Option<impl ToString>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// A JSON value as plain text for a field of `print_object` or an audit record, with every
+/// control character escaped (`fold_client::terminal`): the values come from the daemon but
+/// may carry app-controlled text.
 pub fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),

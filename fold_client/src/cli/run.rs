@@ -1,12 +1,13 @@
 //! `app launch` and `app run`: images pulled with progress before the daemon is asked,
 //! warnings shown, and one-shot runs whose output streams while they run.
 
-use super::{text, Context};
+use super::Context;
 use anyhow::{bail, Result};
-use fold_client::admin::AdminRequest;
-use fold_client::config::Overrides;
+use fold_client::admin::protocol::{
+    LaunchRequest, RunRequest, ShowRequest, StatusRequest, StatusResponse, WaitRequest,
+};
 use fold_client::sandbox::docker;
-use serde_json::Value;
+use fold_client::terminal::escape;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -16,35 +17,48 @@ use tokio::sync::watch;
 const LAUNCH_SLACK: Duration = Duration::from_secs(120);
 
 /// Warns about dev mode, or makes sure the image is present (pulling it with progress).
-async fn prepare(ctx: &Context, app: &str, direct: bool, image: Option<&str>) -> Result<()> {
+///
+/// The CLI pulls, not the daemon, because the admin protocol has one answer per request and
+/// progress needs a stream; it pulls from the daemon's own engine with the daemon's
+/// deadlines (`status`), so both agree on what is present. A pull changes nothing of the
+/// daemon's state: the launch that follows is the daemon's.
+async fn prepare(
+    ctx: &Context,
+    status: &StatusResponse,
+    app: &str,
+    direct: bool,
+    image: Option<&str>,
+) -> Result<()> {
     if direct {
-        eprintln!("WARNING: --direct runs {app} on this host, NOT SANDBOXED (dev mode)");
+        eprintln!(
+            "WARNING: --direct runs {} on this host, NOT SANDBOXED (dev mode)",
+            escape(app)
+        );
         return Ok(());
     }
+    // Asked even with `--image`: an app that does not exist is refused before any pull.
     let shown = ctx
-        .admin(
-            &AdminRequest::Show {
+        .call(
+            ShowRequest {
                 app: app.to_string(),
             },
             super::app::ADMIN_TIMEOUT,
         )
         .await?;
-    let image = image.map_or_else(|| text(&shown["image"]), str::to_string);
-    let config = ctx.config(Overrides::default())?;
+    let image = image.map_or(shown.app.image, str::to_string);
     let quiet = ctx.json;
     let mut last = String::new();
     let mut progress = |line: &str| {
         if !quiet && line != last {
             // Progress comes from the engine and the registry: escaped like app text.
-            eprintln!("{}", fold_client::terminal::escape(line));
+            eprintln!("{}", escape(line));
             last = line.to_string();
         }
     };
-    let timeout = config.engine_timeout;
     if let Err(e) = docker::prepare_image(
-        &config.docker_host,
-        timeout,
-        config.pull_timeout,
+        &status.docker_host,
+        status.engine_timeout,
+        status.pull_timeout,
         &image,
         &mut progress,
     )
@@ -55,72 +69,54 @@ async fn prepare(ctx: &Context, app: &str, direct: bool, image: Option<&str>) ->
     Ok(())
 }
 
-fn warn_all(result: &Value) {
-    for w in result["warnings"].as_array().into_iter().flatten() {
-        eprintln!("WARNING: {}", text(w));
-    }
+/// The daemon's settings the CLI must agree with (its engine, its deadlines).
+async fn status(ctx: &Context) -> Result<StatusResponse> {
+    ctx.call(StatusRequest {}, super::app::ADMIN_TIMEOUT).await
 }
 
-fn request_app(request: &AdminRequest) -> (String, bool, Option<String>) {
-    match request {
-        AdminRequest::LaunchWith {
-            app, direct, image, ..
-        }
-        | AdminRequest::Run {
-            app, direct, image, ..
-        } => (app.clone(), *direct, image.clone()),
-        AdminRequest::Launch { app, direct, .. } => (app.clone(), *direct, None),
-        _ => (String::new(), false, None),
+fn warn_all(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("WARNING: {}", escape(w));
     }
 }
 
 /// `app launch`: returns the exit code (with `--wait`, the app's).
-pub async fn launch(ctx: &Context, request: AdminRequest, wait: bool) -> Result<i32> {
-    let (app, direct, image) = request_app(&request);
-    prepare(ctx, &app, direct, image.as_deref()).await?;
-    let config = ctx.config(Overrides::default())?;
+pub async fn launch(ctx: &Context, request: LaunchRequest, wait: bool) -> Result<i32> {
+    let status = status(ctx).await?;
+    let app = request.app.clone();
+    prepare(ctx, &status, &app, request.direct, request.image.as_deref()).await?;
     let result = ctx
-        .admin(&request, config.pull_timeout + LAUNCH_SLACK)
+        .call(request, status.pull_timeout + LAUNCH_SLACK)
         .await?;
-    warn_all(&result);
+    warn_all(&result.warnings);
     if ctx.json {
         println!("{}", super::json(&result)?);
     } else {
-        let sandbox = match (&result["sandboxed"], &result["container"]) {
-            (Value::Bool(true), Value::String(c)) => {
-                format!(
-                    "{} container {}",
-                    text(&result["sandbox"]),
-                    &c[..c.len().min(12)]
-                )
-            }
-            (Value::Bool(true), _) => text(&result["sandbox"]),
-            _ => "direct (NOT SANDBOXED)".into(),
+        let sandbox = match (result.sandboxed, &result.container) {
+            (true, Some(c)) => format!(
+                "{} container {}",
+                escape(&result.sandbox),
+                escape(&c[..c.len().min(12)])
+            ),
+            (true, None) => escape(&result.sandbox).into_owned(),
+            (false, _) => "direct (NOT SANDBOXED)".into(),
         };
         println!(
             "launched {} ({}) in {sandbox}; log: {}",
-            text(&result["name"]),
-            text(&result["id"]),
-            text(&result["log"])
+            escape(&result.name),
+            escape(&result.id),
+            escape(&result.log.to_string_lossy())
         );
     }
     if !wait {
         return Ok(0);
     }
-    let done = ctx
-        .admin(
-            &AdminRequest::Wait {
-                app,
-                timeout_ms: 24 * 3600 * 1000,
-            },
-            Duration::from_secs(24 * 3600),
-        )
-        .await?;
-    let state = text(&done["state"]);
+    let day = Duration::from_secs(24 * 3600);
+    let done = ctx.call(WaitRequest { app, timeout: day }, day).await?;
     if !ctx.json {
-        println!("{} {state}", text(&done["name"]));
+        println!("{} {}", escape(&done.name), escape(&done.state));
     }
-    Ok(exit_code(&state))
+    Ok(exit_code(&done.state))
 }
 
 /// `exited(3)` -> 3; `stopped` -> 0; `oom_killed` -> 137; anything else abnormal -> 1.
@@ -140,57 +136,47 @@ fn exit_code(state: &str) -> i32 {
 
 /// `app run`: streams the app's output while it runs (escaped for the terminal unless
 /// `raw`); returns its exit code, 124 when it was killed at the timeout.
-pub async fn run(ctx: &Context, request: AdminRequest, raw: bool) -> Result<i32> {
-    let (app, direct, image) = request_app(&request);
-    let AdminRequest::Run { timeout_ms, .. } = &request else {
-        bail!("not a run request");
-    };
-    prepare(ctx, &app, direct, image.as_deref()).await?;
-    let config = ctx.config(Overrides::default())?;
+pub async fn run(ctx: &Context, request: RunRequest, raw: bool) -> Result<i32> {
+    let status = status(ctx).await?;
+    let app = request.app.clone();
+    let timeout = request.timeout;
+    prepare(ctx, &status, &app, request.direct, request.image.as_deref()).await?;
     let shown = ctx
-        .admin(
-            &AdminRequest::Show { app: app.clone() },
-            super::app::ADMIN_TIMEOUT,
-        )
+        .call(ShowRequest { app }, super::app::ADMIN_TIMEOUT)
         .await?;
-    let log = PathBuf::from(shown["log"].as_str().unwrap_or_default());
+    let log = shown.app.log;
     let offset = tokio::fs::metadata(&log).await.map_or(0, |m| m.len());
     let (done_tx, done_rx) = watch::channel(false);
     let tail = (!ctx.json).then(|| tokio::spawn(tail(log, offset, done_rx, raw)));
-    let deadline =
-        Duration::from_millis(*timeout_ms) + config.stop_grace + config.pull_timeout + LAUNCH_SLACK;
-    let result = ctx.admin(&request, deadline).await;
+    let deadline = timeout + status.stop_grace + status.pull_timeout + LAUNCH_SLACK;
+    let result = ctx.call(request, deadline).await;
     let _ = done_tx.send(true);
     if let Some(tail) = tail {
         let _ = tokio::time::timeout(Duration::from_secs(5), tail).await;
     }
     let result = result?;
-    warn_all(&result);
-    let timed_out = result["timed_out"] == Value::Bool(true);
+    warn_all(&result.warnings);
     if ctx.json {
         println!("{}", super::json(&result)?);
-    } else if timed_out {
+    } else if result.timed_out {
         eprintln!(
             "{} timed out after {:.1} s: killed ({})",
-            text(&result["name"]),
-            Duration::from_millis(*timeout_ms).as_secs_f64(),
-            text(&result["state"])
+            escape(&result.name),
+            timeout.as_secs_f64(),
+            escape(&result.state)
         );
     } else {
         eprintln!(
             "{} {} after {:.1} s",
-            text(&result["name"]),
-            text(&result["state"]),
-            result["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0
+            escape(&result.name),
+            escape(&result.state),
+            result.duration.as_secs_f64()
         );
     }
-    Ok(if timed_out {
+    Ok(if result.timed_out {
         124
     } else {
-        result["exit_code"]
-            .as_i64()
-            .and_then(|c| i32::try_from(c).ok())
-            .unwrap_or(1)
+        result.exit_code.unwrap_or(1)
     })
 }
 

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// How an app authenticates its requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Token plus ed25519 signature, timestamp and nonce (the default).
     Signed,
@@ -50,9 +51,19 @@ impl AuthMode {
     }
 }
 
+/// `signed` or `token`, as `app install --auth` takes it.
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<AuthMode, String> {
+        AuthMode::parse(text).ok_or_else(|| format!("{text:?}: expected signed or token"))
+    }
+}
+
 /// Where an app's processes run, which decides who may connect to its socket. Part of the
 /// app's record, so the rule holds before the first launch and after every restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Placement {
     /// In a container (the default): only a process of its running container may connect,
     /// and nobody while none runs.

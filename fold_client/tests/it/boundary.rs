@@ -2,6 +2,8 @@
 //! attack the first attacker's review made (docs/security.md, "Files" and "Peer rule").
 
 use crate::support::{per_app_config, per_app_daemon, run_as, start_daemon, start_with, Conn};
+use fold_client::admin::protocol::{RotateRequest, RunRequest, ShowRequest};
+use fold_client::registry::Placement;
 use fold_ipc::frame::{encode_frame, DEFAULT_MAX_FRAME};
 use fold_ipc::Credentials;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -35,7 +37,7 @@ async fn root_never_writes_through_a_symlink_the_app_planted() {
         ),
     );
     assert!(!planted, "the app can write its socket directory");
-    d.admin(fold_client::admin::AdminRequest::Rotate {
+    d.admin(RotateRequest {
         app: "planter".into(),
     })
     .await
@@ -188,23 +190,23 @@ async fn launching_on_the_host_places_the_app_there_and_the_record_says_so() {
     };
     d.install_placed("mover", &["*:*"], None, false).await;
     let show = || {
-        d.admin(fold_client::admin::AdminRequest::Show {
+        d.admin(ShowRequest {
             app: "mover".into(),
         })
     };
-    assert_eq!(show().await.unwrap()["placement"], "container");
+    assert_eq!(show().await.unwrap().app.placement, Placement::Container);
     let launched = d
-        .admin(fold_client::admin::AdminRequest::Run {
+        .admin(RunRequest {
             app: "mover".into(),
             direct: true,
             args: vec![],
             image: None,
-            timeout_ms: 10_000,
+            timeout: Duration::from_secs(10),
         })
         .await
         .unwrap();
-    assert_eq!(launched["sandboxed"], false);
-    assert_eq!(show().await.unwrap()["placement"], "host");
+    assert!(!launched.sandboxed);
+    assert_eq!(show().await.unwrap().app.placement, Placement::Host);
     let audit = d.audit_lines().await;
     assert!(audit
         .iter()

@@ -13,7 +13,7 @@
 //!   unless `FOLD_REQUIRE_DOCKER` is set (CI), where it must run.
 
 use crate::support::{start_daemon, TestDaemon};
-use fold_client::admin::AdminRequest;
+use fold_client::admin::protocol::{InstallRequest, InstallResponse, LaunchRequest, WaitRequest};
 use fold_client::config::{Config, FileConfig, Overrides};
 use fold_ipc::schema::SchemaDef;
 use fold_ipc::Operation;
@@ -96,7 +96,7 @@ async fn example_daemon() -> TestDaemon {
 }
 
 /// Installs `binary` as `name` with `grants`; returns the app view.
-async fn install(d: &TestDaemon, name: &str, binary: &Path, grants: &[&str]) -> Value {
+async fn install(d: &TestDaemon, name: &str, binary: &Path, grants: &[&str]) -> InstallResponse {
     install_in(d, name, binary, grants, None).await
 }
 
@@ -107,22 +107,13 @@ async fn install_in(
     binary: &Path,
     grants: &[&str],
     image: Option<String>,
-) -> Value {
-    d.admin(AdminRequest::Install {
-        name: name.into(),
-        binary: binary.to_path_buf(),
-        grants: grants.iter().map(ToString::to_string).collect(),
-        image,
-        auth: None,
-        network: None,
-        memory: None,
-        cpus: None,
-        pids: None,
-        direct: false,
-        node_limits: Default::default(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("installing {name}: {e}"))
+) -> InstallResponse {
+    let mut install = InstallRequest::new(name, binary);
+    install.grants = grants.iter().map(|g| g.parse().unwrap()).collect();
+    install.image = image;
+    d.admin(install)
+        .await
+        .unwrap_or_else(|e| panic!("installing {name}: {e}"))
 }
 
 /// Launches `name` in direct mode, waits for it to end; returns its final state and log.
@@ -134,26 +125,25 @@ async fn run_direct(d: &TestDaemon, name: &str) -> (String, String) {
 /// its final state and log.
 async fn run(d: &TestDaemon, name: &str, direct: bool) -> (String, String) {
     let launched = d
-        .admin(AdminRequest::Launch {
-            app: name.into(),
+        .admin(LaunchRequest {
             direct,
-            args: Vec::new(),
+            ..LaunchRequest::new(name)
         })
         .await
         .unwrap_or_else(|e| panic!("launching {name}: {e}"));
-    assert_eq!(launched["sandboxed"], !direct, "{launched}");
+    assert_eq!(launched.sandboxed, !direct, "{launched:?}");
     let waited = tokio::time::timeout(
         APP_DEADLINE,
-        d.admin(AdminRequest::Wait {
+        d.admin(WaitRequest {
             app: name.into(),
-            timeout_ms: u64::try_from(APP_DEADLINE.as_millis()).unwrap(),
+            timeout: APP_DEADLINE,
         }),
     )
     .await
     .unwrap_or_else(|_| panic!("{name} still running after {APP_DEADLINE:?}"))
     .unwrap();
-    let log = std::fs::read_to_string(launched["log"].as_str().unwrap()).unwrap();
-    (waited["state"].as_str().unwrap().to_string(), log)
+    let log = std::fs::read_to_string(&launched.log).unwrap();
+    (waited.state, log)
 }
 
 /// This app's audit records.
@@ -206,7 +196,7 @@ async fn hello_and_social_apps_run_in_direct_mode_and_are_audited() {
 
     let d = example_daemon().await;
     let view = install(&d, "social", &social, &SOCIAL_GRANTS).await;
-    let social_id = view["id"].as_str().unwrap().to_string();
+    let social_id = view.app.id;
 
     let (state, log) = run_direct(&d, "social").await;
     assert_eq!(state, "exited(0)", "{log}");
@@ -263,7 +253,7 @@ async fn hello_and_social_apps_run_in_direct_mode_and_are_audited() {
 
     // hello_app sees only the schemas it holds a grant on.
     let view = install(&d, "hello", &hello, &["query:post", "query:user"]).await;
-    let hello_id = view["id"].as_str().unwrap().to_string();
+    let hello_id = view.app.id;
     let (state, log) = run_direct(&d, "hello").await;
     assert_eq!(state, "exited(0)", "{log}");
     assert!(log.starts_with("=== NOT SANDBOXED"), "{log}");
@@ -294,7 +284,7 @@ async fn social_app_runs_sandboxed_in_docker() {
 
     let d = example_daemon().await;
     let view = install_in(&d, "social", &social, &SOCIAL_GRANTS, Some(image)).await;
-    let social_id = view["id"].as_str().unwrap().to_string();
+    let social_id = view.app.id;
     let (state, log) = run(&d, "social", false).await;
     assert_eq!(state, "exited(0)", "{log}");
     assert!(!log.contains("NOT SANDBOXED"), "{log}");

@@ -113,7 +113,7 @@ async fn a_write_flood_is_rate_limited_and_another_apps_writes_keep_their_latenc
     let victim = d.install("victim", &["*:*"], None).await;
     // The flooding app's own, lower rate (`app limits`); the victim keeps the default.
     let view = d
-        .admin(fold_client::admin::AdminRequest::Limits {
+        .admin(fold_client::admin::protocol::LimitsRequest {
             app: "flood".into(),
             node_limits: fold_client::app_limits::LimitSettings {
                 write_rate: Some(20),
@@ -123,7 +123,7 @@ async fn a_write_flood_is_rate_limited_and_another_apps_writes_keep_their_latenc
         })
         .await
         .unwrap();
-    assert_eq!(view["node_limits"]["write_rate"], 20, "{view}");
+    assert_eq!(view.node_limits.write_rate, Some(20), "{view:?}");
     let fc = d.connect(&flood).await;
     let vc = d.connect(&victim).await;
     fc.ok(&create_schema(

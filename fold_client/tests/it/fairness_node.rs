@@ -124,28 +124,12 @@ async fn an_expensive_query_neighbour_does_not_stall_another_apps_point_reads() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filling_past_the_quota_is_refused_and_leaves_the_other_apps_alone() {
     let d = start_daemon("").await;
-    let view = d
-        .admin(fold_client::admin::AdminRequest::Install {
-            name: "filler".into(),
-            binary: "/bin/true".into(),
-            grants: vec!["*:*".into()],
-            image: None,
-            auth: None,
-            network: None,
-            memory: None,
-            cpus: None,
-            pids: None,
-            direct: true,
-            node_limits: fold_client::app_limits::LimitSettings {
-                max_bytes: Some(64 * 1024),
-                ..Default::default()
-            },
-        })
-        .await
-        .unwrap();
-    let filler_creds =
-        fold_ipc::Credentials::load(std::path::Path::new(view["credentials"].as_str().unwrap()))
-            .unwrap();
+    let mut install = fold_client::admin::protocol::InstallRequest::new("filler", "/bin/true");
+    install.grants = vec!["*:*".parse().unwrap()];
+    install.direct = true;
+    install.node_limits.max_bytes = Some(64 * 1024);
+    let installed = d.admin(install).await.unwrap();
+    let filler_creds = fold_ipc::Credentials::load(&installed.app.credentials).unwrap();
     let filler = d.connect(&filler_creds).await;
     let other = d.connect(&d.install("other", &["*:*"], None).await).await;
     filler
@@ -188,17 +172,17 @@ async fn filling_past_the_quota_is_refused_and_leaves_the_other_apps_alone() {
             .await;
     }
     let show = d
-        .admin(fold_client::admin::AdminRequest::Show {
+        .admin(fold_client::admin::protocol::ShowRequest {
             app: "filler".into(),
         })
         .await
         .unwrap();
-    let used = show["usage"]["bytes"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no usage in {show}"));
+    let fold_client::admin::protocol::UsageView::Counted { bytes: used, .. } = show.usage else {
+        panic!("no usage in {show:?}");
+    };
     assert!(
         used <= 64 * 1024 && used >= stored as u64 * 10 * 1024,
-        "{show}"
+        "{show:?}"
     );
-    assert_eq!(show["node_limits"]["max_bytes"], 64 * 1024, "{show}");
+    assert_eq!(show.app.node_limits.max_bytes, Some(64 * 1024), "{show:?}");
 }

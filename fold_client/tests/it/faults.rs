@@ -557,7 +557,7 @@ impl Drop for PrivateEngine {
 async fn ps_state(socket: &Path, name: &str) -> String {
     crate::docker::ps_row(socket, name)
         .await
-        .and_then(|r| r["state"].as_str().map(str::to_string))
+        .map(|r| r.state)
         .unwrap_or_default()
 }
 
@@ -565,7 +565,7 @@ async fn ps_state(socket: &Path, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_engine_restarted_while_an_app_runs_shows_true_states_and_is_used_again() {
     use crate::docker::{call, config_text};
-    use fold_client::admin::AdminRequest;
+    use fold_client::admin::protocol::{InstallRequest, LaunchRequest, RestartMode};
     fold_testkit::need_docker();
     assert!(crate::docker::is_root(), "a private dockerd needs root");
     let has_dockerd = Command::new("dockerd")
@@ -629,51 +629,19 @@ async fn docker_engine_restarted_while_an_app_runs_shows_true_states_and_is_used
         )
         .await
         .unwrap();
-    let view = call(
-        &admin,
-        AdminRequest::Install {
-            name: "steady".into(),
-            binary: binary.clone(),
-            grants: vec!["query:post".into()],
-            image: Some(image.clone()),
-            auth: None,
-            network: None,
-            memory: None,
-            cpus: None,
-            pids: None,
-            direct: false,
-            node_limits: Default::default(),
-        },
-    )
-    .await
-    .unwrap();
-    let log = PathBuf::from(view["log"].as_str().unwrap());
-    call(
-        &admin,
-        AdminRequest::Install {
-            name: "late".into(),
-            binary: binary.clone(),
-            grants: vec!["query:post".into()],
-            image: Some(image.clone()),
-            auth: None,
-            network: None,
-            memory: None,
-            cpus: None,
-            pids: None,
-            direct: false,
-            node_limits: Default::default(),
-        },
-    )
-    .await
-    .unwrap();
-    let launch = |app: &str| AdminRequest::LaunchWith {
-        app: app.into(),
-        direct: false,
+    let install = |name: &str| {
+        let mut install = InstallRequest::new(name, &binary);
+        install.grants = vec!["query:post".parse().unwrap()];
+        install.image = Some(image.clone());
+        install
+    };
+    let view = call(&admin, install("steady")).await.unwrap();
+    let log = view.app.log;
+    call(&admin, install("late")).await.unwrap();
+    let launch = |app: &str| LaunchRequest {
         args: vec!["behave".into(), "100".into()],
-        image: None,
-        restart: Some("never".into()),
-        max_restarts: None,
-        max_lifetime_ms: None,
+        restart: Some(RestartMode::Never),
+        ..LaunchRequest::new(app)
     };
     let served = |log: &Path| {
         std::fs::read_to_string(log)

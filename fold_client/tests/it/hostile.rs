@@ -5,7 +5,7 @@
 //! denials; and a stdout flood must leave the logs capped.
 
 use crate::docker::{call, is_root, ps_row, wait_for_text, DockerDaemon};
-use fold_client::admin::AdminRequest;
+use fold_client::admin::protocol::{InstallRequest, InstallResponse, LaunchRequest, RestartMode};
 use fold_ipc::{Operation, WireError};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -32,42 +32,23 @@ async fn install(
     binary: &Path,
     image: &str,
     grants: &[&str],
-) -> Value {
-    call(
-        &d.config.admin_socket,
-        AdminRequest::Install {
-            name: name.into(),
-            binary: binary.to_path_buf(),
-            grants: grants.iter().map(ToString::to_string).collect(),
-            image: Some(image.into()),
-            auth: None,
-            network: None,
-            memory: Some(format!("{MEMORY_MIB}m")),
-            cpus: Some(CPUS),
-            pids: Some(PIDS),
-            direct: false,
-            node_limits: Default::default(),
-        },
-    )
-    .await
-    .unwrap()
+) -> InstallResponse {
+    let mut install = InstallRequest::new(name, binary);
+    install.grants = grants.iter().map(|g| g.parse().unwrap()).collect();
+    install.image = Some(image.into());
+    install.memory_bytes = Some(MEMORY_MIB << 20);
+    install.cpus = Some(CPUS);
+    install.pids = Some(PIDS);
+    call(&d.config.admin_socket, install).await.unwrap()
 }
 
 async fn launch(d: &DockerDaemon, app: &str, args: &[&str]) {
-    call(
-        &d.config.admin_socket,
-        AdminRequest::LaunchWith {
-            app: app.into(),
-            direct: false,
-            args: args.iter().map(ToString::to_string).collect(),
-            image: None,
-            restart: Some("never".into()),
-            max_restarts: None,
-            max_lifetime_ms: None,
-        },
-    )
-    .await
-    .unwrap();
+    let launch = LaunchRequest {
+        args: args.iter().map(ToString::to_string).collect(),
+        restart: Some(RestartMode::Never),
+        ..LaunchRequest::new(app)
+    };
+    call(&d.config.admin_socket, launch).await.unwrap();
 }
 
 /// The JSON lines an app printed, from its log.
@@ -158,10 +139,10 @@ async fn a_hostile_app_is_contained_and_its_neighbour_keeps_being_served() {
         &["query:post", "mutation:post"],
     )
     .await;
-    let hostile_id = hostile["id"].as_str().unwrap().to_string();
-    let neighbour_id = neighbour["id"].as_str().unwrap().to_string();
-    let neighbour_log = PathBuf::from(neighbour["log"].as_str().unwrap());
-    let hostile_log = PathBuf::from(hostile["log"].as_str().unwrap());
+    let hostile_id = hostile.app.id;
+    let neighbour_id = neighbour.app.id;
+    let neighbour_log = neighbour.app.log;
+    let hostile_log = hostile.app.log;
     let neighbour_dir = d.shared.socket_dir(&neighbour_id);
 
     // The neighbour alone: its baseline.
@@ -305,11 +286,7 @@ async fn wait_ended(d: &DockerDaemon, name: &str) -> String {
     let started = Instant::now();
     loop {
         let row = ps_row(&d.config.admin_socket, name).await;
-        let state = row
-            .as_ref()
-            .and_then(|r| r["state"].as_str())
-            .unwrap_or_default()
-            .to_string();
+        let state = row.as_ref().map(|r| r.state.clone()).unwrap_or_default();
         if state.starts_with("exited") || state == "oom_killed" || state == "failed" {
             return state;
         }

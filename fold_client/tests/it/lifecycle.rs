@@ -1,7 +1,7 @@
 //! Apps installed, rotated and removed while the daemon runs; restarts; file modes.
 
 use crate::support::{code, config_in, start_daemon, Conn};
-use fold_client::admin::AdminRequest;
+use fold_client::admin::protocol::{RemoveRequest, RotateRequest, ShowRequest};
 use fold_ipc::{ErrorCode, Operation};
 use std::os::unix::fs::MetadataExt;
 
@@ -41,7 +41,7 @@ async fn rotation_and_removal_apply_to_open_connections() {
     let c = d.connect(&creds).await;
     assert!(c.call(&Operation::Ping).await.success);
 
-    d.admin(AdminRequest::Rotate {
+    d.admin(RotateRequest {
         app: "rotor".into(),
     })
     .await
@@ -60,7 +60,7 @@ async fn rotation_and_removal_apply_to_open_connections() {
         "new credentials work"
     );
 
-    d.admin(AdminRequest::Remove {
+    d.admin(RemoveRequest {
         app: "rotor".into(),
     })
     .await
@@ -79,7 +79,7 @@ async fn rotation_and_removal_apply_to_open_connections() {
     }
     assert!(!d.socket(&creds.app_id).exists(), "socket removed");
     assert!(d
-        .admin(AdminRequest::Show {
+        .admin(ShowRequest {
             app: "rotor".into()
         })
         .await

@@ -100,7 +100,7 @@ async fn each_failure_is_a_typed_error() {
         "the daemon's message is kept: {err}"
     );
 
-    d.admin(fold_client::admin::AdminRequest::Remove {
+    d.admin(fold_client::admin::protocol::RemoveRequest {
         app: "typed".into(),
     })
     .await

@@ -1,7 +1,8 @@
 //! Shared helpers: a real daemon (embedded node) on a temp dir, installs through the real
 //! admin socket, and a raw signing client with full control over each field.
 
-use fold_client::admin::{self, AdminRequest};
+use fold_client::admin::protocol::InstallRequest;
+use fold_client::admin::{AdminCall, AdminClient};
 use fold_client::config::{Config, FileConfig, Overrides};
 use fold_client::daemon::{self, Shared};
 use fold_ipc::mux::MuxConnection;
@@ -52,15 +53,10 @@ pub async fn start_with(dir: tempfile::TempDir, config: Config) -> TestDaemon {
 }
 
 impl TestDaemon {
-    pub async fn admin(&self, request: AdminRequest) -> Result<serde_json::Value, String> {
-        let r = admin::call(&self.config.admin_socket, &request, TIMEOUT)
-            .await
-            .unwrap();
-        if r.ok {
-            Ok(r.result)
-        } else {
-            Err(r.error.unwrap_or_default())
-        }
+    /// Sends `request` to the daemon's admin socket: its typed answer, or the daemon's
+    /// refusal.
+    pub async fn admin<R: AdminCall>(&self, request: R) -> Result<R::Response, String> {
+        admin_call(&self.config.admin_socket, request).await
     }
 
     /// Installs an app placed on the host (so this test process may connect as it) with
@@ -78,24 +74,12 @@ impl TestDaemon {
         auth: Option<&str>,
         direct: bool,
     ) -> Credentials {
-        let view = self
-            .admin(AdminRequest::Install {
-                name: name.into(),
-                binary: PathBuf::from("/bin/true"),
-                grants: grants.iter().map(ToString::to_string).collect(),
-                image: None,
-                auth: auth.map(str::to_string),
-                network: None,
-                memory: None,
-                cpus: None,
-                pids: None,
-                direct,
-                node_limits: Default::default(),
-            })
-            .await
-            .unwrap();
-        let creds_path = PathBuf::from(view["credentials"].as_str().unwrap());
-        Credentials::load(&creds_path).unwrap()
+        let mut install = InstallRequest::new(name, "/bin/true");
+        install.grants = grants.iter().map(|g| g.parse().unwrap()).collect();
+        install.auth = auth.map(|a| a.parse().unwrap());
+        install.direct = direct;
+        let installed = self.admin(install).await.unwrap();
+        Credentials::load(&installed.app.credentials).unwrap()
     }
 
     pub fn socket(&self, app_id: &str) -> PathBuf {
@@ -118,6 +102,16 @@ impl TestDaemon {
     pub async fn stop(self) -> tempfile::TempDir {
         daemon::stop(&self.shared).await;
         self.dir
+    }
+}
+
+/// Sends `request` to the admin socket at `socket`: the typed answer, or the daemon's
+/// refusal; a failed exchange panics.
+pub async fn admin_call<R: AdminCall>(socket: &Path, request: R) -> Result<R::Response, String> {
+    match AdminClient::new(socket, TIMEOUT).call(request).await {
+        Ok(answer) => Ok(answer),
+        Err(fold_client::admin::AdminError::Refused(error)) => Err(error),
+        Err(e) => panic!("admin call to {}: {e}", socket.display()),
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::faults::ChildDaemon;
 use crate::support::{per_app_daemon, start_daemon, Conn, TestDaemon};
-use fold_client::admin::AdminRequest;
+use fold_client::admin::protocol::InstallRequest;
 use fold_ipc::signing::sign_request;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -127,18 +127,9 @@ async fn install_script(d: &TestDaemon, name: &str, body: &str) {
     let script = d.dir.path().join(format!("{name}.sh"));
     std::fs::write(&script, body).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    d.admin(AdminRequest::Install {
-        name: name.into(),
-        binary: script,
-        grants: vec![],
-        image: None,
-        auth: None,
-        network: None,
-        memory: None,
-        cpus: None,
-        pids: None,
+    d.admin(InstallRequest {
         direct: true,
-        node_limits: Default::default(),
+        ..InstallRequest::new(name, script)
     })
     .await
     .unwrap();

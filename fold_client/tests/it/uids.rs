@@ -5,7 +5,7 @@
 //! user databases are replaced by files of the test's own, so nothing on the host changes.
 
 use crate::support::{start_with, TestDaemon};
-use fold_client::admin::AdminRequest;
+use fold_client::admin::protocol::{LaunchRequest, RemoveRequest};
 use fold_client::config::{Config, FileConfig, Overrides};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -122,10 +122,9 @@ async fn a_uid_inside_a_subordinate_range_or_a_user_database_is_never_handed_out
     // A user added after install: the app's uid is now in someone's subordinate range.
     host.append("subuid", &format!("latecomer:{}:65536", base + 7));
     let err = d
-        .admin(AdminRequest::Launch {
-            app: "alpha".into(),
+        .admin(LaunchRequest {
             direct: true,
-            args: Vec::new(),
+            ..LaunchRequest::new("alpha")
         })
         .await
         .unwrap_err();
@@ -228,7 +227,7 @@ async fn a_removed_apps_surviving_process_is_gone_before_its_uid_is_reused() {
     let (id, uid) = install(&d, "alpha").await;
     assert_eq!(uid, base + 1);
     let mut survivor = leftover(uid);
-    d.admin(AdminRequest::Remove {
+    d.admin(RemoveRequest {
         app: "alpha".into(),
     })
     .await

@@ -6,8 +6,8 @@ use super::{
     build_config, call, config_text, containers_of, inspect, install, launch, ps_row, setup,
     wait_for_text, DockerDaemon, TIMEOUT,
 };
-use fold_client::admin::AdminRequest;
-use std::path::{Path, PathBuf};
+use fold_client::admin::protocol::{PsRequest, RestartMode, StatusRequest, StopRequest};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,7 @@ impl Drop for ChildDaemon {
 
 async fn wait_admin(socket: &Path) {
     let start = Instant::now();
-    while call(socket, AdminRequest::Status).await.is_err() {
+    while call(socket, StatusRequest {}).await.is_err() {
         assert!(start.elapsed() < TIMEOUT, "daemon did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -87,23 +87,31 @@ async fn daemon_killed_with_sigkill_adopts_the_running_app_on_restart() {
     let mut first = ChildDaemon::spawn(&state, &config_file, &daemon_log);
     wait_admin(&socket).await;
     let view = install(&socket, "steady", &env.app, &env.image, None).await;
-    let app_id = view["id"].as_str().unwrap().to_string();
-    let log = PathBuf::from(view["log"].as_str().unwrap());
-    let r = call(&socket, launch("steady", &["serve", "200"], "never", None))
-        .await
-        .unwrap();
-    let id = r["container"].as_str().unwrap().to_string();
+    let app_id = view.app.id.clone();
+    let log = view.app.log.clone();
+    let r = call(
+        &socket,
+        launch("steady", &["serve", "200"], RestartMode::Never, None),
+    )
+    .await
+    .unwrap();
+    let id = r.container.clone().unwrap();
     wait_for_text(&log, "\"n\":2,\"ok\":true", TIMEOUT).await;
     let started_at = inspect(&id).await.unwrap().state.unwrap().started_at;
     // A second app that ends while the daemon is down.
     let brief = install(&socket, "brief", &env.app, &env.image, None).await;
     let rb = call(
         &socket,
-        launch("brief", &["sleep", "2", "exit", "4"], "never", None),
+        launch(
+            "brief",
+            &["sleep", "2", "exit", "4"],
+            RestartMode::Never,
+            None,
+        ),
     )
     .await
     .unwrap();
-    let brief_id = rb["container"].as_str().unwrap().to_string();
+    let brief_id = rb.container.clone().unwrap();
 
     first.signal(nix::sys::signal::Signal::SIGKILL);
     // Let "brief" end while no daemon watches.
@@ -127,14 +135,14 @@ async fn daemon_killed_with_sigkill_adopts_the_running_app_on_restart() {
     let _second = ChildDaemon::spawn(&state, &config_file, &daemon_log);
     wait_admin(&socket).await;
     let ps = ps_row(&socket, "steady").await.expect("adopted app listed");
-    assert_eq!(ps["state"], "running", "{ps}");
-    assert_eq!(ps["container"], id[..12], "{ps}");
-    assert_eq!(ps["note"], "adopted after a daemon restart");
+    assert_eq!(ps.state, "running", "{ps:?}");
+    assert_eq!(ps.container.as_deref(), Some(&id[..12]), "{ps:?}");
+    assert_eq!(ps.note.as_deref(), Some("adopted after a daemon restart"));
     // The one that ended meanwhile: its exit is reported, its container removed.
     let ps = ps_row(&socket, "brief").await.expect("ended app listed");
-    assert_eq!(ps["state"], "exited(4)", "{ps}");
+    assert_eq!(ps.state, "exited(4)", "{ps:?}");
     assert!(inspect(&brief_id).await.is_none(), "finalized and removed");
-    let brief_log = std::fs::read_to_string(brief["log"].as_str().unwrap()).unwrap();
+    let brief_log = std::fs::read_to_string(&brief.app.log).unwrap();
     assert!(
         brief_log.contains("ended while the daemon was down"),
         "{brief_log}"
@@ -165,14 +173,14 @@ async fn daemon_killed_with_sigkill_adopts_the_running_app_on_restart() {
 
     let stopped = call(
         &socket,
-        AdminRequest::Stop {
+        StopRequest {
             app: "steady".into(),
-            grace_ms: Some(1000),
+            grace: Some(Duration::from_secs(1)),
         },
     )
     .await
     .unwrap();
-    assert_eq!(stopped["state"], "stopped");
+    assert_eq!(stopped.state, "stopped");
     assert!(inspect(&id).await.is_none());
 }
 
@@ -186,17 +194,14 @@ async fn daemons_with_different_labels_never_touch_each_others_containers() {
     a.install("alpha", &env, None).await;
     b.install("beta", &env, None).await;
     let ra = a
-        .admin(launch("alpha", &["sleep", "120"], "never", None))
+        .admin(launch("alpha", &["sleep", "120"], RestartMode::Never, None))
         .await
         .unwrap();
     let rb = b
-        .admin(launch("beta", &["sleep", "120"], "never", None))
+        .admin(launch("beta", &["sleep", "120"], RestartMode::Never, None))
         .await
         .unwrap();
-    let (ia, ib) = (
-        ra["container"].as_str().unwrap().to_string(),
-        rb["container"].as_str().unwrap().to_string(),
-    );
+    let (ia, ib) = (ra.container.clone().unwrap(), rb.container.clone().unwrap());
     assert_eq!(
         containers_of(&a.config.daemon_label).await,
         vec![ia.clone()]
@@ -205,9 +210,9 @@ async fn daemons_with_different_labels_never_touch_each_others_containers() {
         containers_of(&b.config.daemon_label).await,
         vec![ib.clone()]
     );
-    let ps_b = b.admin(AdminRequest::Ps).await.unwrap();
-    assert_eq!(ps_b.as_array().unwrap().len(), 1, "{ps_b}");
-    assert_eq!(ps_b[0]["name"], "beta");
+    let ps_b = b.admin(PsRequest {}).await.unwrap();
+    assert_eq!(ps_b.apps.len(), 1, "{ps_b:?}");
+    assert_eq!(ps_b.apps[0].name, "beta");
 
     // B shuts down (stopping its apps) and starts again (adopting its own): A's container
     // is neither stopped, nor removed, nor adopted.
@@ -216,23 +221,15 @@ async fn daemons_with_different_labels_never_touch_each_others_containers() {
     fold_client::daemon::stop(&b.shared).await;
     assert!(inspect(&ib).await.is_none(), "B removed its own container");
     let b2 = fold_client::daemon::start(b_config.clone()).await.unwrap();
-    assert_eq!(b2.supervisor.state(ra["id"].as_str().unwrap()), None);
-    let ps_b = call(&b_config.admin_socket, AdminRequest::Ps)
-        .await
-        .unwrap();
-    assert!(
-        ps_b.as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["name"] != "alpha"),
-        "{ps_b}"
-    );
+    assert_eq!(b2.supervisor.state(&ra.id), None);
+    let ps_b = call(&b_config.admin_socket, PsRequest {}).await.unwrap();
+    assert!(ps_b.apps.iter().all(|r| r.name != "alpha"), "{ps_b:?}");
     fold_client::daemon::stop(&b2).await;
     drop(b_dir);
     let c = inspect(&ia).await.expect("A's container untouched");
     assert_eq!(c.state.unwrap().running, Some(true));
     assert_eq!(
-        ps_row(&a.config.admin_socket, "alpha").await.unwrap()["state"],
+        ps_row(&a.config.admin_socket, "alpha").await.unwrap().state,
         "running"
     );
     a.stop().await;

@@ -4,11 +4,10 @@
 //! works in direct mode.
 
 use super::{inspect, launch, ps_row, setup, steps, wait_for_text, DockerDaemon, TIMEOUT};
-use fold_client::admin::AdminRequest;
+use fold_client::admin::protocol::{InstallResponse, RestartMode, RunRequest, StopRequest};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[ignore = "needs a Docker engine"]
@@ -17,28 +16,26 @@ async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
     let env = setup();
     let d = DockerDaemon::start("").await;
     let view = d.install("hardy", &env, Some("64m")).await;
-    let (app_id, uid) = (
-        view["id"].as_str().unwrap().to_string(),
-        view["uid"].as_u64().unwrap(),
-    );
-    let log = PathBuf::from(view["log"].as_str().unwrap());
+    let (app_id, uid) = (view.app.id.clone(), u64::from(view.app.uid));
+    let log = view.app.log.clone();
 
     let r = d
         .admin(launch(
             "hardy",
             &["query", "probe", "env", "sleep", "60"],
-            "never",
+            RestartMode::Never,
             None,
         ))
         .await
         .unwrap();
-    assert_eq!(r["sandbox"], "docker");
-    assert_eq!(r["sandboxed"], true);
-    let id = r["container"].as_str().unwrap().to_string();
+    assert_eq!(r.sandbox, "docker");
+    assert!(r.sandboxed);
+    let id = r.container.clone().unwrap();
     // overlay2 on ext4 (the build machines) refuses storage limits: said, never failed.
-    let storage_enforced = !r["warnings"]
-        .to_string()
-        .contains("storage limit is not enforced");
+    let storage_enforced = !r
+        .warnings
+        .iter()
+        .any(|w| w.contains("storage limit is not enforced"));
 
     let text = wait_for_text(&log, "\"step\":\"env\"", TIMEOUT).await;
     let query = &steps(&text, "query")[0];
@@ -67,7 +64,7 @@ async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
 
     check_inspect(&d, &id, &app_id, uid, storage_enforced).await;
     assert_eq!(
-        ps_row(&d.config.admin_socket, "hardy").await.unwrap()["state"],
+        ps_row(&d.config.admin_socket, "hardy").await.unwrap().state,
         "running"
     );
 
@@ -91,13 +88,13 @@ async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
 
     let start = std::time::Instant::now();
     let stopped = d
-        .admin(AdminRequest::Stop {
+        .admin(StopRequest {
             app: "hardy".into(),
-            grace_ms: Some(1000),
+            grace: Some(Duration::from_secs(1)),
         })
         .await
         .unwrap();
-    assert_eq!(stopped["state"], "stopped");
+    assert_eq!(stopped.state, "stopped");
     assert!(
         start.elapsed() < Duration::from_secs(3),
         "{:?}",
@@ -112,17 +109,17 @@ async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
 
     // The same binary in direct mode (dev mode).
     let run = d
-        .admin(AdminRequest::Run {
+        .admin(RunRequest {
             app: "hardy".into(),
             direct: true,
             args: vec!["query".into()],
             image: None,
-            timeout_ms: 30_000,
+            timeout: Duration::from_secs(30),
         })
         .await
         .unwrap();
-    assert_eq!(run["sandbox"], "direct");
-    assert_eq!(run["exit_code"], 0, "{run}");
+    assert_eq!(run.sandbox, "direct");
+    assert_eq!(run.exit_code, Some(0), "{run:?}");
     let text = std::fs::read_to_string(&log).unwrap();
     let direct: Vec<Value> = steps(&text, "query");
     assert_eq!(direct.last().unwrap()["sandbox"], "direct", "{text}");
@@ -132,9 +129,13 @@ async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
 
 /// The test app as a host process with the app's uid, gid and credentials, ready to run
 /// `query` against the app's socket.
-fn host_client(d: &DockerDaemon, env: &super::Env, view: &Value) -> std::process::Command {
-    let app_id = view["id"].as_str().unwrap();
-    let uid = view["uid"].as_u64().unwrap();
+fn host_client(
+    d: &DockerDaemon,
+    env: &super::Env,
+    view: &InstallResponse,
+) -> std::process::Command {
+    let app_id = view.app.id.as_str();
+    let uid = u64::from(view.app.uid);
     // As root the app uid must first be able to reach the socket at all, and later, in
     // direct mode, its binary: make the directories above them traversable.
     if super::is_root() {
@@ -167,7 +168,7 @@ fn host_client(d: &DockerDaemon, env: &super::Env, view: &Value) -> std::process
             socket_dir.join("credentials.json"),
         );
     if super::is_root() {
-        let gid = view["gid"].as_u64().unwrap();
+        let gid = u64::from(view.app.gid);
         host.uid(uid as u32).gid(gid as u32);
     }
     host
@@ -182,11 +183,11 @@ async fn a_host_process_is_refused_after_a_graceful_restart_stopped_the_containe
     let env = setup();
     let mut d = DockerDaemon::start("").await;
     let view = d.install("restarted", &env, Some("64m")).await;
-    let log = PathBuf::from(view["log"].as_str().unwrap());
+    let log = view.app.log.clone();
     d.admin(launch(
         "restarted",
         &["query", "sleep", "60"],
-        "never",
+        RestartMode::Never,
         None,
     ))
     .await

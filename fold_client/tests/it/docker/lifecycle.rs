@@ -3,7 +3,9 @@
 //! glibc binaries in a busybox image.
 
 use super::{inspect, launch, ps_row, setup, steps, wait_for_text, DockerDaemon, Env, TIMEOUT};
-use fold_client::admin::AdminRequest;
+use fold_client::admin::protocol::{
+    LaunchRequest, RestartMode, RunRequest, StopRequest, WaitRequest,
+};
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -15,24 +17,24 @@ async fn memory_hog_is_reported_oom_killed() {
     let d = DockerDaemon::start("").await;
     let view = d.install("hog", &env, Some("24m")).await;
     let run = d
-        .admin(AdminRequest::Run {
+        .admin(RunRequest {
             app: "hog".into(),
             direct: false,
             args: vec!["hog".into()],
             image: None,
-            timeout_ms: 60_000,
+            timeout: Duration::from_millis(60_000),
         })
         .await
         .unwrap();
-    assert_eq!(run["state"], "oom_killed", "{run}");
-    assert_eq!(run["exit_code"], 137);
-    assert_eq!(run["timed_out"], false);
+    assert_eq!(run.state, "oom_killed", "{run:?}");
+    assert_eq!(run.exit_code, Some(137));
+    assert!(!run.timed_out);
     let ps = ps_row(&d.config.admin_socket, "hog").await.unwrap();
-    assert_eq!(ps["state"], "oom_killed");
-    let log = std::fs::read_to_string(view["log"].as_str().unwrap()).unwrap();
+    assert_eq!(ps.state, "oom_killed");
+    let log = std::fs::read_to_string(&view.app.log).unwrap();
     assert!(log.contains("=== app oom_killed ==="), "{log}");
     assert!(
-        inspect(run["container"].as_str().unwrap()).await.is_none(),
+        inspect(run.container.as_deref().unwrap()).await.is_none(),
         "removed"
     );
     d.stop().await;
@@ -58,28 +60,28 @@ async fn a_child_oom_kill_is_noted_but_not_reported_as_the_apps() {
     };
     let view = d.install("childhog", &script_env, Some("24m")).await;
     let run = d
-        .admin(AdminRequest::Run {
+        .admin(RunRequest {
             app: "childhog".into(),
             direct: false,
             args: Vec::new(),
             image: None,
-            timeout_ms: 60_000,
+            timeout: Duration::from_millis(60_000),
         })
         .await
         .unwrap();
-    let log = std::fs::read_to_string(view["log"].as_str().unwrap()).unwrap();
+    let log = std::fs::read_to_string(&view.app.log).unwrap();
     assert!(
         log.contains("child ended: 137"),
         "the child was not killed: {log}"
     );
-    assert_eq!(run["state"], "exited(0)", "{run}\n{log}");
-    assert_eq!(run["exit_code"], 0);
+    assert_eq!(run.state, "exited(0)", "{run:?}\n{log}");
+    assert_eq!(run.exit_code, Some(0));
     // The OOM kill is not lost: in the note, the log and the audit.
     let oom = "another process in the container was OOM-killed";
-    assert!(run["note"].as_str().unwrap_or("").contains(oom), "{run}");
+    assert!(run.note.as_deref().unwrap_or("").contains(oom), "{run:?}");
     let ps = ps_row(&d.config.admin_socket, "childhog").await.unwrap();
-    assert_eq!(ps["state"], "exited(0)");
-    assert!(ps["note"].as_str().unwrap_or("").contains(oom), "{ps}");
+    assert_eq!(ps.state, "exited(0)");
+    assert!(ps.note.as_deref().unwrap_or("").contains(oom), "{ps:?}");
     assert!(log.contains(&format!("=== app exited(0); {oom}")), "{log}");
     d.shared.audit.flush().await;
     let audit = std::fs::read_to_string(d.config.audit_path()).unwrap();
@@ -99,21 +101,26 @@ async fn crashing_app_restarts_per_policy_then_stops_restarting() {
     let d = DockerDaemon::start("").await;
     let view = d.install("crashy", &env, None).await;
     let r = d
-        .admin(launch("crashy", &["exit", "3"], "on-failure", Some(2)))
+        .admin(launch(
+            "crashy",
+            &["exit", "3"],
+            RestartMode::OnFailure,
+            Some(2),
+        ))
         .await
         .unwrap();
-    let first = r["container"].as_str().unwrap().to_string();
+    let first = r.container.clone().unwrap();
     let done = d
-        .admin(AdminRequest::Wait {
+        .admin(WaitRequest {
             app: "crashy".into(),
-            timeout_ms: 60_000,
+            timeout: Duration::from_millis(60_000),
         })
         .await
         .unwrap();
-    assert_eq!(done["state"], "exited(3)");
+    assert_eq!(done.state, "exited(3)");
     let ps = ps_row(&d.config.admin_socket, "crashy").await.unwrap();
-    assert_eq!(ps["restarts"], 2, "{ps}");
-    assert_eq!(ps["note"], "gave up after 2 restarts");
+    assert_eq!(ps.restarts, 2, "{ps:?}");
+    assert_eq!(ps.note.as_deref(), Some("gave up after 2 restarts"));
     d.shared.audit.flush().await;
     let audit = std::fs::read_to_string(d.config.audit_path()).unwrap();
     let count = |event: &str| {
@@ -128,14 +135,17 @@ async fn crashing_app_restarts_per_policy_then_stops_restarting() {
     // No more restarts after giving up; every container was removed.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        ps_row(&d.config.admin_socket, "crashy").await.unwrap()["state"],
+        ps_row(&d.config.admin_socket, "crashy")
+            .await
+            .unwrap()
+            .state,
         "exited(3)"
     );
     assert!(inspect(&first).await.is_none());
     assert!(super::containers_of(&d.config.daemon_label)
         .await
         .is_empty());
-    let log = std::fs::read_to_string(view["log"].as_str().unwrap()).unwrap();
+    let log = std::fs::read_to_string(&view.app.log).unwrap();
     assert_eq!(log.matches("=== app exited(3) ===").count(), 3, "{log}");
     d.stop().await;
 }
@@ -146,29 +156,29 @@ async fn app_ignoring_sigterm_is_gone_within_grace_plus_one_second() {
     let env = setup();
     let d = DockerDaemon::start("").await;
     let view = d.install("stubborn", &env, None).await;
-    let log = PathBuf::from(view["log"].as_str().unwrap());
+    let log = view.app.log.clone();
     let r = d
         .admin(launch(
             "stubborn",
             &["ignore-term", "env", "sleep", "120"],
-            "on-failure",
+            RestartMode::OnFailure,
             None,
         ))
         .await
         .unwrap();
-    let id = r["container"].as_str().unwrap().to_string();
+    let id = r.container.clone().unwrap();
     wait_for_text(&log, "\"step\":\"env\"", TIMEOUT).await;
     let grace = Duration::from_millis(1000);
     let start = Instant::now();
     let stopped = d
-        .admin(AdminRequest::Stop {
+        .admin(StopRequest {
             app: "stubborn".into(),
-            grace_ms: Some(grace.as_millis() as u64),
+            grace: Some(grace),
         })
         .await
         .unwrap();
     let took = start.elapsed();
-    assert_eq!(stopped["state"], "stopped");
+    assert_eq!(stopped.state, "stopped");
     assert!(took >= grace, "SIGTERM was not ignored? {took:?}");
     assert!(took < grace + Duration::from_secs(1), "{took:?}");
     assert!(inspect(&id).await.is_none(), "gone");
@@ -181,7 +191,10 @@ async fn app_ignoring_sigterm_is_gone_within_grace_plus_one_second() {
     // Stopped on request: not restarted despite on-failure.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        ps_row(&d.config.admin_socket, "stubborn").await.unwrap()["state"],
+        ps_row(&d.config.admin_socket, "stubborn")
+            .await
+            .unwrap()
+            .state,
         "stopped"
     );
     d.stop().await;
@@ -237,8 +250,8 @@ async fn one_shot_runs_stream_output_and_are_killed_at_their_timeout() {
     assert!(stderr.contains("timed out after 2.0 s"), "{stderr}");
     assert!(took < Duration::from_secs(10), "{took:?}");
     let ps = ps_row(&d.config.admin_socket, "job").await.unwrap();
-    assert_eq!(ps["state"], "stopped");
-    assert!(ps["note"].as_str().unwrap().contains("timeout"), "{ps}");
+    assert_eq!(ps.state, "stopped");
+    assert!(ps.note.as_deref().unwrap().contains("timeout"), "{ps:?}");
     assert!(
         super::containers_of(&d.config.daemon_label)
             .await
@@ -285,14 +298,9 @@ async fn missing_image_is_a_clear_error_and_glibc_binary_warns() {
     let d = DockerDaemon::start("").await;
     d.install("ghost", &env, None).await;
     let err = d
-        .admin(AdminRequest::LaunchWith {
-            app: "ghost".into(),
-            direct: false,
-            args: vec![],
+        .admin(LaunchRequest {
             image: Some("foldclient/does-not-exist:latest".into()),
-            restart: None,
-            max_restarts: None,
-            max_lifetime_ms: None,
+            ..LaunchRequest::new("ghost")
         })
         .await
         .unwrap_err();
@@ -302,7 +310,7 @@ async fn missing_image_is_a_clear_error_and_glibc_binary_warns() {
         "{err}"
     );
     let ps = ps_row(&d.config.admin_socket, "ghost").await.unwrap();
-    assert!(ps["state"].as_str().unwrap().starts_with("failed"), "{ps}");
+    assert!(ps.state.starts_with("failed"), "{ps:?}");
 
     // A glibc-dynamic binary in the busybox image: the host's `true` (Debian), or this test
     // binary, which is one too.
@@ -314,25 +322,25 @@ async fn missing_image_is_a_clear_error_and_glibc_binary_warns() {
         .unwrap_or_else(|| std::env::current_exe().unwrap());
     let view = super::install(&d.config.admin_socket, "glibc", &dynamic, &env.image, None).await;
     assert!(
-        view["warnings"].to_string().contains("glibc"),
-        "warned at install: {view}"
+        view.warnings.iter().any(|w| w.contains("glibc")),
+        "warned at install: {view:?}"
     );
     let run = d
-        .admin(AdminRequest::Run {
+        .admin(RunRequest {
             app: "glibc".into(),
             direct: false,
             args: vec![],
             image: None,
-            timeout_ms: 30_000,
+            timeout: Duration::from_millis(30_000),
         })
         .await
         .unwrap();
-    let warnings = run["warnings"].to_string();
+    let warnings = run.warnings.join("\n");
     assert!(
         warnings.contains("glibc") && warnings.contains("crt-static"),
         "{warnings}"
     );
-    assert_ne!(run["exit_code"], 0, "it cannot start there: {run}");
+    assert_ne!(run.exit_code, Some(0), "it cannot start there: {run:?}");
     d.stop().await;
 }
 
@@ -344,33 +352,35 @@ async fn maximum_lifetime_is_a_hard_kill_without_restart() {
     d.install("mortal", &env, None).await;
     let start = Instant::now();
     let r = d
-        .admin(AdminRequest::LaunchWith {
-            app: "mortal".into(),
-            direct: false,
+        .admin(LaunchRequest {
             args: vec!["sleep".into(), "60".into()],
-            image: None,
-            restart: Some("on-failure".into()),
+            restart: Some(RestartMode::OnFailure),
             max_restarts: Some(3),
-            max_lifetime_ms: Some(1500),
+            max_lifetime: Some(Duration::from_millis(1500)),
+            ..LaunchRequest::new("mortal")
         })
         .await
         .unwrap();
     let done = d
-        .admin(AdminRequest::Wait {
+        .admin(WaitRequest {
             app: "mortal".into(),
-            timeout_ms: 30_000,
+            timeout: Duration::from_millis(30_000),
         })
         .await
         .unwrap();
     let took = start.elapsed();
-    assert_eq!(done["state"], "stopped");
+    assert_eq!(done.state, "stopped");
     assert!(
         took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
         "{took:?}"
     );
     let ps = ps_row(&d.config.admin_socket, "mortal").await.unwrap();
-    assert_eq!(ps["note"], "killed: maximum lifetime exceeded", "{ps}");
-    assert_eq!(ps["restarts"], 0, "never restarted");
-    assert!(inspect(r["container"].as_str().unwrap()).await.is_none());
+    assert_eq!(
+        ps.note.as_deref(),
+        Some("killed: maximum lifetime exceeded"),
+        "{ps:?}"
+    );
+    assert_eq!(ps.restarts, 0, "never restarted");
+    assert!(inspect(r.container.as_deref().unwrap()).await.is_none());
     d.stop().await;
 }

@@ -11,7 +11,10 @@ mod adoption;
 mod hardening;
 mod lifecycle;
 
-use fold_client::admin::{self, AdminRequest};
+use fold_client::admin::protocol::{
+    InstallRequest, InstallResponse, LaunchRequest, PsRequest, PsRow, RestartMode,
+};
+use fold_client::admin::{AdminCall, AdminClient};
 use fold_client::config::{Config, FileConfig, Overrides};
 use fold_client::daemon::{self, Shared};
 use serde_json::Value;
@@ -124,12 +127,12 @@ impl DockerDaemon {
         }
     }
 
-    pub async fn admin(&self, request: AdminRequest) -> Result<Value, String> {
+    pub async fn admin<R: AdminCall>(&self, request: R) -> Result<R::Response, String> {
         call(&self.config.admin_socket, request).await
     }
 
     /// Installs the test app as `name` (grants on schema `post`); returns its view.
-    pub async fn install(&self, name: &str, env: &Env, memory: Option<&str>) -> Value {
+    pub async fn install(&self, name: &str, env: &Env, memory: Option<&str>) -> InstallResponse {
         install(
             &self.config.admin_socket,
             name,
@@ -145,15 +148,12 @@ impl DockerDaemon {
     }
 }
 
-pub async fn call(socket: &Path, request: AdminRequest) -> Result<Value, String> {
-    let r = admin::call(socket, &request, Duration::from_secs(300))
+/// Sends `request` (deadline 300 s): the typed answer, or why it failed.
+pub async fn call<R: AdminCall>(socket: &Path, request: R) -> Result<R::Response, String> {
+    AdminClient::new(socket, Duration::from_secs(300))
+        .call(request)
         .await
-        .map_err(|e| e.to_string())?;
-    if r.ok {
-        Ok(r.result)
-    } else {
-        Err(r.error.unwrap_or_default())
-    }
+        .map_err(|e| e.to_string())
 }
 
 pub async fn install(
@@ -162,37 +162,28 @@ pub async fn install(
     binary: &Path,
     image: &str,
     memory: Option<&str>,
-) -> Value {
-    call(
-        socket,
-        AdminRequest::Install {
-            name: name.into(),
-            binary: binary.to_path_buf(),
-            grants: vec!["*:post".into()],
-            image: Some(image.into()),
-            auth: None,
-            network: None,
-            memory: memory.map(str::to_string),
-            cpus: Some(0.5),
-            pids: Some(32),
-            direct: false,
-            node_limits: Default::default(),
-        },
-    )
-    .await
-    .unwrap()
+) -> InstallResponse {
+    let mut install = InstallRequest::new(name, binary);
+    install.grants = vec!["*:post".parse().unwrap()];
+    install.image = Some(image.into());
+    install.memory_bytes = memory.map(|m| fold_client::admin::parse_size(m).unwrap());
+    install.cpus = Some(0.5);
+    install.pids = Some(32);
+    call(socket, install).await.unwrap()
 }
 
 /// A launch with explicit options.
-pub fn launch(app: &str, args: &[&str], restart: &str, max_restarts: Option<u32>) -> AdminRequest {
-    AdminRequest::LaunchWith {
-        app: app.into(),
-        direct: false,
+pub fn launch(
+    app: &str,
+    args: &[&str],
+    restart: RestartMode,
+    max_restarts: Option<u32>,
+) -> LaunchRequest {
+    LaunchRequest {
         args: args.iter().map(ToString::to_string).collect(),
-        image: None,
-        restart: Some(restart.into()),
+        restart: Some(restart),
         max_restarts,
-        max_lifetime_ms: None,
+        ..LaunchRequest::new(app)
     }
 }
 
@@ -258,7 +249,7 @@ pub async fn containers_of(label: &str) -> Vec<String> {
 }
 
 /// The ps row of `name`.
-pub async fn ps_row(socket: &Path, name: &str) -> Option<Value> {
-    let rows = call(socket, AdminRequest::Ps).await.unwrap();
-    rows.as_array()?.iter().find(|r| r["name"] == name).cloned()
+pub async fn ps_row(socket: &Path, name: &str) -> Option<PsRow> {
+    let rows = call(socket, PsRequest {}).await.unwrap();
+    rows.apps.into_iter().find(|r| r.name == name)
 }
