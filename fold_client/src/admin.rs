@@ -12,7 +12,7 @@ pub mod protocol;
 
 pub use protocol::{AdminCall, AdminReply, AdminRequest};
 
-use crate::daemon::{DaemonError, Shared};
+use crate::apps::{DaemonError, Shared};
 use crate::ipc::AppSocket;
 use fold_ipc::frame::{read_frame, write_frame};
 use std::path::{Path, PathBuf};

@@ -24,11 +24,13 @@
 //!   daemon restart; it publishes each app's peer rule for the socket's peer check.
 //! - [`uids`]: per-app uids that belong to the app alone (host databases, live processes,
 //!   host-wide reservations).
-//! - [`admin`]: the admin socket the CLI uses.
+//! - [`admin`]: the admin socket the CLI uses: its typed protocol, client and server.
+//! - [`apps`]: the app lifecycle (install, rotate, remove, placement, grants, limits).
 //! - [`daemon`]: startup, app lifecycle, shutdown; [`run`] is the entry point.
 
 pub mod admin;
 pub mod app_limits;
+pub mod apps;
 pub mod audit;
 pub mod auth;
 pub mod config;

@@ -8,7 +8,7 @@ use super::protocol::{
     StatusResponse, StopRequest, UngrantRequest, UsageView, WaitRequest,
 };
 use super::{binary_name, check_cpus, encode};
-use crate::daemon::{self, DaemonError, Shared};
+use crate::apps::{self, DaemonError, Shared};
 use crate::registry::{App, AuthMode, InstallSpec, Placement};
 use crate::sandbox::SandboxKind;
 use crate::supervisor::{LaunchOptions, LaunchOutcome, RestartPolicy};
@@ -205,9 +205,9 @@ async fn install(
         limits,
         node_limits: request.node_limits,
     };
-    let app = daemon::install(
+    let app = apps::install(
         shared,
-        daemon::InstallRequest {
+        apps::InstallRequest {
             spec,
             binary_path: request.binary,
         },
@@ -220,7 +220,7 @@ async fn install(
 }
 
 async fn grant(shared: &Arc<Shared>, request: GrantRequest) -> Result<AppView, DaemonError> {
-    let app = daemon::set_grants(shared, &request.app, |g| {
+    let app = apps::set_grants(shared, &request.app, |g| {
         for grant in request.grants {
             if !g.contains(&grant) {
                 g.push(grant);
@@ -233,7 +233,7 @@ async fn grant(shared: &Arc<Shared>, request: GrantRequest) -> Result<AppView, D
 
 async fn ungrant(shared: &Arc<Shared>, request: UngrantRequest) -> Result<AppView, DaemonError> {
     let drop = request.grants;
-    let app = daemon::set_grants(shared, &request.app, |g| g.retain(|x| !drop.contains(x))).await?;
+    let app = apps::set_grants(shared, &request.app, |g| g.retain(|x| !drop.contains(x))).await?;
     Ok(app_view(shared, &app))
 }
 
@@ -242,7 +242,7 @@ async fn limits(shared: &Arc<Shared>, request: LimitsRequest) -> Result<AppView,
         .node_limits
         .validate()
         .map_err(DaemonError::Invalid)?;
-    let app = daemon::set_node_limits(shared, &request.app, &request.node_limits).await?;
+    let app = apps::set_node_limits(shared, &request.app, &request.node_limits).await?;
     Ok(app_view(shared, &app))
 }
 
@@ -260,7 +260,7 @@ async fn launch(
 ) -> Result<LaunchResponse, DaemonError> {
     let app = request.app.clone();
     let options = launch_options(shared, request);
-    let app = daemon::place(shared, &app, placement_of(options.direct)).await?;
+    let app = apps::place(shared, &app, placement_of(options.direct)).await?;
     let outcome = shared.supervisor.launch(&app, options).await?;
     let kind = outcome.kind;
     let detail = sandbox_detail(kind, &outcome);
@@ -293,7 +293,7 @@ async fn run(shared: &Arc<Shared>, request: RunRequest) -> Result<RunResponse, D
     };
     let app = launch.app.clone();
     let options = launch_options(shared, launch);
-    let app = daemon::place(shared, &app, placement_of(options.direct)).await?;
+    let app = apps::place(shared, &app, placement_of(options.direct)).await?;
     let grace = shared.config.stop_grace;
     let outcome = shared.supervisor.run(&app, options, timeout, grace).await?;
     let kind = outcome.launch.kind;
@@ -408,12 +408,12 @@ pub(super) async fn execute(shared: &Arc<Shared>, request: AdminRequest) -> Vec<
         AdminRequest::Grant(r) => reply::<p::GrantRequest>(grant(shared, r).await),
         AdminRequest::Ungrant(r) => reply::<p::UngrantRequest>(ungrant(shared, r).await),
         AdminRequest::Rotate(r) => reply::<p::RotateRequest>(
-            daemon::rotate(shared, &r.app)
+            apps::rotate(shared, &r.app)
                 .await
                 .map(|app| app_view(shared, &app)),
         ),
         AdminRequest::Remove(r) => {
-            reply::<p::RemoveRequest>(daemon::remove(shared, &r.app).await.map(|app| {
+            reply::<p::RemoveRequest>(apps::remove(shared, &r.app).await.map(|app| {
                 RemoveResponse {
                     id: app.id.clone(),
                     name: app.name.clone(),

@@ -159,7 +159,7 @@ const UNTRACKED_SPAWNS: &[(&str, &str, usize, &str)] = &[
         "the CLI's log tail for `app run`: a CLI process, awaited before it exits",
     ),
     (
-        "fold_client/src/daemon.rs",
+        "fold_client/src/apps.rs",
         "spawn_blocking(",
         1,
         "killing a removed app's processes: awaited by the removal",
@@ -288,6 +288,16 @@ const SERDE_OUTSIDE_FOLD_IPC: &[(&str, &str, &str)] = &[
         "`doctor --json` on stdout",
     ),
     ("fold_client/src/config.rs", "FileConfig", "the config file"),
+    (
+        "fold_client/src/registry/mod.rs",
+        "AuthMode",
+        "the admin socket",
+    ),
+    (
+        "fold_client/src/registry/mod.rs",
+        "Placement",
+        "the admin socket",
+    ),
     (
         "fold_client/src/registry/store.rs",
         "StoredApp",
@@ -442,5 +452,102 @@ fn every_docker_test_is_ignored_with_its_reason() {
         unmarked.is_empty(),
         "Docker tests without #[ignore = \"needs ...\"]:\n{}",
         unmarked.join("\n")
+    );
+}
+/// The daemon's top-level module a product file belongs to (`supervisor/watcher.rs` is
+/// `supervisor`).
+fn module_of(file: &str) -> Option<String> {
+    let rest = file.strip_prefix("fold_client/src/")?;
+    let first = rest.split('/').next()?;
+    Some(first.trim_end_matches(".rs").to_string())
+}
+
+/// Which of the daemon's modules each module names (`crate::x`), from its product code.
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (file, code) in product_files("fold_client") {
+        let Some(module) = module_of(&file) else {
+            continue;
+        };
+        if module == "main" || module == "lib" || module == "cli" {
+            continue;
+        }
+        let edges = graph.entry(module.clone()).or_default();
+        for (at, _) in code.match_indices("crate::") {
+            let name: String = code[at + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() && name != module {
+                edges.insert(name);
+            }
+        }
+    }
+    graph
+}
+
+/// The modules the issue of one owner per concern names: no cycle among them.
+const CORE_MODULES: [&str; 6] = ["daemon", "admin", "supervisor", "ipc", "config", "registry"];
+
+/// "No import cycle between `daemon`, `admin`, `supervisor`, `ipc`, `config` and
+/// `registry`", and none of the lower four reaches up into `daemon` or `admin` (nor
+/// `config` into `supervisor`).
+#[test]
+fn the_daemon_modules_form_no_cycle() {
+    let graph = module_graph();
+    let core = |m: &str| CORE_MODULES.contains(&m);
+    let mut upward = Vec::new();
+    for (module, names) in &graph {
+        for name in names {
+            let forbidden = match module.as_str() {
+                "supervisor" | "ipc" | "registry" => name == "daemon" || name == "admin",
+                "config" => name == "daemon" || name == "admin" || name == "supervisor",
+                _ => false,
+            };
+            if forbidden {
+                upward.push(format!("{module} -> {name}"));
+            }
+        }
+    }
+    // Depth-first search for a cycle among the core modules.
+    fn visit<'a>(
+        m: &'a str,
+        graph: &'a BTreeMap<String, BTreeSet<String>>,
+        core: &dyn Fn(&str) -> bool,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+        cycles: &mut Vec<String>,
+    ) {
+        if let Some(at) = path.iter().position(|p| *p == m) {
+            cycles.push(format!("{} -> {m}", path[at..].join(" -> ")));
+            return;
+        }
+        if !done.insert(m) {
+            return;
+        }
+        path.push(m);
+        for next in graph.get(m).into_iter().flatten() {
+            if core(next) {
+                visit(next, graph, core, path, done, cycles);
+            }
+        }
+        path.pop();
+    }
+    let mut cycles = Vec::new();
+    for m in CORE_MODULES {
+        visit(
+            m,
+            &graph,
+            &core,
+            &mut Vec::new(),
+            &mut BTreeSet::new(),
+            &mut cycles,
+        );
+    }
+    cycles.sort();
+    cycles.dedup();
+    assert!(
+        upward.is_empty() && cycles.is_empty(),
+        "modules that reach their callers: {upward:?}; cycles: {cycles:?}"
     );
 }
