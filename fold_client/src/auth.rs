@@ -365,6 +365,7 @@ mod tests {
             grants: vec![],
             auth_mode: mode,
             placement: crate::registry::Placement::Container,
+            isolation: crate::sandbox::IsolationRequest::Auto,
             token_hash: secrets::token_hash(&s.token),
             public_key: s.signing_key.verifying_key(),
             binary: "a".into(),

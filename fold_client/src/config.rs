@@ -7,7 +7,7 @@
 use crate::app_limits::{LimitSettings, NodeLimits};
 use crate::restart::RestartPolicy;
 use crate::sandbox::docker::DockerSettings;
-use crate::sandbox::ResourceLimits;
+use crate::sandbox::{Isolation, IsolationRequest, PullPolicy, ResourceLimits};
 use fold_ipc::server::ConnectionLimits;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -48,6 +48,11 @@ pub const DEFAULT_AUDIT_KEEP: u32 = 4;
 pub const MAX_AUDIT_KEEP: u32 = 1000;
 /// Default container image.
 pub const DEFAULT_IMAGE: &str = "alpine:latest";
+/// Default isolation tier of newly installed apps: today's runc containers. `auto` or
+/// `gvisor` in `[container]` raise it.
+pub const DEFAULT_ISOLATION: IsolationRequest = IsolationRequest::Exactly(Isolation::Container);
+/// Default name the gVisor runtime is registered under with the engine.
+pub const DEFAULT_GVISOR_RUNTIME: &str = "runsc";
 /// Default number of pooled connections to an external node.
 pub const DEFAULT_NODE_POOL: usize = 4;
 /// Default Docker engine address (`DOCKER_HOST` overrides it).
@@ -174,6 +179,12 @@ pub struct Config {
     pub default_node_limits: NodeLimits,
     /// Default container image for new apps.
     pub default_image: String,
+    /// When launches pull images.
+    pub pull: PullPolicy,
+    /// The isolation tier of newly installed apps that ask for none.
+    pub default_isolation: IsolationRequest,
+    /// The name the gVisor runtime is registered under with the engine.
+    pub gvisor_runtime: String,
     /// Grace between SIGTERM and SIGKILL when stopping an app.
     pub stop_grace: Duration,
     /// Size cap of each app's log file.
@@ -244,6 +255,7 @@ impl Config {
             pull_timeout: self.pull_timeout,
             storage_limit: self.storage_limit,
             grace: self.stop_grace,
+            gvisor_runtime: self.gvisor_runtime.clone(),
         }
     }
 }
@@ -361,6 +373,115 @@ pub struct FileConfig {
     pub max_lifetime_secs: Option<u64>,
     /// `[app_limits]`: defaults of every app's share, quota and write rate.
     pub app_limits: Option<LimitSettings>,
+    /// `[container]`: defaults of every container app (limits, image, pulls, tier).
+    pub container: Option<ContainerSettings>,
+}
+
+/// The `[container]` section: what an app gets when its install sets nothing else, as the
+/// engines' own config sections say it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSettings {
+    /// Memory limit in bytes (no swap on top).
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in cores (`0.5`, `2`).
+    pub cpus: Option<f64>,
+    /// Most processes and threads.
+    pub pids: Option<u64>,
+    /// Most open files.
+    pub nofile: Option<u64>,
+    /// Size of the app's `/tmp` in bytes.
+    pub tmpfs_bytes: Option<u64>,
+    /// Image (the same as the top-level `default_image`; set one of them).
+    pub image: Option<String>,
+    /// `always`, `missing` (default) or `never`.
+    pub pull: Option<String>,
+    /// `container` (default), `gvisor` or `auto`.
+    pub isolation: Option<String>,
+    /// The name gVisor is registered under with the engine (default `runsc`).
+    pub gvisor_runtime: Option<String>,
+}
+
+/// The validated `[container]` section.
+struct ContainerDefaults {
+    limits: ResourceLimits,
+    image: String,
+    pull: PullPolicy,
+    isolation: IsolationRequest,
+    gvisor_runtime: String,
+}
+
+impl ContainerSettings {
+    fn resolve(self, top_level_image: Option<String>) -> Result<ContainerDefaults, ConfigError> {
+        let base = ResourceLimits::default();
+        let nonzero = |key: &'static str, value: Option<u64>, default: u64| match value {
+            Some(0) => Err(invalid(key, "must be greater than zero")),
+            other => Ok(other.unwrap_or(default)),
+        };
+        let nano_cpus = match self.cpus {
+            None => base.nano_cpus,
+            Some(cpus) if cpus.is_finite() && (0.01..=1024.0).contains(&cpus) => {
+                (cpus * 1e9).round() as u64
+            }
+            Some(cpus) => {
+                return Err(invalid(
+                    "container.cpus",
+                    format!("{cpus}: expected 0.01 to 1024 cores"),
+                ))
+            }
+        };
+        let image = match (self.image, top_level_image) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "container.image",
+                    "set either container.image or default_image, not both",
+                ))
+            }
+            (Some(image), None) | (None, Some(image)) => image,
+            (None, None) => DEFAULT_IMAGE.to_string(),
+        };
+        if image.trim().is_empty() {
+            return Err(invalid("container.image", "must not be empty"));
+        }
+        let gvisor_runtime = self
+            .gvisor_runtime
+            .unwrap_or_else(|| DEFAULT_GVISOR_RUNTIME.to_string());
+        let runtime_ok = !gvisor_runtime.is_empty()
+            && gvisor_runtime
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !runtime_ok {
+            return Err(invalid(
+                "container.gvisor_runtime",
+                format!("{gvisor_runtime:?}: use [A-Za-z0-9._-], as registered with the engine"),
+            ));
+        }
+        Ok(ContainerDefaults {
+            limits: ResourceLimits {
+                memory_bytes: nonzero(
+                    "container.memory_bytes",
+                    self.memory_bytes,
+                    base.memory_bytes,
+                )?,
+                nano_cpus,
+                pids: nonzero("container.pids", self.pids, base.pids)?,
+                nofile: nonzero("container.nofile", self.nofile, base.nofile)?,
+                tmpfs_bytes: nonzero("container.tmpfs_bytes", self.tmpfs_bytes, base.tmpfs_bytes)?,
+            },
+            image,
+            pull: match self.pull {
+                None => PullPolicy::default(),
+                Some(text) => text.parse().map_err(|m| invalid("container.pull", m))?,
+            },
+            isolation: match self.isolation {
+                None => DEFAULT_ISOLATION,
+                Some(text) => text
+                    .parse()
+                    .map_err(|m| invalid("container.isolation", m))?,
+            },
+            gvisor_runtime,
+        })
+    }
 }
 
 impl FileConfig {
@@ -545,6 +666,10 @@ impl Config {
             )?),
             ..ConnectionLimits::default()
         };
+        let container = file
+            .container
+            .unwrap_or_default()
+            .resolve(file.default_image)?;
         Ok(Config {
             node,
             node_pool: positive("node_pool", file.node_pool, DEFAULT_NODE_POOL)?,
@@ -575,15 +700,16 @@ impl Config {
             uid_mode,
             uid_reservation_dir,
             id_files,
-            default_limits: ResourceLimits::default(),
+            default_limits: container.limits,
             default_node_limits: {
                 let settings = file.app_limits.unwrap_or_default();
                 settings.validate().map_err(|m| invalid("app_limits", m))?;
                 settings.resolve(&NodeLimits::default())
             },
-            default_image: file
-                .default_image
-                .unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
+            default_image: container.image,
+            pull: container.pull,
+            default_isolation: container.isolation,
+            gvisor_runtime: container.gvisor_runtime,
             stop_grace: Duration::from_millis(
                 file.stop_grace_ms
                     .unwrap_or(DEFAULT_STOP_GRACE.as_millis() as u64),
@@ -777,6 +903,53 @@ mod tests {
             root_err("state_dir = \"/x\"\nuid_reservation_dir = \"rel\"")
                 .contains("uid_reservation_dir")
         );
+    }
+
+    #[test]
+    fn the_container_section_sets_every_default() {
+        let c = build(
+            "state_dir = \"/x\"\n[container]\nmemory_bytes = 134217728\ncpus = 0.5\npids = 32\n\
+             nofile = 512\ntmpfs_bytes = 1048576\nimage = \"foldclient/base\"\npull = \"never\"\n\
+             isolation = \"auto\"\ngvisor_runtime = \"runsc-ptrace\"",
+            Overrides::default(),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(
+            c.default_limits,
+            ResourceLimits {
+                memory_bytes: 128 << 20,
+                nano_cpus: 500_000_000,
+                pids: 32,
+                nofile: 512,
+                tmpfs_bytes: 1 << 20,
+            }
+        );
+        assert_eq!(c.default_image, "foldclient/base");
+        assert_eq!(c.pull, PullPolicy::Never);
+        assert_eq!(c.default_isolation, IsolationRequest::Auto);
+        assert_eq!(c.docker_settings().gvisor_runtime, "runsc-ptrace");
+        let plain = build("state_dir = \"/x\"", Overrides::default(), 1000).unwrap();
+        assert_eq!(plain.default_limits, ResourceLimits::default());
+        assert_eq!(plain.default_isolation, DEFAULT_ISOLATION);
+        assert_eq!(plain.pull, PullPolicy::Missing);
+        assert_eq!(plain.gvisor_runtime, DEFAULT_GVISOR_RUNTIME);
+        let err = |text: &str| {
+            build(
+                &format!("state_dir = \"/x\"\n{text}"),
+                Overrides::default(),
+                1000,
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(err("[container]\nisolation = \"kvm\"").contains("container.isolation"));
+        assert!(err("[container]\npull = \"sometimes\"").contains("container.pull"));
+        assert!(err("[container]\ncpus = 0.0").contains("container.cpus"));
+        assert!(err("[container]\npids = 0").contains("container.pids"));
+        assert!(err("[container]\ngvisor_runtime = \"a b\"").contains("gvisor_runtime"));
+        assert!(err("default_image = \"a\"\n[container]\nimage = \"b\"").contains("not both"));
+        assert!(err("[container]\nbogus = 1").contains("t.toml"));
     }
 
     #[test]

@@ -22,7 +22,9 @@ use crate::audit::{now_ms, Audit};
 use crate::config::{AppPaths, Config};
 use crate::ipc::{PeerRule, CREDENTIALS_FILE};
 use crate::registry::{App, AuthMode, Registry};
-use crate::sandbox::{AppState, LaunchSpec, Launched, Sandbox, SandboxError, SandboxKind};
+use crate::sandbox::{
+    AppState, Isolation, LaunchSpec, Launched, Sandbox, SandboxError, SandboxKind,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,6 +41,8 @@ pub struct SupervisorSettings {
     pub paths: AppPaths,
     /// Image of apps that name none.
     pub default_image: String,
+    /// When launches pull images.
+    pub pull: crate::sandbox::PullPolicy,
     /// Size cap of each app's log file.
     pub log_cap: u64,
     /// The restart policy of an adopted container whose labels do not say.
@@ -55,6 +59,7 @@ impl SupervisorSettings {
         SupervisorSettings {
             paths: config.app_paths(),
             default_image: config.default_image.clone(),
+            pull: config.pull,
             log_cap: config.log_cap,
             restart: config.restart,
             restart_backoff: config.restart_backoff,
@@ -93,12 +98,13 @@ fn peer_rule(backend: &dyn Sandbox, app_id: &str, state: &AppState) -> PeerRule 
     match state {
         AppState::Running {
             pid: Some(init_pid),
-        } => match backend.container(app_id) {
-            Some(id) => PeerRule::Container {
+        } => match (backend.container(app_id), backend.isolation(app_id)) {
+            (Some(id), Some(isolation)) => PeerRule::Container {
                 id,
                 init_pid: *init_pid,
+                isolation,
             },
-            None => PeerRule::Nobody,
+            _ => PeerRule::Nobody,
         },
         AppState::Starting => PeerRule::Starting,
         _ => PeerRule::Nobody,
@@ -114,6 +120,8 @@ pub struct LaunchOutcome {
     pub state: AppState,
     /// Its container (Docker only).
     pub container: Option<String>,
+    /// The tier its container runs under (containers only).
+    pub isolation: Option<Isolation>,
     /// Things the user should know (not enforced limits, binary/image mismatch).
     pub warnings: Vec<String>,
 }
@@ -146,6 +154,8 @@ pub struct AppStatus {
     pub note: Option<String>,
     /// Its current (or last) container.
     pub container: Option<String>,
+    /// The tier that container runs (ran) under.
+    pub isolation: Option<Isolation>,
 }
 
 /// The supervision of one app's launch and its restarts.
@@ -332,6 +342,8 @@ impl Supervisor {
                 .clone()
                 .or_else(|| app.image.clone())
                 .unwrap_or_else(|| self.settings.default_image.clone()),
+            pull: self.settings.pull,
+            isolation: app.isolation,
             network: app.network.clone(),
             log_path: paths.log_path(&app.id),
             log_cap: self.settings.log_cap,
@@ -419,6 +431,7 @@ impl Supervisor {
             kind,
             state: launched.state,
             container: launched.container,
+            isolation: launched.isolation,
             warnings: launched.warnings,
         })
     }
@@ -541,6 +554,7 @@ impl Supervisor {
             state,
             restarts: tracked.restarts.load(Ordering::SeqCst),
             note,
+            isolation: container.as_ref().and(tracked.backend.isolation(app_id)),
             container,
         })
     }

@@ -83,6 +83,84 @@ pub fn need_docker() {
     }
 }
 
+/// The OCI runtime name the gVisor tests expect the engine to have (`runsc`, as
+/// `.ci/run` registers it and FoldClient's config defaults to).
+pub const GVISOR_RUNTIME: &str = "runsc";
+
+/// A gVisor runtime registered (by `.ci/run`) with arguments that pass FoldClient's check
+/// but make every start fail after runsc has started its sandbox and gofer
+/// (`--network=sandbox` after `--network=none`: the last wins, and runsc then refuses a
+/// container without network: "cannot run with network enabled in root network
+/// namespace"), which is the failure that left them running.
+pub const GVISOR_BROKEN_RUNTIME: &str = "runsc-broken";
+
+/// Whether the engine has the gVisor runtime registered (checked once per process).
+pub fn gvisor_available() -> bool {
+    static STATUS: OnceLock<bool> = OnceLock::new();
+    *STATUS.get_or_init(|| {
+        block_on(|| async {
+            let docker = connect_docker().await?;
+            let info = tokio::time::timeout(ENGINE_TIMEOUT, docker.info()).await??;
+            Ok(info
+                .runtimes
+                .is_some_and(|r| r.contains_key(GVISOR_RUNTIME)))
+        })
+        .unwrap_or(false)
+    })
+}
+
+/// Whether the engine at [`docker_host`] is Podman (its version names a Podman component;
+/// checked once per process).
+pub fn engine_is_podman() -> bool {
+    static PODMAN: OnceLock<bool> = OnceLock::new();
+    *PODMAN.get_or_init(|| {
+        block_on(|| async {
+            let docker = connect_docker().await?;
+            let version = tokio::time::timeout(ENGINE_TIMEOUT, docker.version()).await??;
+            Ok(version
+                .components
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.name.to_ascii_lowercase().contains("podman")))
+        })
+        .unwrap_or(false)
+    })
+}
+
+/// First call of a test that needs Podman's Docker-compatible API (`DOCKER_HOST` pointing
+/// at `podman system service`; `scripts/test.sh` runs them so when `FOLD_PODMAN_HOST` is
+/// set).
+///
+/// # Panics
+///
+/// When no engine answers, or it is not Podman.
+pub fn need_podman() {
+    need_docker();
+    assert!(
+        engine_is_podman(),
+        "this test needs DOCKER_HOST to point at Podman's API (`podman system service \
+         --time=0 unix:///run/fold-ci-podman.sock`), not at {}",
+        docker_host()
+    );
+}
+
+/// First call of a test that needs gVisor. Such tests are marked
+/// `#[ignore = "needs a Docker engine with gVisor"]`; `scripts/test.sh` runs them when the
+/// engine has the `runsc` runtime (and says loudly when it skips them).
+///
+/// # Panics
+///
+/// When no engine answers, or it has no `runsc` runtime.
+pub fn need_gvisor() {
+    need_docker();
+    assert!(
+        gvisor_available(),
+        "this test needs the engine at {} to have the OCI runtime {GVISOR_RUNTIME:?} \
+         (gVisor): install runsc and register it in /etc/docker/daemon.json, as .ci/run does",
+        docker_host()
+    );
+}
+
 /// Force-removes a container (and its anonymous volumes); a container that is already gone
 /// (404) or already being removed (409) counts as removed.
 pub async fn remove_container_if_exists(docker: &Docker, name: &str) -> Result<()> {

@@ -117,12 +117,12 @@ async fn import(docker: &Docker, tar: Vec<u8>) -> Result<()> {
         .repo(BASE_REPO)
         .tag(BASE_TAG)
         .message("fold_testkit base image (busybox-static)")
-        .changes(vec![
-            format!("LABEL {BASE_IMAGE_LABEL}={BASE_LAYOUT_VERSION}"),
-            "ENV PATH=/bin".to_owned(),
-            "WORKDIR /".to_owned(),
-            "CMD [\"/bin/sh\"]".to_owned(),
-        ])
+        // One change only: bollard sends the changes as one newline-joined value, which
+        // Docker splits and Podman reads as a single instruction (a LABEL whose value
+        // swallowed the rest). The engines' default PATH and working directory serve.
+        .changes(vec![format!(
+            "LABEL {BASE_IMAGE_LABEL}={BASE_LAYOUT_VERSION}"
+        )])
         .build();
     let mut progress =
         docker.create_image(Some(options), Some(bollard::body_full(tar.into())), None);

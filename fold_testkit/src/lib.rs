@@ -31,8 +31,9 @@ mod static_bin;
 mod util;
 
 pub use docker::{
-    connect_docker, docker_available, docker_host, need_docker, remove_container_if_exists,
-    ENGINE_TIMEOUT, REQUIRE_DOCKER_ENV,
+    connect_docker, docker_available, docker_host, engine_is_podman, gvisor_available, need_docker,
+    need_gvisor, need_podman, remove_container_if_exists, ENGINE_TIMEOUT, GVISOR_BROKEN_RUNTIME,
+    GVISOR_RUNTIME, REQUIRE_DOCKER_ENV,
 };
 pub use elf::is_static_elf;
 pub use image::{base_rootfs_tar, ensure_base_image, BASE_IMAGE, BASE_IMAGE_LABEL};

@@ -31,6 +31,8 @@ fn app_view(shared: &Shared, app: &App) -> AppView {
         grants: app.grants.clone(),
         auth: app.auth_mode,
         placement: app.placement,
+        isolation: app.isolation,
+        tier: status.as_ref().and_then(|s| s.isolation),
         binary: app.binary.clone(),
         image: app
             .image
@@ -147,10 +149,17 @@ fn placement_of(direct: bool) -> Placement {
 }
 
 fn sandbox_detail(kind: SandboxKind, outcome: &LaunchOutcome) -> String {
-    match (kind, &outcome.container) {
-        (SandboxKind::Direct, _) => "direct: NOT SANDBOXED".to_string(),
-        (kind, Some(c)) => format!("{} container {}", kind.as_str(), short_id(c)),
-        (kind, None) => kind.as_str().to_string(),
+    match (kind, &outcome.container, outcome.isolation) {
+        (SandboxKind::Direct, _, _) => "direct: NOT SANDBOXED".to_string(),
+        (kind, Some(c), Some(tier)) => {
+            format!(
+                "{} container {} isolation {tier}",
+                kind.as_str(),
+                short_id(c)
+            )
+        }
+        (kind, Some(c), None) => format!("{} container {}", kind.as_str(), short_id(c)),
+        (kind, None, _) => kind.as_str().to_string(),
     }
 }
 
@@ -200,6 +209,7 @@ async fn install(
         grants: request.grants,
         auth_mode: request.auth.unwrap_or(AuthMode::Signed),
         placement: placement_of(request.direct),
+        isolation: request.isolation.unwrap_or(shared.config.default_isolation),
         image: request.image,
         network: request.network,
         limits,
@@ -275,6 +285,7 @@ async fn launch(
         sandboxed: kind != SandboxKind::Direct,
         state: outcome.state.to_string(),
         container: outcome.container,
+        isolation: outcome.isolation,
         warnings: outcome.warnings,
         log: shared.log_path(&app.id),
     })
@@ -326,6 +337,7 @@ async fn run(shared: &Arc<Shared>, request: RunRequest) -> Result<RunResponse, D
             u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
         ),
         container: outcome.launch.container,
+        isolation: outcome.launch.isolation,
         warnings: outcome.launch.warnings,
         log: shared.log_path(&app.id),
     })
@@ -373,6 +385,7 @@ async fn ps(shared: &Shared) -> PsResponse {
             id: app.id.clone(),
             name: app.name.clone(),
             sandbox: s.kind.as_str().to_string(),
+            isolation: s.isolation,
             state: s.state.to_string(),
             restarts: s.restarts,
             note: s.note,

@@ -13,6 +13,7 @@ use super::{parse_absolute_path, parse_cpus, parse_duration, parse_grace, parse_
 use crate::app_limits::LimitSettings;
 use crate::policy::Grant;
 use crate::registry::{AuthMode, Placement};
+use crate::sandbox::{Isolation, IsolationRequest};
 use crate::supervisor::RestartPolicy;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -228,6 +229,11 @@ pub struct InstallRequest {
     #[arg(long)]
     #[serde(default)]
     pub direct: bool,
+    /// Isolation tier of its containers: `container` (runc), `gvisor`, or `auto` (the
+    /// strongest the engine offers); default from the config (`container`).
+    #[arg(long, conflicts_with = "direct")]
+    #[serde(default)]
+    pub isolation: Option<IsolationRequest>,
     /// Node limits set for this app; the rest come from the config.
     #[arg(skip)]
     #[serde(default)]
@@ -249,6 +255,7 @@ impl InstallRequest {
             cpus: None,
             pids: None,
             direct: false,
+            isolation: None,
             node_limits: LimitSettings::default(),
         }
     }
@@ -438,6 +445,8 @@ pub struct LaunchResponse {
     pub state: String,
     /// Its container (Docker only).
     pub container: Option<String>,
+    /// The tier its container runs under (containers only).
+    pub isolation: Option<Isolation>,
     /// What the user should know (limits not enforced, binary/image mismatch).
     pub warnings: Vec<String>,
     /// Its log file.
@@ -492,6 +501,8 @@ pub struct RunResponse {
     pub duration: Duration,
     /// Its container (Docker only).
     pub container: Option<String>,
+    /// The tier its container runs under (containers only).
+    pub isolation: Option<Isolation>,
     /// What the user should know (limits not enforced, binary/image mismatch).
     pub warnings: Vec<String>,
     /// Its log file.
@@ -555,6 +566,8 @@ pub struct PsRow {
     pub name: String,
     /// Its backend (`docker`, `direct`, ...).
     pub sandbox: String,
+    /// The tier its container runs (ran) under (containers only).
+    pub isolation: Option<Isolation>,
     /// Its state (`running`, `exited(3)`, ...).
     pub state: String,
     /// Restarts after failures in a row so far.
@@ -584,6 +597,10 @@ pub struct AppView {
     pub auth: AuthMode,
     /// Where its processes run.
     pub placement: Placement,
+    /// The isolation tier it asks for.
+    pub isolation: IsolationRequest,
+    /// The tier its current (or last) container runs under, when it was launched in one.
+    pub tier: Option<Isolation>,
     /// Its binary's file name in its app directory.
     pub binary: String,
     /// Its container image (the daemon's default when it set none).
@@ -721,6 +738,8 @@ mod tests {
             grants: vec!["query:post".parse().unwrap(), "*:*".parse().unwrap()],
             auth: AuthMode::Token,
             placement: Placement::Host,
+            isolation: IsolationRequest::Auto,
+            tier: Some(Isolation::Gvisor),
             binary: "notes".into(),
             image: "alpine:latest".into(),
             network: Some("net".into()),
@@ -931,6 +950,7 @@ mod tests {
             sandboxed: true,
             state: "running".into(),
             container: Some("0123456789abcdef".into()),
+            isolation: Some(Isolation::Gvisor),
             warnings: vec![],
             log: "/l".into(),
         });
@@ -969,6 +989,7 @@ mod tests {
             timed_out: false,
             duration: Duration::from_millis(1234),
             container: None,
+            isolation: None,
             warnings: vec!["w".into()],
             log: "/l".into(),
         });
@@ -1012,6 +1033,7 @@ mod tests {
                 id: "app_1".into(),
                 name: "notes".into(),
                 sandbox: "docker".into(),
+                isolation: Some(Isolation::Container),
                 state: "running".into(),
                 restarts: 0,
                 note: None,

@@ -5,6 +5,7 @@ use anyhow::Result;
 use fold_client::admin::protocol::{ListRequest, StatusRequest};
 use fold_client::config::{Config, Overrides, UidMode};
 use fold_client::sandbox::docker::{self, EngineReport, StorageSupport};
+use fold_client::sandbox::IsolationRequest;
 use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -79,7 +80,13 @@ pub async fn doctor(ctx: &Context) -> Result<i32> {
     // and check what the daemon would use. A running daemon names its engine; else the
     // config says which one a daemon started now would use.
     let docker_host = status.map_or_else(|| config.docker_host.clone(), |s| s.docker_host);
-    let report = docker::engine_report(&docker_host, config.engine_timeout, &images).await;
+    let report = docker::engine_report(
+        &docker_host,
+        config.engine_timeout,
+        &images,
+        &config.gvisor_runtime,
+    )
+    .await;
     engine_checks(&config, &report, &mut checks);
     host_checks(&config, &mut checks);
     checks.push(peer_pidfd_check());
@@ -161,9 +168,14 @@ fn engine_checks(config: &Config, report: &EngineReport, checks: &mut Vec<Check>
             "init",
             "FAIL",
             why.clone(),
-            "install the engine's init (docker-init / tini, e.g. `apt-get install tini`); without it PID 1 ignores SIGTERM",
+            if report.flavor.as_deref() == Some("podman") {
+                "install Podman's init (`apt-get install catatonit`); without it PID 1 ignores SIGTERM"
+            } else {
+                "install the engine's init (docker-init / tini, e.g. `apt-get install tini`); without it PID 1 ignores SIGTERM"
+            },
         ),
     });
+    checks.push(isolation_check(config, report));
     for (image, present) in &report.images {
         checks.push(if *present {
             ok("image", format!("{image} present"))
@@ -183,6 +195,37 @@ fn engine_checks(config: &Config, report: &EngineReport, checks: &mut Vec<Check>
             warning.clone(),
             "see the engine's documentation",
         ));
+    }
+}
+
+/// Which isolation tiers the engine offers, and whether the default one is among them.
+fn isolation_check(config: &Config, report: &EngineReport) -> Check {
+    let flavor = report.flavor.as_deref().unwrap_or("engine");
+    let tiers: Vec<&str> = report.tiers.iter().map(|t| t.as_str()).collect();
+    let default = config.default_isolation;
+    let offered = format!(
+        "{flavor} offers isolation {} (default for new apps: {default}{})",
+        tiers.join(", "),
+        default
+            .resolve(&report.tiers)
+            .filter(|_| default == IsolationRequest::Auto)
+            .map(|t| format!(", which runs as {t}"))
+            .unwrap_or_default()
+    );
+    match (&report.gvisor_problem, &report.gvisor_probe) {
+        (None, None) => ok("isolation", offered),
+        (None, Some(why)) => problem(
+            "isolation",
+            "FAIL",
+            format!("{offered}, but a gVisor container does not start: {why}"),
+            "check the runtime's registration and `runsc --version`; docs/operations.md, \"Isolation tiers\"",
+        ),
+        (Some(why), _) => problem(
+            "isolation",
+            if default.resolve(&report.tiers).is_some() { "warn" } else { "FAIL" },
+            format!("{offered}; gvisor is not: {why}"),
+            "docs/operations.md, \"Isolation tiers\"",
+        ),
     }
 }
 

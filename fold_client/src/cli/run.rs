@@ -92,9 +92,13 @@ pub async fn launch(ctx: &Context, request: LaunchRequest, wait: bool) -> Result
     if ctx.json {
         println!("{}", super::json(&result)?);
     } else {
+        let tier = result
+            .isolation
+            .map(|t| format!(" (isolation {t})"))
+            .unwrap_or_default();
         let sandbox = match (result.sandboxed, &result.container) {
             (true, Some(c)) => format!(
-                "{} container {}",
+                "{} container {}{tier}",
                 escape(&result.sandbox),
                 escape(&c[..c.len().min(12)])
             ),

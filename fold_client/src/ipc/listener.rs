@@ -120,8 +120,10 @@ pub async fn serve_socket(
                 continue;
             }
         };
+        // Root may connect for a gVisor app (its gofer); which uid the app's placement and
+        // tier want exactly is checked next, before any byte is read.
         let peer = match Peer::of(&stream) {
-            Ok(peer) if peer.uid == uid => peer,
+            Ok(peer) if peer.uid == uid || peer.uid == 0 => peer,
             Ok(peer) => {
                 let detail = format!(
                     "peer uid {} is not the app's uid {uid}; connection closed unread",
@@ -153,7 +155,7 @@ pub async fn serve_socket(
         let app = app_id.clone();
         let rule = peer_rule.clone();
         shared.tasks.spawn(async move {
-            if let Err(detail) = placement_check(&checking, &app, &peer, rule).await {
+            if let Err(detail) = placement_check(&checking, (&app, uid), &peer, rule).await {
                 reject(&checking, &app, &detail).await;
                 return;
             }
@@ -177,12 +179,12 @@ async fn reject(shared: &Services, app_id: &str, detail: &str) {
 const STARTING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the app is placed decides who may connect: a host-placed app (dev mode) any
-/// process of its uid; a container app only a process of its running container (as its
-/// supervisor last published it in `rule`), checked exactly (see `peer`). A container app
-/// whose container is not running accepts nobody.
+/// process of its uid `uid`; a container app only what connects for its running container
+/// (as its supervisor last published it in `rule`), checked exactly (see `peer`). A
+/// container app whose container is not running accepts nobody.
 async fn placement_check(
     shared: &Services,
-    app_id: &str,
+    (app_id, uid): (&str, u32),
     peer: &Peer,
     mut rule: watch::Receiver<PeerRule>,
 ) -> Result<(), String> {
@@ -192,6 +194,13 @@ async fn placement_check(
             return Err("the app was removed; connection closed unread".into());
         };
         if app.placement == Placement::Host {
+            if peer.uid != uid {
+                return Err(format!(
+                    "peer uid {} is not the app's uid {uid} (the app runs on the host); \
+                     connection closed unread",
+                    peer.uid
+                ));
+            }
             return Ok(());
         }
         let current = rule.borrow_and_update().clone();
@@ -210,10 +219,14 @@ async fn placement_check(
                     "the app's container did not finish starting; connection closed unread".into(),
                 )
             }
-            PeerRule::Container { id, init_pid } => {
-                let want = ContainerIdentity::of_init(&id, init_pid)?;
+            PeerRule::Container {
+                id,
+                init_pid,
+                isolation,
+            } => {
+                let want = ContainerIdentity::of_init(&id, init_pid, isolation)?;
                 return peer
-                    .check_in(&want)
+                    .check_in(&want, uid)
                     .map_err(|e| format!("{e}; connection closed unread"));
             }
         }

@@ -8,9 +8,22 @@
 //!
 //! A container's identity is read from its init process (the host pid the engine reports):
 //! the exact text of its `/proc/<pid>/cgroup`, which must name the container, and its pid
-//! namespace. A peer belongs to the container when its cgroup text is identical and its pid
-//! namespace is the same one. Nothing is matched by substring.
+//! namespace. Nothing is matched by substring. Who may connect depends on the tier:
+//!
+//! - `container` (runc): the app's processes are host processes. A peer belongs to the
+//!   container when it has the app's uid, its cgroup text is identical and its pid
+//!   namespace is the same one.
+//! - `gvisor`: the app's processes live inside gVisor's user-space kernel and never touch a
+//!   host socket themselves; with `--host-uds=open` the sandbox's gofer (`runsc-gofer`, a
+//!   host process running as root, started by the same containerd shim as the sandbox)
+//!   opens the connection for them. So the peer must be uid 0, in the container's cgroup
+//!   (identical text) and a child of the parent of the pid the engine reports (the
+//!   `runsc-sandbox` process). Processes in that cgroup are made by the runtime only:
+//!   nobody but root can move a process into it, and the app cannot create host processes.
+//!   See docs/security.md, "Isolation tiers".
 
+use crate::sandbox::cgroup_names;
+use crate::sandbox::Isolation;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt};
 use std::os::fd::{AsFd, OwnedFd};
@@ -36,6 +49,12 @@ pub struct ContainerIdentity {
     cgroup: String,
     /// The init's pid namespace (device, inode of `/proc/<init>/ns/pid`).
     pid_ns: (u64, u64),
+    /// The tier the container runs under.
+    isolation: Isolation,
+    /// The init's host pid.
+    init_pid: i32,
+    /// The init's parent's host pid (the engine's shim).
+    parent: i32,
 }
 
 impl Peer {
@@ -74,17 +93,29 @@ impl Peer {
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
     }
 
-    /// Checks that the peer is a process of the container `want`.
+    /// Checks that the peer is what connects for the container `want` of an app running as
+    /// `app_uid`: one of its processes (runc), or its gVisor gofer.
     ///
     /// # Errors
     ///
     /// Why not, for the audit.
-    pub fn check_in(&self, want: &ContainerIdentity) -> Result<(), String> {
+    pub fn check_in(&self, want: &ContainerIdentity, app_uid: u32) -> Result<(), String> {
         let short = short(&want.id);
         let (cgroup, pid_ns) = read_identity(self.pid)
             .map_err(|e| format!("cannot read peer pid {}: {e}", self.pid))?;
+        let parent = parent_of(self.pid);
         if !self.alive() {
             return Err(format!("peer pid {} exited during the check", self.pid));
+        }
+        let expected_uid = match want.isolation {
+            Isolation::Container => app_uid,
+            Isolation::Gvisor => 0,
+        };
+        if self.uid != expected_uid {
+            return Err(format!(
+                "peer uid {} is not uid {expected_uid}, which connects for the app's {} container {short}",
+                self.uid, want.isolation
+            ));
         }
         if cgroup != want.cgroup {
             return Err(format!(
@@ -92,13 +123,20 @@ impl Peer {
                 self.pid
             ));
         }
-        if pid_ns != want.pid_ns {
-            return Err(format!(
+        match want.isolation {
+            Isolation::Container if pid_ns != want.pid_ns => Err(format!(
                 "peer pid {} is not in the app's container {short} (other pid namespace)",
                 self.pid
-            ));
+            )),
+            Isolation::Gvisor if parent != Some(want.parent) || self.pid == want.init_pid => {
+                Err(format!(
+                    "peer pid {} is not the gVisor gofer of the app's container {short} \
+                     (parent {parent:?}, the sandbox's is {})",
+                    self.pid, want.parent
+                ))
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -109,10 +147,17 @@ impl ContainerIdentity {
     /// # Errors
     ///
     /// The process is gone or is not in that container.
-    pub fn of_init(id: &str, init_pid: u32) -> Result<ContainerIdentity, String> {
-        let (cgroup, pid_ns) = read_identity(i32::try_from(init_pid).unwrap_or(-1))
+    pub fn of_init(
+        id: &str,
+        init_pid: u32,
+        isolation: Isolation,
+    ) -> Result<ContainerIdentity, String> {
+        let pid = i32::try_from(init_pid).unwrap_or(-1);
+        let (cgroup, pid_ns) = read_identity(pid)
             .map_err(|e| format!("cannot read the container's init pid {init_pid}: {e}"))?;
-        if !cgroup_names(&cgroup, id) {
+        let parent = parent_of(pid);
+        // Read after the parent: the init is still in the container, so the parent is its.
+        if !cgroup_names(&cgroup, id) || !read_identity(pid).is_ok_and(|(c, _)| c == cgroup) {
             return Err(format!(
                 "pid {init_pid} is no longer in container {}",
                 short(id)
@@ -122,6 +167,9 @@ impl ContainerIdentity {
             id: id.to_string(),
             cgroup,
             pid_ns,
+            isolation,
+            init_pid: pid,
+            parent: parent.ok_or_else(|| format!("pid {init_pid} has no parent"))?,
         })
     }
 }
@@ -142,6 +190,14 @@ fn read_identity(pid: i32) -> std::io::Result<(String, (u64, u64))> {
     Ok((cgroup, (ns.dev(), ns.ino())))
 }
 
+/// The parent pid of `pid` (field 4 of `/proc/<pid>/stat`, after the parenthesised name,
+/// which may itself hold spaces and parentheses).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The pid a pidfd refers to (`Pid:` in its fdinfo; -1 once the process is gone).
 fn pidfd_pid(fd: &OwnedFd) -> Option<i32> {
     use std::os::fd::AsRawFd;
@@ -150,26 +206,6 @@ fn pidfd_pid(fd: &OwnedFd) -> Option<i32> {
         .find_map(|l| l.strip_prefix("Pid:"))
         .and_then(|v| v.trim().parse().ok())
         .filter(|pid| *pid > 0)
-}
-
-/// Whether a `/proc/<pid>/cgroup` text places the process in the container with this full
-/// id: some hierarchy's path ends in a component that is the id itself (cgroup v1 and the
-/// cgroupfs driver: `/docker/<id>`) or its systemd scope (`docker-<id>.scope`,
-/// `libpod-<id>.scope`). Whole components only, never a substring.
-pub fn cgroup_names(cgroup: &str, container_id: &str) -> bool {
-    container_id.len() >= 12
-        && cgroup
-            .lines()
-            .filter_map(|l| l.splitn(3, ':').nth(2))
-            .filter_map(|path| path.rsplit('/').next())
-            .any(|last| {
-                last == container_id
-                    || ["docker-", "libpod-"].iter().any(|prefix| {
-                        last.strip_prefix(prefix)
-                            .and_then(|rest| rest.strip_suffix(".scope"))
-                            == Some(container_id)
-                    })
-            })
 }
 
 /// Which processes of a container-placed app may connect, besides the uid check: what the
@@ -185,12 +221,14 @@ pub enum PeerRule {
     /// The container is starting; its init pid is not known yet.
     Starting,
     /// Only processes of this running container (same cgroups and pid namespace as its
-    /// init process, host pid `init_pid`).
+    /// init process, host pid `init_pid`), or its gVisor gofer (see the module's doc).
     Container {
         /// The container's full id.
         id: String,
-        /// Its init process's host pid.
+        /// Its init process's host pid (for gVisor: the `runsc-sandbox` process).
         init_pid: u32,
+        /// The tier it runs under, which decides who connects for it.
+        isolation: Isolation,
     },
 }
 
@@ -201,23 +239,6 @@ mod tests {
     const ID: &str = "3f0c9a9b1d2e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a";
 
     #[test]
-    fn cgroup_paths_name_their_container_exactly() {
-        let v1 = format!("12:memory:/docker/{ID}\n11:pids:/docker/{ID}\n");
-        let v2 = format!("0::/system.slice/docker-{ID}.scope\n");
-        assert!(cgroup_names(&v1, ID));
-        assert!(cgroup_names(&v2, ID));
-        assert!(!cgroup_names(
-            "12:memory:/user.slice\n0::/user.slice/session-1.scope\n",
-            ID
-        ));
-        assert!(!cgroup_names(&v1, ""), "an empty id matches nothing");
-        // A cgroup a local user made, whose name merely contains the id, is not the container.
-        let lookalike = format!("0::/user.slice/evil-{ID}\n12:memory:/docker/{ID}/child\n");
-        assert!(!cgroup_names(&lookalike, ID));
-        assert!(!cgroup_names(&v1, &ID[..12]), "a prefix is not the id");
-    }
-
-    #[test]
     fn a_process_outside_the_container_is_refused() {
         // This test process against a made-up container identity: cgroups differ.
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -225,23 +246,44 @@ mod tests {
         assert_eq!(peer.pid, i32::try_from(std::process::id()).unwrap());
         assert!(peer.alive());
         let (cgroup, pid_ns) = read_identity(peer.pid).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
         let same = ContainerIdentity {
             id: ID.into(),
             cgroup,
             pid_ns,
+            isolation: Isolation::Container,
+            init_pid: 1,
+            parent: 0,
         };
-        assert_eq!(peer.check_in(&same), Ok(()));
+        assert_eq!(peer.check_in(&same, me), Ok(()));
+        let err = peer.check_in(&same, me + 1).unwrap_err();
+        assert!(err.contains("uid"), "{err}");
         let other_cgroup = ContainerIdentity {
             cgroup: format!("12:memory:/docker/{ID}\n"),
             ..same.clone()
         };
-        assert!(peer.check_in(&other_cgroup).is_err());
+        assert!(peer.check_in(&other_cgroup, me).is_err());
         let other_ns = ContainerIdentity {
             pid_ns: (pid_ns.0, pid_ns.1 + 1),
+            ..same.clone()
+        };
+        assert!(peer.check_in(&other_ns, me).is_err());
+        assert!(ContainerIdentity::of_init(ID, std::process::id(), Isolation::Container).is_err());
+        // As a gVisor gofer: only root connects for the sandbox, and only a child of the
+        // sandbox's parent; this test process's parent is not the made-up shim (pid 0).
+        let gofer = ContainerIdentity {
+            isolation: Isolation::Gvisor,
             ..same
         };
-        assert!(peer.check_in(&other_ns).is_err());
-        assert!(ContainerIdentity::of_init(ID, std::process::id()).is_err());
+        let err = peer.check_in(&gofer, me).unwrap_err();
+        if me == 0 {
+            assert!(err.contains("not the gVisor gofer"), "{err}");
+        } else {
+            assert!(err.contains("uid"), "{err}");
+        }
+        let parent = parent_of(peer.pid).unwrap();
+        let gofer_here = ContainerIdentity { parent, ..gofer };
+        assert_eq!(peer.check_in(&gofer_here, me).is_ok(), me == 0);
     }
 
     #[test]
@@ -267,8 +309,11 @@ mod tests {
                     id: ID.into(),
                     cgroup,
                     pid_ns,
+                    isolation: Isolation::Container,
+                    init_pid: 1,
+                    parent: 0,
                 };
-                assert!(peer.check_in(&want).is_err(), "{peer:?}");
+                assert!(peer.check_in(&want, peer.uid).is_err(), "{peer:?}");
             }
         }
     }

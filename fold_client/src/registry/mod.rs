@@ -15,7 +15,7 @@ use crate::app_limits::LimitSettings;
 use crate::config::UidMode;
 use crate::fsutil;
 use crate::policy::Grant;
-use crate::sandbox::ResourceLimits;
+use crate::sandbox::{IsolationRequest, ResourceLimits};
 use crate::uids::UidAllocator;
 use ed25519_dalek::VerifyingKey;
 use std::collections::HashMap;
@@ -108,6 +108,8 @@ pub struct App {
     pub auth_mode: AuthMode,
     /// Where it runs, and so who may connect.
     pub placement: Placement,
+    /// The isolation tier its containers run under (or `auto`: the strongest offered).
+    pub isolation: IsolationRequest,
     /// SHA-256 of the app's token.
     pub token_hash: [u8; 32],
     /// The app's ed25519 public key.
@@ -141,6 +143,8 @@ pub struct InstallSpec {
     pub auth_mode: AuthMode,
     /// Where it runs.
     pub placement: Placement,
+    /// Its isolation tier.
+    pub isolation: IsolationRequest,
     /// Container image.
     pub image: Option<String>,
     /// Named network.
@@ -361,6 +365,7 @@ impl Registry {
             grants: spec.grants,
             auth_mode: spec.auth_mode,
             placement: spec.placement,
+            isolation: spec.isolation,
             token_hash: secrets::token_hash(&issued.token),
             public_key: issued.signing_key.verifying_key(),
             binary: spec.binary,
@@ -458,6 +463,7 @@ mod tests {
             grants: vec!["query:post".parse().unwrap()],
             auth_mode: AuthMode::Signed,
             placement: Placement::Container,
+            isolation: IsolationRequest::Exactly(crate::sandbox::Isolation::Container),
             image: None,
             network: None,
             limits: ResourceLimits::default(),

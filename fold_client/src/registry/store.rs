@@ -5,7 +5,7 @@ use super::{App, AuthMode, Placement};
 use crate::app_limits::LimitSettings;
 use crate::fsutil;
 use crate::policy::Grant;
-use crate::sandbox::ResourceLimits;
+use crate::sandbox::{Isolation, IsolationRequest, ResourceLimits};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -23,6 +23,9 @@ struct StoredApp {
     /// Missing in entries written before placement was recorded: those are containers.
     #[serde(default)]
     placement: Option<String>,
+    /// Missing in entries written before isolation tiers: those ran under runc.
+    #[serde(default)]
+    isolation: Option<IsolationRequest>,
     token_sha256: String,
     public_key: String,
     binary: String,
@@ -73,6 +76,7 @@ pub(super) fn save(dir: &Path, app: &App) -> std::io::Result<()> {
         grants: app.grants.iter().map(ToString::to_string).collect(),
         auth: app.auth_mode.as_str().to_string(),
         placement: Some(app.placement.as_str().to_string()),
+        isolation: Some(app.isolation),
         token_sha256: hex::encode(app.token_hash),
         public_key: hex::encode(app.public_key.as_bytes()),
         binary: app.binary.clone(),
@@ -141,6 +145,9 @@ pub(super) fn load(path: &Path) -> Result<App, CorruptEntry> {
         grants,
         auth_mode,
         placement,
+        isolation: s
+            .isolation
+            .unwrap_or(IsolationRequest::Exactly(Isolation::Container)),
         token_hash,
         public_key,
         binary: s.binary,

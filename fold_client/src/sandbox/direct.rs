@@ -167,6 +167,7 @@ impl Sandbox for DirectSandbox {
         async move {
             let state = self.launch_now(spec)?;
             Ok(Launched {
+                isolation: None,
                 state,
                 container: None,
                 warnings: Vec::new(),

@@ -33,6 +33,8 @@ fn app(script: &str) -> (tempfile::TempDir, LaunchSpec) {
             ..ResourceLimits::default()
         },
         image: String::new(),
+        pull: crate::sandbox::PullPolicy::Missing,
+        isolation: crate::sandbox::IsolationRequest::Auto,
         network: None,
         log_path: tmp.path().join("logs/app1.log"),
         log_cap: 1 << 20,

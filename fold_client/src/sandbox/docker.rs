@@ -9,6 +9,9 @@
 //! - `logs`: stdout and stderr into the per-app log file, which outlives the container.
 //! - [`report`]: storage-limit support (detected once) and the engine half of `doctor`.
 //! - `elf`: warns when a glibc-dynamic binary meets a musl or busybox image.
+//! - [`offer`]: which engine answers (Docker or Podman) and which isolation tiers it runs.
+//! - `reap`: what a removed container left on the host (gVisor's processes after a failed
+//!   start) is killed.
 //!
 //! Containers carry `io.foldclient.daemon = <daemon_label>`: a daemon lists, adopts, stops
 //! and removes only containers with its own label, never anyone else's.
@@ -22,15 +25,18 @@ mod engine;
 mod events;
 mod lifecycle;
 mod logs;
+pub mod offer;
+mod reap;
 pub mod report;
 pub mod spec;
 
 pub use elf::{image_mismatch, linkage, Linkage};
+pub use offer::{Flavor, Offer};
 pub use report::{engine_report, EngineReport, StorageSupport};
 pub use spec::{container_name, LABEL_APP, LABEL_DAEMON, SOCKET_MOUNT};
 
 use super::logfile::LogFile;
-use super::{AppState, Found, LaunchSpec, Launched, Sandbox, SandboxError, SandboxKind};
+use super::{AppState, Found, Isolation, LaunchSpec, Launched, Sandbox, SandboxError, SandboxKind};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::collections::HashMap;
@@ -57,6 +63,8 @@ pub struct DockerSettings {
     pub storage_limit: Option<u64>,
     /// Default stop grace (recorded as the container's stop timeout).
     pub grace: Duration,
+    /// The name the gVisor runtime is registered under with the engine.
+    pub gvisor_runtime: String,
 }
 
 /// Runs apps in hardened Docker containers.
@@ -70,6 +78,8 @@ struct Inner {
     docker: engine::Engine,
     settings: DockerSettings,
     storage: Mutex<StorageSupport>,
+    /// What the engine offers (re-read when a launch asks for a tier that was missing).
+    offer: Mutex<Offer>,
     apps: Mutex<HashMap<String, Arc<Entry>>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -80,6 +90,8 @@ struct Inner {
 struct Entry {
     app_id: String,
     container: Mutex<Option<String>>,
+    /// The tier the container runs under.
+    isolation: Isolation,
     state: watch::Sender<AppState>,
     stop_requested: AtomicBool,
     /// The engine reported an OOM kill of some process of the container (`oom` event).
@@ -115,21 +127,28 @@ impl DockerSandbox {
     ) -> Result<DockerSandbox, SandboxError> {
         let timeout = settings.engine_timeout;
         let docker = engine::connect(&settings.host, timeout).await?;
-        let storage =
-            match engine::call_ok(&docker, timeout, "reading engine info", docker.info()).await {
-                Ok(info) => StorageSupport::from_info(&info),
-                Err(e) => StorageSupport::Unsupported(format!("engine info unavailable: {e}")),
-            };
+        let info = engine::call_ok(&docker, timeout, "reading engine info", docker.info()).await;
+        let storage = match &info {
+            Ok(info) => StorageSupport::from_info(info),
+            Err(e) => StorageSupport::Unsupported(format!("engine info unavailable: {e}")),
+        };
+        let offer = engine::offer(&docker, timeout, &settings.gvisor_runtime).await?;
         let inner = Arc::new(Inner {
             docker,
             settings,
             storage: Mutex::new(storage),
+            offer: Mutex::new(offer),
             apps: Mutex::new(HashMap::new()),
             tasks,
             shutdown,
         });
         events::spawn(&inner);
         Ok(DockerSandbox { inner })
+    }
+
+    /// What the engine offers, as known so far.
+    pub fn offer(&self) -> Offer {
+        lock(&self.inner.offer).clone()
     }
 
     /// Whether this engine limits container storage, as known so far.
@@ -155,7 +174,8 @@ pub async fn prepare_image(
     let Ok(docker) = engine::connect(host, timeout).await else {
         return Ok(false);
     };
-    engine::ensure_image(&docker, timeout, pull_timeout, image, progress).await?;
+    let wanted = (image, super::PullPolicy::Missing);
+    engine::ensure_image(&docker, timeout, pull_timeout, wanted, progress).await?;
     Ok(true)
 }
 
@@ -197,6 +217,10 @@ impl Sandbox for DockerSandbox {
             .and_then(|e| e.container())
     }
 
+    fn isolation(&self, app_id: &str) -> Option<Isolation> {
+        lock(&self.inner.apps).get(app_id).map(|e| e.isolation)
+    }
+
     fn leftovers(&self) -> BoxFuture<'_, Result<Vec<Found>, SandboxError>> {
         adopt::find_ours(&self.inner).boxed()
     }
@@ -210,8 +234,7 @@ impl Sandbox for DockerSandbox {
     }
 
     fn discard<'a>(&'a self, found: &'a Found) -> BoxFuture<'a, Result<(), SandboxError>> {
-        let timeout = self.inner.settings.engine_timeout;
-        engine::remove(&self.inner.docker, timeout, &found.container_id).boxed()
+        lifecycle::remove(&self.inner, &found.container_id).boxed()
     }
 }
 
@@ -290,6 +313,10 @@ impl Sandbox for LazyDocker {
 
     fn container(&self, app_id: &str) -> Option<String> {
         self.engine.get()?.container(app_id)
+    }
+
+    fn isolation(&self, app_id: &str) -> Option<Isolation> {
+        self.engine.get()?.isolation(app_id)
     }
 
     fn leftovers(&self) -> BoxFuture<'_, Result<Vec<Found>, SandboxError>> {

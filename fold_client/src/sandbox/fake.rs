@@ -8,7 +8,7 @@
 //! exactly. [`FakeSandbox::set_state`] drives any app into any state, as if it had
 //! exited or been OOM-killed.
 
-use super::{AppState, Found, LaunchSpec, Launched, Sandbox, SandboxError, SandboxKind};
+use super::{AppState, Found, Isolation, LaunchSpec, Launched, Sandbox, SandboxError, SandboxKind};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::collections::{HashMap, VecDeque};
@@ -206,6 +206,7 @@ impl FakeSandbox {
             });
         }
         Ok(Launched {
+            isolation: container.as_ref().map(|_| Isolation::Container),
             state,
             container,
             warnings: Vec::new(),
@@ -269,6 +270,15 @@ impl Sandbox for FakeSandbox {
         self.lock().containers.get(app_id).cloned()
     }
 
+    /// A fake container runs under the tier its launch resolved (`Auto` resolves to the
+    /// container tier: the fake offers no other).
+    fn isolation(&self, app_id: &str) -> Option<Isolation> {
+        self.lock()
+            .containers
+            .contains_key(app_id)
+            .then_some(Isolation::Container)
+    }
+
     fn leftovers(&self) -> BoxFuture<'_, Result<Vec<Found>, SandboxError>> {
         let found = self
             .lock()
@@ -312,6 +322,8 @@ mod tests {
             gid: 200_001,
             limits: ResourceLimits::default(),
             image: "alpine:latest".into(),
+            pull: crate::sandbox::PullPolicy::Missing,
+            isolation: crate::sandbox::IsolationRequest::Auto,
             network: None,
             log_path: PathBuf::from("/var/log/demo.log"),
             log_cap: 1 << 20,

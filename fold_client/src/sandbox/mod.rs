@@ -6,11 +6,16 @@
 //! (and the `test-support` feature) add `fake`, a scriptable, recording backend for unit
 //! tests of the supervision logic.
 
+pub mod cgroup;
 pub mod direct;
 pub mod docker;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
+pub mod isolation;
 pub mod logfile;
+
+pub use cgroup::names as cgroup_names;
+pub use isolation::{Isolation, IsolationRequest};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -35,6 +40,42 @@ impl SandboxKind {
         match self {
             SandboxKind::Direct => "direct",
             SandboxKind::Docker => "docker",
+        }
+    }
+}
+
+/// When a launch pulls the app's image, as the engines' own `--pull` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Pull before every launch; a failed pull fails the launch.
+    Always,
+    /// Pull only when the engine does not have the image (the default).
+    #[default]
+    Missing,
+    /// Never pull: a missing image fails the launch, naming how to load it.
+    Never,
+}
+
+impl PullPolicy {
+    /// `always`, `missing` or `never`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "always",
+            PullPolicy::Missing => "missing",
+            PullPolicy::Never => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<PullPolicy, String> {
+        match text {
+            "always" => Ok(PullPolicy::Always),
+            "missing" => Ok(PullPolicy::Missing),
+            "never" => Ok(PullPolicy::Never),
+            _ => Err(format!("{text:?}: expected always, missing or never")),
         }
     }
 }
@@ -93,6 +134,10 @@ pub struct LaunchSpec {
     pub limits: ResourceLimits,
     /// Container image (containers only).
     pub image: String,
+    /// When the image is pulled (containers only).
+    pub pull: PullPolicy,
+    /// The isolation tier the app asks for (containers only).
+    pub isolation: IsolationRequest,
     /// A named network the app is granted; `None` means no network at all.
     pub network: Option<String>,
     /// Where the app's stdout and stderr go.
@@ -121,6 +166,8 @@ impl fmt::Debug for LaunchSpec {
             .field("gid", &self.gid)
             .field("limits", &self.limits)
             .field("image", &self.image)
+            .field("pull", &self.pull)
+            .field("isolation", &self.isolation)
             .field("network", &self.network)
             .field("log_path", &self.log_path)
             .field(
@@ -234,6 +281,17 @@ pub enum SandboxError {
         /// What overlaps, and the fix.
         problem: String,
     },
+    /// The app asks for an isolation tier the engine does not offer; the message names
+    /// how to provide it. The app is never run under a weaker tier instead.
+    #[error("cannot launch app {app} under isolation {asked}: {fix}")]
+    TierUnavailable {
+        /// The app's name.
+        app: String,
+        /// What it asked for.
+        asked: IsolationRequest,
+        /// What the engine offers and how to add the tier.
+        fix: String,
+    },
     /// Anything else from the backend (engine errors, signals).
     #[error("{0}")]
     Backend(String),
@@ -246,6 +304,8 @@ pub struct Launched {
     pub state: AppState,
     /// Its container, for a backend that runs apps in containers.
     pub container: Option<String>,
+    /// The tier its container runs under (containers only).
+    pub isolation: Option<Isolation>,
     /// Things the user should know (storage limit not enforced, binary/image mismatch).
     pub warnings: Vec<String>,
 }
@@ -316,6 +376,12 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     /// The id of the app's current (or last) container; `None` for a backend without
     /// containers.
     fn container(&self, _app_id: &str) -> Option<String> {
+        None
+    }
+
+    /// The isolation tier of the app's current (or last) container; `None` for a backend
+    /// without containers.
+    fn isolation(&self, _app_id: &str) -> Option<Isolation> {
         None
     }
 

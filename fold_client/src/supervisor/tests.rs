@@ -29,6 +29,7 @@ fn install(registry: &Registry, name: &str) -> Arc<App> {
         grants: Vec::new(),
         auth_mode: AuthMode::Signed,
         placement: Placement::Container,
+        isolation: crate::sandbox::IsolationRequest::Auto,
         image: None,
         network: None,
         limits: ResourceLimits::default(),
@@ -60,6 +61,7 @@ async fn rig(restart_backoff: Duration) -> Rig {
             logs_dir: dir.path().join("logs"),
         },
         default_image: "base:1".into(),
+        pull: crate::sandbox::PullPolicy::Missing,
         log_cap: 1 << 20,
         restart: RestartPolicy::OnFailure { max_restarts: 3 },
         restart_backoff,
@@ -140,7 +142,8 @@ async fn failed_runs_are_restarted_after_a_doubling_backoff() {
         *peer.borrow_and_update(),
         PeerRule::Container {
             id: "fake-container-0".into(),
-            init_pid: 10_000
+            init_pid: 10_000,
+            isolation: crate::sandbox::Isolation::Container,
         }
     );
 
@@ -183,7 +186,8 @@ async fn failed_runs_are_restarted_after_a_doubling_backoff() {
         *peer.borrow(),
         PeerRule::Container {
             id: "fake-container-3".into(),
-            init_pid: 10_003
+            init_pid: 10_003,
+            isolation: crate::sandbox::Isolation::Container,
         },
         "the peer rule follows the restarted container"
     );
@@ -375,7 +379,8 @@ async fn a_running_container_is_adopted_with_its_restart_count() {
         *r.supervisor.peer_rule(&r.app.id).borrow(),
         PeerRule::Container {
             id: "c-running".into(),
-            init_pid: 4242
+            init_pid: 4242,
+            isolation: crate::sandbox::Isolation::Container,
         }
     );
     assert!(matches!(

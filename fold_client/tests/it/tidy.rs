@@ -165,6 +165,12 @@ const UNTRACKED_SPAWNS: &[(&str, &str, usize, &str)] = &[
         "killing a removed app's processes: awaited by the removal",
     ),
     (
+        "fold_client/src/sandbox/docker/reap.rs",
+        "spawn_blocking(",
+        1,
+        "killing what a removed container left behind: awaited by the removal",
+    ),
+    (
         "fold_client/src/nonce_journal.rs",
         "spawn_blocking(",
         1,
@@ -288,6 +294,11 @@ const SERDE_OUTSIDE_FOLD_IPC: &[(&str, &str, &str)] = &[
         "`doctor --json` on stdout",
     ),
     ("fold_client/src/config.rs", "FileConfig", "the config file"),
+    (
+        "fold_client/src/config.rs",
+        "ContainerSettings",
+        "the config file",
+    ),
     (
         "fold_client/src/registry/mod.rs",
         "AuthMode",

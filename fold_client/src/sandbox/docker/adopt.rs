@@ -2,9 +2,9 @@
 //! taken over (state, output, events); ones that ended meanwhile are finalized.
 
 use super::super::logfile::LogFile;
-use super::super::{AppState, Found, LaunchSpec, SandboxError};
+use super::super::{AppState, Found, Isolation, LaunchSpec, SandboxError};
 use super::lifecycle::{finalize, new_entry, short};
-use super::spec::{LABEL_APP, LABEL_DAEMON};
+use super::spec::{LABEL_APP, LABEL_DAEMON, LABEL_ISOLATION};
 use super::{engine, lock, logs, Inner};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use std::collections::HashMap;
@@ -57,7 +57,18 @@ pub(super) async fn adopt(
     found: &Found,
 ) -> Result<AppState, SandboxError> {
     let log = LogFile::open(&spec.log_path, spec.log_cap)?;
-    let entry = new_entry(&spec.app_id, log, Some(found.container_id.clone()));
+    // Containers of daemons before tiers carry no label: they ran under runc.
+    let isolation = found
+        .labels
+        .get(LABEL_ISOLATION)
+        .and_then(|tier| tier.parse().ok())
+        .unwrap_or(Isolation::Container);
+    let entry = new_entry(
+        &spec.app_id,
+        log,
+        Some(found.container_id.clone()),
+        isolation,
+    );
     lock(&inner.apps).insert(spec.app_id.clone(), Arc::clone(&entry));
     let timeout = inner.settings.engine_timeout;
     let id = &found.container_id;

@@ -5,7 +5,7 @@
 //! down or restarting) into [`SandboxError::EngineUnreachable`], naming the engine's address
 //! and the fix, rather than the HTTP client's "client error (Connect)".
 
-use super::super::SandboxError;
+use super::super::{PullPolicy, SandboxError};
 use super::spec::pull_reference;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse};
@@ -300,6 +300,28 @@ pub async fn create(
     .map(|r| r.id))
 }
 
+/// Reads what the engine offers (its flavor and tiers); `gvisor_runtime` is the name
+/// gVisor is expected under.
+///
+/// # Errors
+///
+/// The engine does not answer.
+pub async fn offer(
+    docker: &Engine,
+    timeout: Duration,
+    gvisor_runtime: &str,
+) -> Result<super::Offer, SandboxError> {
+    let version = call_ok(
+        docker,
+        timeout,
+        "reading the engine version",
+        docker.version(),
+    )
+    .await?;
+    let info = call_ok(docker, timeout, "reading engine info", docker.info()).await?;
+    Ok(super::Offer::read(&version, &info, gvisor_runtime))
+}
+
 /// Whether an engine refusal is about `storage_opt` (the engine cannot limit storage).
 pub fn is_storage_refusal(error: &BollardError) -> bool {
     let m = message(error).to_ascii_lowercase();
@@ -327,28 +349,34 @@ pub async fn image_present(
 /// The error for an image that is missing and cannot be pulled.
 pub fn image_unavailable(image: &str, reason: &str) -> SandboxError {
     SandboxError::Backend(format!(
-        "image {image} is not available: the engine does not have it and pulling it failed ({reason}). \
+        "image {image} is not available: the engine does not have it, or a pull was asked for, and it could not be pulled ({reason}). \
          Provide it with `docker load -i FILE.tar` (or `docker pull {image}` where a registry is \
          reachable), or launch with `--image IMAGE` naming an image the engine has"
     ))
 }
 
-/// Makes sure `image` is present, pulling it if not; `progress` gets one line per pull
-/// status update.
+/// Makes sure `image` is present as `policy` says (pulled when missing, always, or
+/// never); `progress` gets one line per pull status update.
 ///
 /// # Errors
 ///
-/// The image is missing and cannot be pulled within `pull_timeout` (the error names the
-/// image and how to provide it).
+/// The image is missing and may not or cannot be pulled within `pull_timeout`, or a pull
+/// that `always` asks for fails (the error names the image and how to provide it).
 pub async fn ensure_image(
     docker: &Engine,
     timeout: Duration,
     pull_timeout: Duration,
-    image: &str,
+    (image, policy): (&str, PullPolicy),
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(), SandboxError> {
-    if image_present(docker, timeout, image).await? {
+    if policy != PullPolicy::Always && image_present(docker, timeout, image).await? {
         return Ok(());
+    }
+    if policy == PullPolicy::Never {
+        return Err(image_unavailable(
+            image,
+            "the pull policy is `never`, so it was not pulled",
+        ));
     }
     let (from_image, tag) = pull_reference(image);
     let mut options = CreateImageOptionsBuilder::default().from_image(&from_image);

@@ -2,7 +2,7 @@
 //! events (`events`), which call [`finalize`] when a container dies.
 
 use super::super::logfile::LogFile;
-use super::super::{AppState, LaunchSpec, Launched, SandboxError};
+use super::super::{AppState, Isolation, IsolationRequest, LaunchSpec, Launched, SandboxError};
 use super::report::StorageSupport;
 use super::spec::{self, container_name, Plan, LABEL_APP, LABEL_DAEMON};
 use super::{elf, engine, lock, logs, Entry, Inner};
@@ -52,10 +52,16 @@ pub(super) fn exit_state(
     }
 }
 
-pub(super) fn new_entry(app_id: &str, log: LogFile, container: Option<String>) -> Arc<Entry> {
+pub(super) fn new_entry(
+    app_id: &str,
+    log: LogFile,
+    container: Option<String>,
+    isolation: Isolation,
+) -> Arc<Entry> {
     Arc::new(Entry {
         app_id: app_id.to_string(),
         container: Mutex::new(container),
+        isolation,
         state: watch::Sender::new(AppState::Starting),
         stop_requested: AtomicBool::new(false),
         oom: AtomicBool::new(false),
@@ -67,7 +73,11 @@ pub(super) fn new_entry(app_id: &str, log: LogFile, container: Option<String>) -
 }
 
 /// Registers a new entry for the app unless a live one exists.
-fn register(inner: &Inner, spec: &LaunchSpec) -> Result<Arc<Entry>, SandboxError> {
+fn register(
+    inner: &Inner,
+    spec: &LaunchSpec,
+    isolation: Isolation,
+) -> Result<Arc<Entry>, SandboxError> {
     let mut apps = lock(&inner.apps);
     if apps
         .get(&spec.app_id)
@@ -76,7 +86,7 @@ fn register(inner: &Inner, spec: &LaunchSpec) -> Result<Arc<Entry>, SandboxError
         return Err(SandboxError::AlreadyRunning(spec.app_name.clone()));
     }
     let log = LogFile::open(&spec.log_path, spec.log_cap)?;
-    let entry = new_entry(&spec.app_id, log, None);
+    let entry = new_entry(&spec.app_id, log, None, isolation);
     apps.insert(spec.app_id.clone(), Arc::clone(&entry));
     Ok(entry)
 }
@@ -86,9 +96,10 @@ pub(super) async fn launch(
     spec: &LaunchSpec,
     labels: &HashMap<String, String>,
 ) -> Result<Launched, SandboxError> {
-    // Validate (root, host network) before touching anything.
-    spec::create_body(&plan(inner, spec, labels, None))?;
-    let entry = register(inner, spec)?;
+    // Validate (root, host network, the tier) before touching anything.
+    let tier = resolve(inner, spec).await?;
+    spec::create_body(&plan(inner, spec, labels, &tier, None))?;
+    let entry = register(inner, spec, tier.0)?;
     let mut warnings = Vec::new();
     if let Some(w) = elf::image_mismatch(&spec.app_dir.join(&spec.binary), &spec.image) {
         tracing::warn!(app = %spec.app_name, "{w}");
@@ -96,15 +107,16 @@ pub(super) async fn launch(
         warnings.push(w);
     }
     let _ = entry.log.write_marker(&format!(
-        "launching {} in a container (image {})",
-        spec.app_name, spec.image
+        "launching {} in a container (image {}, isolation {})",
+        spec.app_name, spec.image, tier.0
     ));
-    match start(inner, &entry, spec, labels, &mut warnings).await {
+    match start(inner, &entry, spec, (labels, &tier), &mut warnings).await {
         Ok(container_id) => {
             let state = entry.state.borrow().clone();
             Ok(Launched {
                 state,
                 container: Some(container_id),
+                isolation: Some(tier.0),
                 warnings,
             })
         }
@@ -118,10 +130,29 @@ pub(super) async fn launch(
     }
 }
 
+/// The tier the app runs under and the runtime to ask for. A miss is checked against a
+/// fresh reading of the engine (a runtime may have been registered since it was read).
+async fn resolve(
+    inner: &Inner,
+    spec: &LaunchSpec,
+) -> Result<(Isolation, Option<String>), SandboxError> {
+    let cached = lock(&inner.offer).clone();
+    let may_gain =
+        spec.isolation != IsolationRequest::Exactly(Isolation::Container) && cached.gvisor.is_err();
+    if !may_gain {
+        return cached.resolve(&spec.app_name, spec.isolation);
+    }
+    let timeout = inner.settings.engine_timeout;
+    let offer = engine::offer(&inner.docker, timeout, &inner.settings.gvisor_runtime).await?;
+    *lock(&inner.offer) = offer.clone();
+    offer.resolve(&spec.app_name, spec.isolation)
+}
+
 fn plan<'a>(
     inner: &'a Inner,
     spec: &'a LaunchSpec,
     labels: &'a HashMap<String, String>,
+    (isolation, runtime): &'a (Isolation, Option<String>),
     storage: Option<u64>,
 ) -> Plan<'a> {
     Plan {
@@ -130,7 +161,19 @@ fn plan<'a>(
         extra_labels: labels,
         storage,
         grace: inner.settings.grace,
+        isolation: *isolation,
+        runtime: runtime.as_deref(),
+        flavor: lock(&inner.offer).flavor,
     }
+}
+
+/// Removes container `id` and kills what it left on the host (`reap`).
+///
+/// # Errors
+///
+/// The engine did not remove it.
+pub(super) async fn remove(inner: &Inner, id: &str) -> Result<(), SandboxError> {
+    super::reap::remove(&inner.docker, inner.settings.engine_timeout, id).await
 }
 
 /// A leftover container with the app's name: ours and stopped is removed; someone else's
@@ -156,14 +199,14 @@ async fn clear_name(inner: &Inner, spec: &LaunchSpec) -> Result<(), SandboxError
     if found.state.and_then(|s| s.running) == Some(true) {
         return Err(SandboxError::AlreadyRunning(spec.app_name.clone()));
     }
-    engine::remove(&inner.docker, timeout, &name).await
+    remove(inner, found.id.as_deref().unwrap_or(&name)).await
 }
 
 async fn start(
     inner: &Arc<Inner>,
     entry: &Arc<Entry>,
     spec: &LaunchSpec,
-    labels: &HashMap<String, String>,
+    (labels, tier): (&HashMap<String, String>, &(Isolation, Option<String>)),
     warnings: &mut Vec<String>,
 ) -> Result<String, SandboxError> {
     let settings = &inner.settings;
@@ -179,7 +222,7 @@ async fn start(
         docker,
         timeout,
         settings.pull_timeout,
-        &spec.image,
+        (&spec.image, spec.pull),
         &mut progress,
     )
     .await?;
@@ -188,7 +231,7 @@ async fn start(
     let storage = settings
         .storage_limit
         .filter(|_| !matches!(*lock(&inner.storage), StorageSupport::Unsupported(_)));
-    let body = spec::create_body(&plan(inner, spec, labels, storage))?;
+    let body = spec::create_body(&plan(inner, spec, labels, tier, storage))?;
     let id = match engine::create(docker, timeout, &name, body).await? {
         Ok(id) => {
             if storage.is_some() {
@@ -199,7 +242,7 @@ async fn start(
         Err(e) if storage.is_some() && engine::is_storage_refusal(&e) => {
             tracing::info!("the engine refuses storage limits: {}", engine::message(&e));
             *lock(&inner.storage) = StorageSupport::Unsupported(engine::message(&e));
-            let body = spec::create_body(&plan(inner, spec, labels, None))?;
+            let body = spec::create_body(&plan(inner, spec, labels, tier, None))?;
             engine::create(docker, timeout, &name, body)
                 .await?
                 .map_err(|e| refused("create", &e))?
@@ -228,7 +271,7 @@ async fn start(
     let attached = match attached.await {
         Ok(a) => a,
         Err(e) => {
-            let _ = engine::remove(docker, timeout, &id).await;
+            let _ = remove(inner, &id).await;
             return Err(e);
         }
     };
@@ -243,11 +286,11 @@ async fn start(
     match started.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            let _ = engine::remove(docker, timeout, &id).await;
+            let _ = remove(inner, &id).await;
             return Err(start_refused(spec, &e));
         }
         Err(e) => {
-            let _ = engine::remove(docker, timeout, &id).await;
+            let _ = remove(inner, &id).await;
             return Err(e);
         }
     }
@@ -387,7 +430,7 @@ pub(super) async fn finalize(inner: &Arc<Inner>, entry: &Arc<Entry>, id: &str, h
     let _ = entry.log.write_marker(&marker);
     // Set before the state is published, so whoever sees the end also sees the note.
     *lock(&entry.exit_note) = note;
-    if let Err(e) = engine::remove(&inner.docker, timeout, id).await {
+    if let Err(e) = remove(inner, id).await {
         tracing::warn!(app_id = %entry.app_id, "cannot remove container: {e}");
     }
     tracing::info!(app_id = %entry.app_id, container = %short(id), state = %final_state, "container ended");

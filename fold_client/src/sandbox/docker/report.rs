@@ -2,7 +2,9 @@
 //! engine half of `fold_client doctor`.
 
 use super::engine::{self, call, call_ok, Engine};
+use super::offer::Flavor;
 use super::spec::LABEL_APP_NAME;
+use crate::sandbox::Isolation;
 use bollard::models::{ContainerCreateBody, HostConfig, SystemInfo};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -88,13 +90,28 @@ pub struct EngineReport {
     pub images: Vec<(String, bool)>,
     /// The engine's own warnings (`docker info`).
     pub engine_warnings: Vec<String>,
+    /// `docker` or `podman`.
+    pub flavor: Option<String>,
+    /// The isolation tiers the engine offers, weakest first.
+    pub tiers: Vec<Isolation>,
+    /// Why gVisor is not offered, with the fix.
+    pub gvisor_problem: Option<String>,
+    /// Whether a gVisor container was started (with an image present): `None` when it
+    /// started or was not tried, else why it failed.
+    pub gvisor_probe: Option<String>,
 }
 
 /// Label on the doctor's throwaway probe containers (no daemon adopts them).
 const PROBE_LABEL: &str = "io.foldclient.doctor";
 
-/// Builds the report: version, cgroups, storage and init support, image presence.
-pub async fn engine_report(host: &str, timeout: Duration, images: &[String]) -> EngineReport {
+/// Builds the report: version, cgroups, storage and init support, image presence, the
+/// engine's flavor and tiers (`gvisor_runtime`: the name gVisor is expected under).
+pub async fn engine_report(
+    host: &str,
+    timeout: Duration,
+    images: &[String],
+    gvisor_runtime: &str,
+) -> EngineReport {
     let mut report = EngineReport {
         host: host.to_string(),
         unreachable: None,
@@ -109,6 +126,10 @@ pub async fn engine_report(host: &str, timeout: Duration, images: &[String]) -> 
         limits_missing: Vec::new(),
         images: Vec::new(),
         engine_warnings: Vec::new(),
+        flavor: None,
+        tiers: Vec::new(),
+        gvisor_problem: None,
+        gvisor_probe: None,
     };
     let docker = match engine::connect(host, timeout).await {
         Ok(d) => d,
@@ -157,17 +178,35 @@ pub async fn engine_report(host: &str, timeout: Duration, images: &[String]) -> 
             .unwrap_or(false);
         report.images.push((image.clone(), present));
     }
+    let mut flavor = Flavor::Docker;
+    if let Ok(offer) = engine::offer(&docker, timeout, gvisor_runtime).await {
+        flavor = offer.flavor;
+        report.flavor = Some(offer.flavor.as_str().into());
+        report.tiers = offer.tiers();
+        report.gvisor_problem = offer.gvisor.clone().err();
+        if offer.flavor == Flavor::Podman {
+            // Podman's `info` never names its init binary (catatonit); only the probe
+            // below can tell whether `init: true` works.
+            report.init_problem = None;
+        }
+    }
     if let Some((image, _)) = report.images.iter().find(|(_, present)| *present).cloned() {
         if report.storage != StorageSupport::Supported {
-            report.storage = probe_storage(&docker, timeout, &image).await;
+            report.storage = probe_storage(&docker, timeout, (&image, flavor)).await;
         }
-        report.init_problem = probe_init(&docker, timeout, &image).await;
+        report.init_problem = probe_init(&docker, timeout, (&image, flavor), None).await;
         report.init_probed = true;
+        if report.tiers.contains(&Isolation::Gvisor) {
+            report.gvisor_probe =
+                probe_init(&docker, timeout, (&image, flavor), Some(gvisor_runtime)).await;
+        }
     }
     report
 }
 
-fn probe_body(image: &str, host_config: HostConfig) -> ContainerCreateBody {
+/// A probe container: no network, the rlimits every container of the daemon gets (Podman
+/// starts none without them), `host_config` for the rest.
+fn probe_body(image: &str, flavor: Flavor, host_config: HostConfig) -> ContainerCreateBody {
     ContainerCreateBody {
         image: Some(image.to_string()),
         entrypoint: Some(vec!["/fold_client_doctor_probe".into()]),
@@ -177,6 +216,7 @@ fn probe_body(image: &str, host_config: HostConfig) -> ContainerCreateBody {
         ])),
         host_config: Some(HostConfig {
             network_mode: Some("none".into()),
+            ulimits: Some(super::spec::rlimits(flavor, Isolation::Container, 1024, 32)),
             ..host_config
         }),
         ..Default::default()
@@ -188,10 +228,15 @@ fn probe_name(what: &str) -> String {
 }
 
 /// Creates (never starts) a container with a 1 GiB size limit; the engine refuses at create.
-async fn probe_storage(docker: &Engine, timeout: Duration, image: &str) -> StorageSupport {
+async fn probe_storage(
+    docker: &Engine,
+    timeout: Duration,
+    (image, flavor): (&str, Flavor),
+) -> StorageSupport {
     let name = probe_name("storage");
     let body = probe_body(
         image,
+        flavor,
         HostConfig {
             storage_opt: Some(HashMap::from([("size".to_string(), "1G".to_string())])),
             ..Default::default()
@@ -206,14 +251,22 @@ async fn probe_storage(docker: &Engine, timeout: Duration, image: &str) -> Stora
     result
 }
 
-/// Starts a container with `init: true` whose command does not exist: with a working init
-/// the start succeeds (init reports exit 127 inside); without one the start fails.
-async fn probe_init(docker: &Engine, timeout: Duration, image: &str) -> Option<String> {
-    let name = probe_name("init");
+/// Starts a container with `init: true` whose command does not exist, under `runtime`
+/// (the engine's default when `None`): with a working init and runtime the start succeeds
+/// (init reports exit 127 inside); without one the start fails.
+async fn probe_init(
+    docker: &Engine,
+    timeout: Duration,
+    (image, flavor): (&str, Flavor),
+    runtime: Option<&str>,
+) -> Option<String> {
+    let name = probe_name(if runtime.is_some() { "gvisor" } else { "init" });
     let body = probe_body(
         image,
+        flavor,
         HostConfig {
             init: Some(true),
+            runtime: runtime.map(str::to_string),
             ..Default::default()
         },
     );
@@ -239,7 +292,7 @@ async fn probe_init(docker: &Engine, timeout: Duration, image: &str) -> Option<S
         )),
         Err(e) => Some(e.to_string()),
     };
-    let _ = engine::remove(docker, timeout, &name).await;
+    let _ = super::reap::remove(docker, timeout, &name).await;
     problem
 }
 

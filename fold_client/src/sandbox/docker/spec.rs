@@ -1,7 +1,8 @@
 //! The container an app gets: every hardening setting in one pure function, so it can be
 //! read in one place and unit-tested without an engine.
 
-use super::super::{LaunchSpec, SandboxError};
+use super::super::{Isolation, LaunchSpec, SandboxError};
+use super::offer::Flavor;
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
     RestartPolicy, RestartPolicyNameEnum,
@@ -14,6 +15,8 @@ use std::time::Duration;
 pub const LABEL_APP: &str = "io.foldclient.app_id";
 /// Label naming the daemon that owns a container (`Config::daemon_label`).
 pub const LABEL_DAEMON: &str = "io.foldclient.daemon";
+/// Label naming the isolation tier the container runs under (`container`, `gvisor`).
+pub const LABEL_ISOLATION: &str = "io.foldclient.isolation";
 /// Label with the app's human name (informational).
 pub const LABEL_APP_NAME: &str = "io.foldclient.app_name";
 /// Where the app's socket directory is mounted (read-only) inside the container.
@@ -40,6 +43,12 @@ pub struct Plan<'a> {
     /// Grace between SIGTERM and SIGKILL (also recorded as the container's stop timeout,
     /// for operators who run `docker stop`).
     pub grace: Duration,
+    /// The tier the container runs under.
+    pub isolation: Isolation,
+    /// The OCI runtime to ask for (`None`: the engine's default, runc).
+    pub runtime: Option<&'a str>,
+    /// The engine that runs it (Docker or Podman differ in a few settings).
+    pub flavor: Flavor,
 }
 
 fn to_i64(value: u64) -> i64 {
@@ -103,11 +112,15 @@ pub fn create_body(plan: &Plan<'_>) -> Result<ContainerCreateBody, SandboxError>
     labels.insert(LABEL_APP.into(), spec.app_id.clone());
     labels.insert(LABEL_DAEMON.into(), plan.daemon_label.to_string());
     labels.insert(LABEL_APP_NAME.into(), spec.app_name.clone());
+    labels.insert(LABEL_ISOLATION.into(), plan.isolation.as_str().into());
     let credentials = format!("{SOCKET_MOUNT}/{}", spec.credentials_file);
-    let tmpfs = format!(
-        "rw,noexec,nosuid,nodev,size={},uid={},gid={}",
-        limits.tmpfs_bytes, spec.uid, spec.gid
-    );
+    let tmpfs = tmpfs_options(plan.flavor, spec);
+    if plan.isolation == Isolation::Gvisor && plan.runtime.is_none() {
+        return Err(refuse(format!(
+            "app {} asks for gVisor but no gVisor runtime was named",
+            spec.app_name
+        )));
+    }
     let host_config = HostConfig {
         mounts: Some(vec![
             bind(&spec.app_dir, APP_MOUNT),
@@ -117,12 +130,9 @@ pub fn create_body(plan: &Plan<'_>) -> Result<ContainerCreateBody, SandboxError>
         memory: Some(to_i64(limits.memory_bytes)),
         memory_swap: Some(to_i64(limits.memory_bytes)),
         nano_cpus: Some(to_i64(limits.nano_cpus)),
-        pids_limit: Some(to_i64(limits.pids)),
-        ulimits: Some(vec![ResourcesUlimits {
-            name: Some("nofile".into()),
-            soft: Some(to_i64(limits.nofile)),
-            hard: Some(to_i64(limits.nofile)),
-        }]),
+        pids_limit: Some(to_i64(pids_limit(plan.isolation, limits.pids))),
+        ulimits: Some(ulimits(plan)),
+        runtime: plan.runtime.map(str::to_string),
         tmpfs: Some(HashMap::from([("/tmp".to_string(), tmpfs)])),
         readonly_rootfs: Some(true),
         cap_drop: Some(vec!["ALL".into()]),
@@ -158,6 +168,7 @@ pub fn create_body(plan: &Plan<'_>) -> Result<ContainerCreateBody, SandboxError>
             format!("FOLD_CLIENT_SOCKET_DIR={SOCKET_MOUNT}"),
             format!("FOLD_CLIENT_CREDENTIALS={credentials}"),
             "FOLD_CLIENT_SANDBOX=docker".to_string(),
+            format!("FOLD_CLIENT_ISOLATION={}", plan.isolation),
         ]),
         user: Some(format!("{}:{}", spec.uid, spec.gid)),
         working_dir: Some(APP_MOUNT.into()),
@@ -172,6 +183,80 @@ pub fn create_body(plan: &Plan<'_>) -> Result<ContainerCreateBody, SandboxError>
         host_config: Some(host_config),
         ..Default::default()
     })
+}
+
+/// The options of the app's `/tmp` tmpfs: no exec, no setuid, no devices, capped, owned
+/// by the app's uid and gid.
+fn tmpfs_options(flavor: Flavor, spec: &LaunchSpec) -> String {
+    let size = spec.limits.tmpfs_bytes;
+    match flavor {
+        Flavor::Docker => format!(
+            "rw,noexec,nosuid,nodev,size={size},uid={},gid={}",
+            spec.uid, spec.gid
+        ),
+        // Podman refuses `uid=`/`gid=` ("unknown mount option"); `U` chowns the mount to
+        // the container's user instead.
+        Flavor::Podman => format!("rw,noexec,nosuid,nodev,size={size},U"),
+    }
+}
+
+/// Host tasks a gVisor sandbox runs for itself (the sentry's and gofer's threads: 38 when
+/// idle on this host class), which count against the container's pids cgroup.
+pub const GVISOR_PIDS_OVERHEAD: u64 = 64;
+
+/// Host tasks a gVisor sandbox needs per task of the app (measured on this host class with
+/// the ptrace platform: 30 app processes took 236 host tasks beyond the idle sandbox, about
+/// 8 each).
+pub const GVISOR_HOST_TASKS_PER_TASK: u64 = 10;
+
+/// The container's pids cgroup limit. Under runc it is the app's pids limit. Under gVisor
+/// the app's tasks live inside the sandbox, where the sentry enforces the app's limit as
+/// RLIMIT_NPROC (see [`ulimits`]); the cgroup then bounds the sandbox's host tasks, with room
+/// for the app to reach its own limit. Were the cgroup the app's limit, the sandbox would
+/// die at startup (measured: `--pids-limit 32` never starts) or when the app forks, instead
+/// of the app's fork failing with EAGAIN.
+fn pids_limit(isolation: Isolation, app_pids: u64) -> u64 {
+    match isolation {
+        Isolation::Container => app_pids,
+        Isolation::Gvisor => app_pids
+            .saturating_mul(GVISOR_HOST_TASKS_PER_TASK)
+            .saturating_add(GVISOR_PIDS_OVERHEAD),
+    }
+}
+
+/// RLIMIT_NPROC of a Podman container: below this host class's hard limit, far above
+/// what an app's pids limit lets it reach.
+const PODMAN_NPROC: u64 = 1024;
+
+/// The rlimits set explicitly: open files always. Processes (RLIMIT_NPROC) under gVisor,
+/// where the sentry enforces it on the app's tasks as the pids cgroup does under runc; and
+/// on Podman, whose default rlimits exceed this host class's hard limits and so fail every
+/// start (there the pids cgroup bounds the app, and RLIMIT_NPROC is only a ceiling).
+fn ulimits(plan: &Plan<'_>) -> Vec<ResourcesUlimits> {
+    let limits = &plan.spec.limits;
+    rlimits(plan.flavor, plan.isolation, limits.nofile, limits.pids)
+}
+
+/// [`ulimits`] from its parts, for any container the daemon creates (`doctor`'s probes too:
+/// on Podman a container without them does not start).
+pub fn rlimits(
+    flavor: Flavor,
+    isolation: Isolation,
+    nofile: u64,
+    pids: u64,
+) -> Vec<ResourcesUlimits> {
+    let limit = |name: &str, value: u64| ResourcesUlimits {
+        name: Some(name.into()),
+        soft: Some(to_i64(value)),
+        hard: Some(to_i64(value)),
+    };
+    let mut limits = vec![limit("nofile", nofile)];
+    if isolation == Isolation::Gvisor {
+        limits.push(limit("nproc", pids));
+    } else if flavor == Flavor::Podman {
+        limits.push(limit("nproc", PODMAN_NPROC));
+    }
+    limits
 }
 
 /// Splits an image reference into the `fromImage` and `tag` of a pull: `alpine` ->
@@ -209,6 +294,8 @@ mod tests {
             gid: 200_001,
             limits: ResourceLimits::default(),
             image: "alpine:latest".into(),
+            pull: crate::sandbox::PullPolicy::Missing,
+            isolation: crate::sandbox::IsolationRequest::Exactly(Isolation::Container),
             network: None,
             log_path: PathBuf::from("/state/logs/a.log"),
             log_cap: 1 << 20,
@@ -224,7 +311,61 @@ mod tests {
             extra_labels: extra,
             storage: None,
             grace: Duration::from_secs(5),
+            isolation: Isolation::Container,
+            runtime: None,
+            flavor: Flavor::Docker,
         }
+    }
+
+    #[test]
+    fn gvisor_names_its_runtime_and_counts_the_sandboxs_own_tasks() {
+        let spec = spec();
+        let extra = HashMap::new();
+        let mut gvisor = plan(&spec, &extra);
+        gvisor.isolation = Isolation::Gvisor;
+        assert!(
+            create_body(&gvisor).is_err(),
+            "gVisor without a runtime name"
+        );
+        gvisor.runtime = Some("runsc");
+        let body = create_body(&gvisor).unwrap();
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.runtime.as_deref(), Some("runsc"));
+        assert_eq!(
+            hc.pids_limit,
+            Some((64 * GVISOR_HOST_TASKS_PER_TASK + GVISOR_PIDS_OVERHEAD) as i64)
+        );
+        let nproc = hc
+            .ulimits
+            .unwrap()
+            .into_iter()
+            .find(|u| u.name.as_deref() == Some("nproc"));
+        assert_eq!(
+            nproc.and_then(|u| u.hard),
+            Some(64),
+            "the app's own limit, in the sentry"
+        );
+        let labels = body.labels.unwrap();
+        assert_eq!(labels[LABEL_ISOLATION], "gvisor");
+        assert!(body
+            .env
+            .unwrap()
+            .contains(&"FOLD_CLIENT_ISOLATION=gvisor".to_string()));
+    }
+
+    #[test]
+    fn podman_gets_the_tmpfs_and_rlimit_options_it_accepts() {
+        let spec = spec();
+        let extra = HashMap::new();
+        let mut podman = plan(&spec, &extra);
+        podman.flavor = Flavor::Podman;
+        let hc = create_body(&podman).unwrap().host_config.unwrap();
+        let tmpfs = &hc.tmpfs.unwrap()["/tmp"];
+        assert!(tmpfs.ends_with(",U") && !tmpfs.contains("uid="), "{tmpfs}");
+        let ulimits = hc.ulimits.unwrap();
+        let names: Vec<_> = ulimits.iter().filter_map(|u| u.name.as_deref()).collect();
+        assert_eq!(names, ["nofile", "nproc"]);
+        assert_eq!(ulimits[1].hard, Some(PODMAN_NPROC as i64));
     }
 
     #[test]

@@ -241,6 +241,50 @@ async fn daemons_with_different_labels_never_touch_each_others_containers() {
 async fn doctor_reports_engine_storage_init_and_socket_modes() {
     let _env = setup();
     let d = DockerDaemon::start(&format!("default_image = \"{}\"", fold_testkit::BASE_IMAGE)).await;
+    let (checks, code) = doctor(&d).await;
+    let check = |name: &str| check_named(&checks, name);
+    assert_eq!(check("daemon")["status"], "ok");
+    let engine = check("engine");
+    assert_eq!(engine["status"], "ok", "{engine}");
+    assert!(
+        engine["detail"].as_str().unwrap().contains("API"),
+        "{engine}"
+    );
+    assert_eq!(check("cgroups")["status"], "ok");
+    let storage = check("storage-opt");
+    assert!(["ok", "warn"].contains(&storage["status"].as_str().unwrap()));
+    if storage["status"] == "warn" {
+        assert!(
+            storage["detail"].as_str().unwrap().contains("not enforced"),
+            "{storage}"
+        );
+        assert!(storage["fix"].is_string());
+    }
+    let init = check("init");
+    assert_eq!(init["status"], "ok", "{init}");
+    assert!(
+        init["detail"].as_str().unwrap().contains("probed"),
+        "{init}"
+    );
+    assert_eq!(check("image")["status"], "ok");
+    assert_eq!(check("socket root")["status"], "ok", "{checks}");
+    let isolation = check("isolation");
+    assert_eq!(isolation["status"], "ok", "{isolation}");
+    let offered = if fold_testkit::gvisor_available() {
+        "offers isolation container, gvisor"
+    } else {
+        "offers isolation container"
+    };
+    assert!(
+        isolation["detail"].as_str().unwrap().contains(offered),
+        "{isolation}"
+    );
+    assert_eq!(code, Some(0), "{checks}");
+    d.stop().await;
+}
+
+/// Runs `fold_client --json doctor` against `d`'s state and engine: its checks and exit code.
+pub async fn doctor(d: &DockerDaemon) -> (serde_json::Value, Option<i32>) {
     let state = d.config.state_dir.clone();
     let config_file = d.dir.path().join("fold.toml");
     std::fs::write(
@@ -271,40 +315,16 @@ async fn doctor_reports_engine_storage_init_and_socket_modes() {
     .unwrap();
     let checks: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
-    let check = |name: &str| {
-        checks
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["check"] == name)
-            .unwrap_or_else(|| panic!("no {name} check in {checks}"))
-            .clone()
-    };
-    assert_eq!(check("daemon")["status"], "ok");
-    let engine = check("engine");
-    assert_eq!(engine["status"], "ok", "{engine}");
-    assert!(
-        engine["detail"].as_str().unwrap().contains("API"),
-        "{engine}"
-    );
-    assert_eq!(check("cgroups")["status"], "ok");
-    let storage = check("storage-opt");
-    assert!(["ok", "warn"].contains(&storage["status"].as_str().unwrap()));
-    if storage["status"] == "warn" {
-        assert!(
-            storage["detail"].as_str().unwrap().contains("not enforced"),
-            "{storage}"
-        );
-        assert!(storage["fix"].is_string());
-    }
-    let init = check("init");
-    assert_eq!(init["status"], "ok", "{init}");
-    assert!(
-        init["detail"].as_str().unwrap().contains("probed"),
-        "{init}"
-    );
-    assert_eq!(check("image")["status"], "ok");
-    assert_eq!(check("socket root")["status"], "ok", "{checks}");
-    assert_eq!(out.status.code(), Some(0), "{checks}");
-    d.stop().await;
+    (checks, out.status.code())
+}
+
+/// The check called `name`; fails the test when there is none.
+pub fn check_named(checks: &serde_json::Value, name: &str) -> serde_json::Value {
+    checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {checks}"))
+        .clone()
 }

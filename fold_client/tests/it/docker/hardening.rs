@@ -5,6 +5,7 @@
 
 use super::{inspect, launch, ps_row, setup, steps, wait_for_text, DockerDaemon, TIMEOUT};
 use fold_client::admin::protocol::{InstallResponse, RestartMode, RunRequest, StopRequest};
+use fold_client::sandbox::{Isolation, IsolationRequest};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -13,9 +14,23 @@ use std::time::Duration;
 #[ignore = "needs a Docker engine"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
+    hardened_app_queries_through_the_mounted_socket(Isolation::Container).await;
+}
+
+/// Installs the test app under `isolation`, launches it with every probe, checks what it
+/// saw, the engine's view, the audit, a refused host peer, a stop, and direct mode.
+pub async fn hardened_app_queries_through_the_mounted_socket(isolation: Isolation) {
     let env = setup();
     let d = DockerDaemon::start("").await;
-    let view = d.install("hardy", &env, Some("64m")).await;
+    let view = d
+        .install_as(
+            "hardy",
+            &env,
+            Some("64m"),
+            Some(IsolationRequest::Exactly(isolation)),
+        )
+        .await;
+    assert_eq!(view.app.isolation, IsolationRequest::Exactly(isolation));
     let (app_id, uid) = (view.app.id.clone(), u64::from(view.app.uid));
     let log = view.app.log.clone();
 
@@ -30,6 +45,7 @@ async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
         .unwrap();
     assert_eq!(r.sandbox, "docker");
     assert!(r.sandboxed);
+    assert_eq!(r.isolation, Some(isolation));
     let id = r.container.clone().unwrap();
     // overlay2 on ext4 (the build machines) refuses storage limits: said, never failed.
     let storage_enforced = !r
@@ -56,21 +72,28 @@ async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
         &serde_json::json!([
             "FOLD_CLIENT_APP_ID",
             "FOLD_CLIENT_CREDENTIALS",
+            "FOLD_CLIENT_ISOLATION",
             "FOLD_CLIENT_SANDBOX",
             "FOLD_CLIENT_SOCKET_DIR"
         ]),
         "no token in the environment"
     );
 
-    check_inspect(&d, &id, &app_id, uid, storage_enforced).await;
-    assert_eq!(
-        ps_row(&d.config.admin_socket, "hardy").await.unwrap().state,
-        "running"
-    );
+    check_inspect(&d, &id, &app_id, uid, storage_enforced, isolation).await;
+    let row = ps_row(&d.config.admin_socket, "hardy").await.unwrap();
+    assert_eq!(row.state, "running");
+    assert_eq!(row.isolation, Some(isolation));
 
-    // The audit shows signed, allowed requests from the container.
+    // The audit shows the launch's tier and signed, allowed requests from the container.
     d.shared.audit.flush().await;
     let audit = std::fs::read_to_string(d.config.audit_path()).unwrap();
+    let tier = format!("isolation {}", isolation.as_str());
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"launch\"") && l.contains(&tier) && l.contains(&id[..12])),
+        "launch audited with its tier: {audit}"
+    );
     assert!(audit.lines().any(|l| l.contains(&app_id)
         && l.contains("\"verdict\":\"allow\"")
         && l.contains("\"auth\":\"signed\"")));
@@ -82,8 +105,10 @@ async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
     d.shared.audit.flush().await;
     let audit = std::fs::read_to_string(d.config.audit_path()).unwrap();
     assert!(
-        audit.contains("not in the app's container"),
-        "peer rejection audited"
+        audit
+            .lines()
+            .any(|l| l.contains("peer_rejected") && l.contains(&app_id)),
+        "peer rejection audited: {audit}"
     );
 
     let start = std::time::Instant::now();
@@ -129,7 +154,7 @@ async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
 
 /// The test app as a host process with the app's uid, gid and credentials, ready to run
 /// `query` against the app's socket.
-fn host_client(
+pub fn host_client(
     d: &DockerDaemon,
     env: &super::Env,
     view: &InstallResponse,
@@ -218,8 +243,16 @@ async fn a_host_process_is_refused_after_a_graceful_restart_stopped_the_containe
     d.stop().await;
 }
 
-async fn check_inspect(d: &DockerDaemon, id: &str, app_id: &str, uid: u64, storage: bool) {
+async fn check_inspect(
+    d: &DockerDaemon,
+    id: &str,
+    app_id: &str,
+    uid: u64,
+    storage: bool,
+    isolation: Isolation,
+) {
     let c = inspect(id).await.expect("running container");
+    let points = c.mounts.clone().unwrap_or_default();
     assert_eq!(
         c.name.as_deref(),
         Some(format!("/fold_client_{app_id}").as_str())
@@ -229,7 +262,13 @@ async fn check_inspect(d: &DockerDaemon, id: &str, app_id: &str, uid: u64, stora
     let labels = config.labels.unwrap();
     assert_eq!(labels["io.foldclient.app_id"], app_id);
     assert_eq!(labels["io.foldclient.daemon"], d.config.daemon_label);
-    assert_eq!(config.image.as_deref(), Some(fold_testkit::BASE_IMAGE));
+    // Podman names the image with its registry (docker.io/...).
+    let image = config.image.as_deref().unwrap_or_default();
+    assert!(
+        image == fold_testkit::BASE_IMAGE
+            || image.strip_prefix("docker.io/") == Some(fold_testkit::BASE_IMAGE),
+        "{image}"
+    );
     assert_eq!(config.entrypoint, Some(vec!["/app/test_app".to_string()]));
     assert_eq!(config.user, Some(format!("{uid}:{uid}")));
     let env = config.env.unwrap();
@@ -238,28 +277,86 @@ async fn check_inspect(d: &DockerDaemon, id: &str, app_id: &str, uid: u64, stora
         &"FOLD_CLIENT_CREDENTIALS=/tmp/fold_client_sockets/credentials.json".to_string()
     ));
     assert!(env.contains(&format!("FOLD_CLIENT_APP_ID={app_id}")));
+    assert!(env.contains(&format!("FOLD_CLIENT_ISOLATION={}", isolation.as_str())));
     assert!(!env.iter().any(|e| e.contains("TOKEN")), "{env:?}");
+    assert_eq!(
+        labels["io.foldclient.isolation"],
+        isolation.as_str(),
+        "the tier is labelled, for adoption"
+    );
     let hc = c.host_config.unwrap();
+    let podman = fold_testkit::engine_is_podman();
+    match isolation {
+        // Podman names its own default runtime (runc or crun), Docker says runc.
+        Isolation::Container if podman => {}
+        Isolation::Container => assert_eq!(hc.runtime.as_deref(), Some("runc")),
+        Isolation::Gvisor => assert_eq!(hc.runtime.as_deref(), Some("runsc")),
+    }
     assert_eq!(hc.network_mode.as_deref(), Some("none"));
     assert_eq!(hc.memory, Some(64 << 20));
     assert_eq!(hc.memory_swap, hc.memory, "no swap");
     assert_eq!(hc.nano_cpus, Some(500_000_000));
-    assert_eq!(hc.pids_limit, Some(32));
     let ulimits = hc.ulimits.unwrap();
-    assert_eq!(ulimits[0].name.as_deref(), Some("nofile"));
+    // Podman answers with the kernel's names (RLIMIT_NOFILE).
+    let name = |u: &bollard::models::ResourcesUlimits| {
+        let name = u.name.clone().unwrap_or_default().to_ascii_lowercase();
+        name.strip_prefix("rlimit_")
+            .map(str::to_string)
+            .unwrap_or(name)
+    };
+    assert_eq!(name(&ulimits[0]), "nofile");
     assert_eq!((ulimits[0].soft, ulimits[0].hard), (Some(1024), Some(1024)));
+    // Under gVisor the sentry holds the app to its pids limit (RLIMIT_NPROC), and the
+    // cgroup bounds the sandbox's host tasks.
+    use fold_client::sandbox::docker::spec::{GVISOR_HOST_TASKS_PER_TASK, GVISOR_PIDS_OVERHEAD};
+    match isolation {
+        Isolation::Container if podman => {
+            assert_eq!(hc.pids_limit, Some(32));
+            let nproc = ulimits.iter().find(|u| name(u) == "nproc");
+            assert!(
+                nproc.is_some(),
+                "Podman needs an explicit nproc: {ulimits:?}"
+            );
+        }
+        Isolation::Container => assert_eq!(hc.pids_limit, Some(32)),
+        Isolation::Gvisor => {
+            let host = 32 * GVISOR_HOST_TASKS_PER_TASK + GVISOR_PIDS_OVERHEAD;
+            assert_eq!(hc.pids_limit, Some(host as i64));
+            assert_eq!(name(&ulimits[1]), "nproc");
+            assert_eq!((ulimits[1].soft, ulimits[1].hard), (Some(32), Some(32)));
+        }
+    }
     let tmpfs = &hc.tmpfs.unwrap()["/tmp"];
-    for part in [
-        "noexec",
-        "nosuid",
-        "size=",
-        &format!("uid={uid}"),
-        &format!("gid={uid}"),
-    ] {
-        assert!(tmpfs.contains(part), "{part} missing in {tmpfs}");
+    // Owned by the app's uid (Podman is asked with `U` and reports the ids it resolved).
+    let owner = [format!("uid={uid}"), format!("gid={uid}")];
+    for part in ["noexec", "nosuid", "size="]
+        .iter()
+        .map(|p| p.to_string())
+        .chain(owner)
+    {
+        assert!(tmpfs.contains(&part), "{part} missing in {tmpfs}");
     }
     assert_eq!(hc.readonly_rootfs, Some(true));
-    assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+    // Podman reports ALL as the capabilities it dropped, one by one (the app's own probe
+    // saw an empty effective set on both engines).
+    let dropped = hc.cap_drop.clone().unwrap_or_default();
+    if podman {
+        for cap in [
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "NET_RAW",
+            "SETUID",
+            "SETGID",
+            "SYS_CHROOT",
+        ] {
+            assert!(
+                dropped.iter().any(|c| c == cap),
+                "{cap} not dropped: {dropped:?}"
+            );
+        }
+    } else {
+        assert_eq!(dropped, ["ALL"]);
+    }
     assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
     assert_eq!(hc.init, Some(true));
     assert_eq!(hc.privileged, Some(false));
@@ -272,24 +369,20 @@ async fn check_inspect(d: &DockerDaemon, id: &str, app_id: &str, uid: u64, stora
             "never set where refused: {storage_opt:?}"
         );
     }
-    let mounts = hc.mounts.unwrap();
+    // The engine's record of what is mounted (Podman leaves HostConfig.Mounts empty).
     let mount = |target: &str| {
-        mounts
+        points
             .iter()
-            .find(|m| m.target.as_deref() == Some(target))
-            .unwrap_or_else(|| panic!("no mount at {target}: {mounts:?}"))
+            .find(|m| m.destination.as_deref() == Some(target))
+            .unwrap_or_else(|| panic!("no mount at {target}: {points:?}"))
             .clone()
     };
-    let app = mount("/app");
-    assert_eq!(app.read_only, Some(true));
-    assert_eq!(
-        app.source,
-        Some(d.shared.app_dir(app_id).display().to_string())
-    );
-    let sockets = mount("/tmp/fold_client_sockets");
-    assert_eq!(sockets.read_only, Some(true));
-    assert_eq!(
-        sockets.source,
-        Some(d.shared.socket_dir(app_id).display().to_string())
-    );
+    for (target, source) in [
+        ("/app", d.shared.app_dir(app_id)),
+        ("/tmp/fold_client_sockets", d.shared.socket_dir(app_id)),
+    ] {
+        let point = mount(target);
+        assert_eq!(point.rw, Some(false), "{target} is read-only: {point:?}");
+        assert_eq!(point.source, Some(source.display().to_string()));
+    }
 }

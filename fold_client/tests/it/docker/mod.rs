@@ -8,8 +8,10 @@
 //! run as their app's non-root uid, which owns the app's socket directory.
 
 mod adoption;
+mod gvisor_tier;
 mod hardening;
 mod lifecycle;
+mod podman_engine;
 
 use fold_client::admin::protocol::{
     InstallRequest, InstallResponse, LaunchRequest, PsRequest, PsRow, RestartMode,
@@ -17,6 +19,7 @@ use fold_client::admin::protocol::{
 use fold_client::admin::{AdminCall, AdminClient};
 use fold_client::config::{Config, FileConfig, Overrides};
 use fold_client::daemon::{self, Shared};
+use fold_client::sandbox::IsolationRequest;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -133,14 +136,20 @@ impl DockerDaemon {
 
     /// Installs the test app as `name` (grants on schema `post`); returns its view.
     pub async fn install(&self, name: &str, env: &Env, memory: Option<&str>) -> InstallResponse {
-        install(
-            &self.config.admin_socket,
-            name,
-            &env.app,
-            &env.image,
-            memory,
-        )
-        .await
+        self.install_as(name, env, memory, None).await
+    }
+
+    /// [`DockerDaemon::install`] asking for an isolation tier (`None`: the config's).
+    pub async fn install_as(
+        &self,
+        name: &str,
+        env: &Env,
+        memory: Option<&str>,
+        isolation: Option<IsolationRequest>,
+    ) -> InstallResponse {
+        let mut request = install_request(name, &env.app, &env.image, memory);
+        request.isolation = isolation;
+        call(&self.config.admin_socket, request).await.unwrap()
     }
 
     pub async fn stop(self) {
@@ -163,13 +172,25 @@ pub async fn install(
     image: &str,
     memory: Option<&str>,
 ) -> InstallResponse {
+    call(socket, install_request(name, binary, image, memory))
+        .await
+        .unwrap()
+}
+
+/// The test apps' install: grants on `post`, half a CPU, 32 pids.
+pub fn install_request(
+    name: &str,
+    binary: &Path,
+    image: &str,
+    memory: Option<&str>,
+) -> InstallRequest {
     let mut install = InstallRequest::new(name, binary);
     install.grants = vec!["*:post".parse().unwrap()];
     install.image = Some(image.into());
     install.memory_bytes = memory.map(|m| fold_client::admin::parse_size(m).unwrap());
     install.cpus = Some(0.5);
     install.pids = Some(32);
-    call(socket, install).await.unwrap()
+    install
 }
 
 /// A launch with explicit options.
