@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the social example app end to end, sandboxed in a hardened Docker container:
+# Runs the social example app end to end, sandboxed in a hardened container (Docker, or
+# Podman through its Docker-compatible API), under the isolation tier asked for:
 #
 #   1. builds the fold_client daemon and the social app (static, so it runs in any image);
 #   2. makes sure a base image is present: alpine:latest if it can be had, else the local
@@ -9,10 +10,15 @@
 #   5. launches it, waits for it, prints its output and a short audit summary;
 #   6. stops everything it started and removes the state (KEEP_STATE=1 keeps it).
 #
-# Usage: scripts/run_social_app.sh [--direct] [--release]
+# Usage: scripts/run_social_app.sh [--direct] [--release] [--isolation TIER] [--engine ENGINE]
 #
-#   --direct    dev mode: run the app as a host process, NOT sandboxed (no Docker needed)
-#   --release   build the daemon with the release profile (default: dev, shared with tests)
+#   --direct          dev mode: run the app as a host process, NOT sandboxed (no engine needed)
+#   --release         build the daemon with the release profile (default: dev, shared with tests)
+#   --isolation TIER  container (runc, the default), gvisor (needs runsc registered with the
+#                     engine; see docs/operations.md) or auto (the strongest tier offered)
+#   --engine ENGINE   docker (default: DOCKER_HOST or the local socket) or podman (starts
+#                     `podman system service` on a socket of its own for the run, unless
+#                     DOCKER_HOST already points at one)
 #
 # Environment: KEEP_STATE=1 keeps the state directory (printed at the end);
 # FOLD_APP_IMAGE=IMAGE uses that image instead; FOLD_PULL_TIMEOUT_SECS (default 60) bounds
@@ -27,10 +33,19 @@ cd "$ROOT"
 
 MODE=docker
 PROFILE=dev
-for arg in "$@"; do
+ISOLATION=container
+ENGINE=docker
+while [ "$#" -gt 0 ]; do
+    arg="$1"
+    shift
     case "$arg" in
         --direct) MODE=direct ;;
         --release) PROFILE=release ;;
+        --isolation | --engine)
+            [ "$#" -gt 0 ] || { echo "run_social_app.sh: $arg needs a value" >&2; exit 2; }
+            if [ "$arg" = --isolation ]; then ISOLATION="$1"; else ENGINE="$1"; fi
+            shift
+            ;;
         -h | --help)
             awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
             exit 0
@@ -41,6 +56,20 @@ for arg in "$@"; do
             ;;
     esac
 done
+case "$ISOLATION" in container | gvisor | auto) ;; *)
+    echo "run_social_app.sh: --isolation must be container, gvisor or auto (got $ISOLATION)" >&2
+    exit 2
+    ;;
+esac
+case "$ENGINE" in docker | podman) ;; *)
+    echo "run_social_app.sh: --engine must be docker or podman (got $ENGINE)" >&2
+    exit 2
+    ;;
+esac
+if [ "$MODE" = direct ] && { [ "$ISOLATION" != container ] || [ "$ENGINE" != docker ]; }; then
+    echo "run_social_app.sh: --direct runs on the host: no --isolation or --engine" >&2
+    exit 2
+fi
 
 APP=social
 # The operator's decision: exactly what the app needs (`social_app --print-grants`).
@@ -61,6 +90,7 @@ BUILD_TIMEOUT=1800
 STATE_ROOT=""
 FC=""
 DAEMON_PID=""
+PODMAN_PID=""
 STEP_START=$SECONDS
 
 step() {
@@ -106,6 +136,11 @@ cleanup() {
         fi
         wait "$DAEMON_PID" 2>/dev/null || true
     fi
+    if [ -n "$PODMAN_PID" ] && kill -0 "$PODMAN_PID" 2>/dev/null; then
+        echo "==> stopping the podman service (pid $PODMAN_PID)"
+        kill -TERM "$PODMAN_PID" 2>/dev/null || true
+        wait "$PODMAN_PID" 2>/dev/null || true
+    fi
     if [ "$rc" -ne 0 ] && [ -n "$STATE_ROOT" ] && [ -s "$STATE_ROOT/daemon.log" ]; then
         echo "---- daemon log (last 20 lines) ----" >&2
         tail -n 20 "$STATE_ROOT/daemon.log" >&2
@@ -138,13 +173,36 @@ fc() {
 }
 
 # ---------------------------------------------------------------------------------------
+STATE_ROOT="$(mktemp -d /tmp/fold_social.XXXXXX)" # short: socket paths are limited
+# Searchable (not listable) by the app's uid: in dev mode as root the app runs as its own
+# uid and reaches its binary and socket through this directory.
+chmod 711 "$STATE_ROOT"
+STATE="$STATE_ROOT/state"
+
+if [ "$ENGINE" = podman ] && [ -z "${DOCKER_HOST:-}" ]; then
+    step "starting Podman's Docker-compatible API for this run"
+    command -v podman >/dev/null 2>&1 ||
+        die "podman is not installed (apt-get install podman catatonit)"
+    podman_socket="$STATE_ROOT/podman.sock"
+    podman system service --time=0 "unix://$podman_socket" >"$STATE_ROOT/podman.log" 2>&1 &
+    PODMAN_PID=$!
+    export DOCKER_HOST="unix://$podman_socket"
+    deadline=$((SECONDS + 30))
+    until timeout 20 docker version >/dev/null 2>&1; do
+        kill -0 "$PODMAN_PID" 2>/dev/null || die "podman system service exited: $(tail -n 5 "$STATE_ROOT/podman.log")"
+        [ "$SECONDS" -lt "$deadline" ] || die "podman system service did not answer within 30 s"
+        sleep 0.2
+    done
+    echo "podman answers at $DOCKER_HOST"
+fi
+
 if [ "$MODE" = docker ]; then
-    step "checking the Docker engine"
+    step "checking the container engine ($ENGINE, isolation $ISOLATION)"
     command -v docker >/dev/null 2>&1 || no_engine "the docker command is not installed"
     if ! engine="$(timeout 20 docker version --format '{{.Server.Version}}' 2>&1)"; then
         no_engine "$(printf '%s' "$engine" | tail -n 1)"
     fi
-    echo "Docker engine $engine"
+    echo "engine $engine at ${DOCKER_HOST:-unix:///var/run/docker.sock}"
 else
     step "dev mode (--direct): the app will run on this host, NOT SANDBOXED"
 fi
@@ -218,9 +276,6 @@ import_base_image() {
     tar -C "$rootfs" --owner=0 --group=0 --numeric-owner -cf - . |
         timeout 180 docker import \
             --change "LABEL $BASE_LABEL=$BASE_LAYOUT_VERSION" \
-            --change 'ENV PATH=/bin' \
-            --change 'WORKDIR /' \
-            --change 'CMD ["/bin/sh"]' \
             --message 'fold_client base image (busybox-static)' \
             - "$BASE_IMAGE" >/dev/null
     rm -rf "$rootfs"
@@ -233,12 +288,6 @@ base_image_is_current() {
         "$BASE_IMAGE" 2>/dev/null)" || return 1
     [ "$label" = "$BASE_LAYOUT_VERSION" ]
 }
-
-STATE_ROOT="$(mktemp -d /tmp/fold_social.XXXXXX)" # short: socket paths are limited
-# Searchable (not listable) by the app's uid: in dev mode as root the app runs as its own
-# uid and reaches its binary and socket through this directory.
-chmod 711 "$STATE_ROOT"
-STATE="$STATE_ROOT/state"
 
 IMAGE=""
 if [ "$MODE" = docker ]; then
@@ -281,7 +330,7 @@ echo "daemon running (pid $DAEMON_PID)"
 
 step "installing $APP with grants: ${GRANTS[*]}"
 install_args=(app install "$APP" --binary "$APP_BIN")
-[ -n "$IMAGE" ] && install_args+=(--image "$IMAGE")
+[ -n "$IMAGE" ] && install_args+=(--image "$IMAGE" --isolation "$ISOLATION")
 for grant in "${GRANTS[@]}"; do
     install_args+=(--grant "$grant")
 done
@@ -292,7 +341,7 @@ shown='^(id|uid) '
 grep -E "$shown" "$STATE_ROOT/install.txt" | sed 's/^/  /'
 
 if [ "$MODE" = docker ]; then
-    step "launching $APP sandboxed in Docker ($IMAGE) and waiting for it"
+    step "launching $APP sandboxed ($ENGINE, isolation $ISOLATION, image $IMAGE) and waiting for it"
     launch_args=(app launch "$APP" --wait --restart never)
 else
     step "launching $APP in dev mode (direct, NOT SANDBOXED) and waiting for it"
@@ -335,7 +384,8 @@ if ! grep -q 'social_app: done' <<<"$app_log"; then
 fi
 echo
 if [ "$MODE" = docker ]; then
-    echo "OK: the social app ran sandboxed in Docker ($IMAGE) and exited 0"
+    tier="$(grep -- '"event":"launch"' <<<"$audit" | grep -o 'isolation [a-z]*' | tail -n 1)"
+    echo "OK: the social app ran sandboxed ($ENGINE, ${tier:-isolation ?}, image $IMAGE) and exited 0"
 else
     echo "OK: the social app ran in dev mode (NOT SANDBOXED) and exited 0"
 fi

@@ -360,7 +360,7 @@ async fn check_inspect(
     assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
     assert_eq!(hc.init, Some(true));
     assert_eq!(hc.privileged, Some(false));
-    let storage_opt = hc.storage_opt.clone().unwrap_or_default();
+    let storage_opt = hc.storage_opt.unwrap_or_default();
     if storage {
         assert!(storage_opt.contains_key("size"), "{storage_opt:?}");
     } else {
