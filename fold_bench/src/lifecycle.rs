@@ -17,6 +17,8 @@ use anyhow::{bail, Context as _, Result};
 use fold_client::admin::protocol::{LaunchRequest, RestartMode, StopRequest, WaitRequest};
 use fold_client::config::{Config, FileConfig, Overrides};
 use fold_client::daemon::{self, Shared};
+use fold_client::sandbox::docker::spec::{GVISOR_HOST_TASKS_PER_TASK, GVISOR_PIDS_OVERHEAD};
+use fold_client::sandbox::Isolation;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -99,11 +101,14 @@ pub fn launch_config_text(label: &str, uid_base: u32) -> String {
 }
 
 impl LaunchDaemon {
-    async fn start(tag: &str) -> Result<LaunchDaemon> {
+    /// Starts a daemon with its own state, label (`tag`) and uid range.
+    pub(crate) async fn start(tag: &str) -> Result<LaunchDaemon> {
         let dir = tempfile::Builder::new().prefix("fbl").tempdir_in("/tmp")?;
         let state_dir = dir.path().join("state");
         let label = format!("fold-bench-{tag}-{}", std::process::id());
-        let uid_base = 700_000 + (std::process::id() % 1000) * 100;
+        // Each daemon of this process its own range: tags differ in their first letters.
+        let tag_offset = u32::from(tag.as_bytes()[0] % 32) * 100_000;
+        let uid_base = 700_000 + tag_offset + (std::process::id() % 1000) * 100;
         let text = launch_config_text(&label, uid_base);
         let config_file = dir.path().join("fold_client.toml");
         std::fs::write(&config_file, &text)?;
@@ -126,7 +131,7 @@ impl LaunchDaemon {
 }
 
 /// Waits (polling every 200 µs) until the daemon has answered more than `before` requests.
-fn wait_answer(shared: &Shared, before: u64, within: Duration) -> Result<Instant> {
+pub(crate) fn wait_answer(shared: &Shared, before: u64, within: Duration) -> Result<Instant> {
     let deadline = Instant::now() + within;
     loop {
         if shared.metrics.requests() > before {
@@ -139,71 +144,80 @@ fn wait_answer(shared: &Shared, before: u64, within: Duration) -> Result<Instant
     }
 }
 
-/// `docker run --rm` with the flags the Docker backend gives the app's container.
-fn docker_run_command(
+/// `docker run --rm` with the flags the Docker backend gives the app's container under
+/// `isolation` (under gVisor: the runtime, the sandbox's pids headroom, nproc).
+pub(crate) fn docker_run_command(
     shared: &Shared,
     app: &fold_client::registry::App,
     image: &str,
     args: &[&str],
+    isolation: Isolation,
 ) -> Command {
     let l = &app.limits;
     let socket_dir = shared.socket_dir(&app.id);
     let mut cmd = Command::new("docker");
-    cmd.args(["run", "--rm", "--network", "none", "--read-only"])
-        .args([
-            "--cap-drop",
-            "ALL",
-            "--security-opt",
-            "no-new-privileges",
-            "--init",
-        ])
-        .args(["--user", &format!("{}:{}", app.uid, app.gid)])
-        .args(["--memory", &l.memory_bytes.to_string()])
-        .args(["--memory-swap", &l.memory_bytes.to_string()])
-        .args(["--cpus", &format!("{}", l.nano_cpus as f64 / 1e9)])
-        .args(["--pids-limit", &l.pids.to_string()])
-        .args(["--ulimit", &format!("nofile={0}:{0}", l.nofile)])
-        .args([
-            "--tmpfs",
-            &format!(
-                "/tmp:rw,noexec,nosuid,nodev,size={},uid={},gid={}",
-                l.tmpfs_bytes, app.uid, app.gid
-            ),
-        ])
-        .args([
-            "--mount",
-            &format!(
-                "type=bind,src={},dst=/app,readonly",
-                shared.app_dir(&app.id).display()
-            ),
-        ])
-        .args([
-            "--mount",
-            &format!(
-                "type=bind,src={},dst=/tmp/fold_client_sockets,readonly",
-                socket_dir.display()
-            ),
-        ])
-        .args(["-w", "/app", "--log-driver", "json-file"])
-        .args(["--log-opt", "max-size=8m", "--log-opt", "max-file=1"])
-        .args(["--stop-timeout", "2", "--label", "io.foldclient.bench=1"])
-        .args(["-e", &format!("FOLD_CLIENT_APP_ID={}", app.id)])
-        .args(["-e", "FOLD_CLIENT_SOCKET_DIR=/tmp/fold_client_sockets"])
-        .args([
-            "-e",
-            "FOLD_CLIENT_CREDENTIALS=/tmp/fold_client_sockets/credentials.json",
-        ])
-        .args(["-e", "FOLD_CLIENT_SANDBOX=docker"])
-        .args(["--entrypoint", &format!("/app/{}", app.binary)])
-        .arg(image)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args(["run", "--rm", "--network", "none", "--read-only"]);
+    let mut pids = l.pids;
+    if isolation == Isolation::Gvisor {
+        pids = l.pids * GVISOR_HOST_TASKS_PER_TASK + GVISOR_PIDS_OVERHEAD;
+        cmd.args(["--runtime", fold_client::config::DEFAULT_GVISOR_RUNTIME])
+            .args(["--ulimit", &format!("nproc={0}:{0}", l.pids)]);
+    }
+    cmd.args([
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--init",
+    ])
+    .args(["--user", &format!("{}:{}", app.uid, app.gid)])
+    .args(["--memory", &l.memory_bytes.to_string()])
+    .args(["--memory-swap", &l.memory_bytes.to_string()])
+    .args(["--cpus", &format!("{}", l.nano_cpus as f64 / 1e9)])
+    .args(["--pids-limit", &pids.to_string()])
+    .args(["--ulimit", &format!("nofile={0}:{0}", l.nofile)])
+    .args([
+        "--tmpfs",
+        &format!(
+            "/tmp:rw,noexec,nosuid,nodev,size={},uid={},gid={}",
+            l.tmpfs_bytes, app.uid, app.gid
+        ),
+    ])
+    .args([
+        "--mount",
+        &format!(
+            "type=bind,src={},dst=/app,readonly",
+            shared.app_dir(&app.id).display()
+        ),
+    ])
+    .args([
+        "--mount",
+        &format!(
+            "type=bind,src={},dst=/tmp/fold_client_sockets,readonly",
+            socket_dir.display()
+        ),
+    ])
+    .args(["-w", "/app", "--log-driver", "json-file"])
+    .args(["--log-opt", "max-size=8m", "--log-opt", "max-file=1"])
+    .args(["--stop-timeout", "2", "--label", "io.foldclient.bench=1"])
+    .args(["-e", &format!("FOLD_CLIENT_APP_ID={}", app.id)])
+    .args(["-e", "FOLD_CLIENT_SOCKET_DIR=/tmp/fold_client_sockets"])
+    .args([
+        "-e",
+        "FOLD_CLIENT_CREDENTIALS=/tmp/fold_client_sockets/credentials.json",
+    ])
+    .args(["-e", "FOLD_CLIENT_SANDBOX=docker"])
+    .args(["-e", &format!("FOLD_CLIENT_ISOLATION={isolation}")])
+    .args(["--entrypoint", &format!("/app/{}", app.binary)])
+    .arg(image)
+    .args(args)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     cmd
 }
 
 /// The CLI, pointed at `d`.
-fn cli(bin: &Path, d: &LaunchDaemon, args: &[&str]) -> Command {
+pub(crate) fn cli(bin: &Path, d: &LaunchDaemon, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("--state-dir")
         .arg(&d.state_dir)
@@ -215,7 +229,11 @@ fn cli(bin: &Path, d: &LaunchDaemon, args: &[&str]) -> Command {
     cmd
 }
 
-fn wait_stopped(runtime: &tokio::runtime::Runtime, d: &LaunchDaemon, app: &str) -> Result<()> {
+pub(crate) fn wait_stopped(
+    runtime: &tokio::runtime::Runtime,
+    d: &LaunchDaemon,
+    app: &str,
+) -> Result<()> {
     runtime.block_on(admin_call(
         &d.config.admin_socket,
         WaitRequest {
@@ -289,7 +307,9 @@ fn measure_launch(
                 wait_stopped(runtime, d, &launched.name)?;
             } else {
                 let started = Instant::now();
-                let child = docker_run_command(&d.shared, &plain, image, &["query"]).spawn()?;
+                let child =
+                    docker_run_command(&d.shared, &plain, image, &["query"], Isolation::Container)
+                        .spawn()?;
                 let answered = wait_answer(&d.shared, before, Duration::from_secs(60))?;
                 let status = child.wait_with_output()?.status;
                 let done = Instant::now();

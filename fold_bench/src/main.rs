@@ -17,7 +17,7 @@
 //! 5. daemon memory per installed app and per running container;
 //! 6. fair sharing: a victim's reads beside a hostile neighbour, memory per hostile frame.
 //!
-//! Flags: `--smoke`, `--no-write`, `--out FILE`, `--no-docker`, `--only rt|launch|memory|fair`
+//! Flags: `--smoke`, `--no-write`, `--out FILE`, `--no-docker`, `--only rt|launch|memory|fair|tiers`
 //! (repeatable). Internal: `__worker` (the load generator), `__daemon` (the daemon, when no
 //! `fold_client` binary is at hand), `__frames` (part 6's hostile client, as its app's uid).
 
@@ -29,6 +29,7 @@ mod report;
 mod roundtrip;
 mod rt;
 mod stats;
+mod tiers;
 mod worker;
 
 use anyhow::{bail, Context as _, Result};
@@ -79,7 +80,7 @@ impl Options {
                     .only
                     .push(it.next().context("--only needs a part")?.clone()),
                 "-h" | "--help" => {
-                    println!("usage: fold_bench [--smoke] [--no-write | --out FILE] [--no-docker] [--only rt|launch|memory|fair]...");
+                    println!("usage: fold_bench [--smoke] [--no-write | --out FILE] [--no-docker] [--only rt|launch|memory|fair|tiers]...");
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument {other:?} (try --help)"),
@@ -179,6 +180,11 @@ fn bench(o: &Options) -> Result<()> {
     }
     if o.wants("fair") {
         rows.extend(fairness::run(&runtime, o));
+    }
+    if o.wants("tiers") {
+        let setup = lifecycle::docker_setup(o);
+        let cli_bin = lifecycle::fold_client_binary(o);
+        rows.extend(tiers::run(&runtime, o.smoke, setup, cli_bin.as_deref()));
     }
     let load_after = loadavg();
     let table = report::markdown(&rows);
