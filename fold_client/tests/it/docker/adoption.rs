@@ -12,10 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `fold_client serve` as a child process; SIGKILLed on drop.
-struct ChildDaemon(Child);
+pub struct ChildDaemon(Child);
 
 impl ChildDaemon {
-    fn spawn(state: &Path, config_file: &Path, log: &Path) -> ChildDaemon {
+    pub fn spawn(state: &Path, config_file: &Path, log: &Path) -> ChildDaemon {
         let stderr = std::fs::File::options()
             .create(true)
             .append(true)
@@ -37,7 +37,7 @@ impl ChildDaemon {
         ChildDaemon(child)
     }
 
-    fn signal(&mut self, signal: nix::sys::signal::Signal) {
+    pub fn signal(&mut self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
         let _ = nix::sys::signal::kill(pid, signal);
         let _ = self.0.wait();
@@ -50,7 +50,7 @@ impl Drop for ChildDaemon {
     }
 }
 
-async fn wait_admin(socket: &Path) {
+pub async fn wait_admin(socket: &Path) {
     let start = Instant::now();
     while call(socket, StatusRequest {}).await.is_err() {
         assert!(start.elapsed() < TIMEOUT, "daemon did not come up");
@@ -58,7 +58,7 @@ async fn wait_admin(socket: &Path) {
     }
 }
 
-fn allowed(audit: &Path, app_id: &str) -> usize {
+pub fn allowed(audit: &Path, app_id: &str) -> usize {
     std::fs::read_to_string(audit)
         .unwrap_or_default()
         .lines()

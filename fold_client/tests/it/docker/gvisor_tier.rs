@@ -247,6 +247,63 @@ async fn auto_takes_the_strongest_tier_and_a_missing_runtime_is_an_error_naming_
     d.stop().await;
 }
 
+/// A daemon killed with SIGKILL and started again adopts its running gVisor app: the tier
+/// is read back from the container's label, and the gVisor peer rule, rebuilt from the
+/// engine's sandbox pid, goes on admitting the app's sandbox (and only it).
+#[ignore = "needs a Docker engine with gVisor"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_adopts_a_gvisor_app_which_goes_on_being_served() {
+    use super::adoption::{allowed, wait_admin, ChildDaemon};
+    fold_testkit::need_gvisor();
+    let env = setup();
+    let dir = tempfile::Builder::new()
+        .prefix("fcg")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let state = dir.path().join("state");
+    let label = format!("it-gvisor-adopt-{}", std::process::id());
+    let text = super::config_text(&label, 460_000 + std::process::id() % 1000 * 20, "");
+    let _cleanup = super::LabelCleanup(label.clone());
+    let config_file = dir.path().join("fold.toml");
+    std::fs::write(&config_file, &text).unwrap();
+    let config = super::build_config(&state, &text);
+    let daemon_log = dir.path().join("daemon.log");
+    let socket = config.admin_socket.clone();
+
+    let mut first = ChildDaemon::spawn(&state, &config_file, &daemon_log);
+    wait_admin(&socket).await;
+    let mut install = super::install_request("steady", &env.app, &env.image, None);
+    install.isolation = GVISOR;
+    let view = call(&socket, install).await.unwrap();
+    let app_id = view.app.id.clone();
+    let r = call(
+        &socket,
+        launch("steady", &["serve", "200"], RestartMode::Never, None),
+    )
+    .await
+    .unwrap();
+    let id = r.container.clone().unwrap();
+    wait_for_text(&view.app.log, "\"n\":2,\"ok\":true", TIMEOUT).await;
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    let before = allowed(&config.audit_path(), &app_id);
+
+    let _second = ChildDaemon::spawn(&state, &config_file, &daemon_log);
+    wait_admin(&socket).await;
+    let row = ps_row(&socket, "steady").await.expect("adopted app listed");
+    assert_eq!(row.state, "running", "{row:?}");
+    assert_eq!(row.container.as_deref(), Some(&id[..12]));
+    assert_eq!(row.isolation, Some(Isolation::Gvisor), "{row:?}");
+    let start = std::time::Instant::now();
+    while allowed(&config.audit_path(), &app_id) < before + 4 {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "the adopted gVisor app is not served:\n{}",
+            std::fs::read_to_string(&daemon_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Processes on the host whose cgroup names container `id`, or that are its shim.
 fn left_behind(id: &str) -> Vec<String> {
     let mut found = Vec::new();
