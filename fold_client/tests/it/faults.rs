@@ -381,8 +381,10 @@ async fn node_killed_mid_write_gives_node_unavailable_and_the_daemon_recovers_by
     std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let sock = sock_dir.join("node.sock");
     let node = ChildNode::start(&binary, &data, &sock);
+    // The writers write as fast as they can: no write rate limit, so every error they see
+    // is the node's.
     let d = start_daemon(&format!(
-        "node = \"unix:{}\"\nrequest_timeout_ms = 2000",
+        "node = \"unix:{}\"\nrequest_timeout_ms = 2000\n[app_limits]\nwrite_rate = 0\n",
         sock.display()
     ))
     .await;
