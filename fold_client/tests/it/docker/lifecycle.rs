@@ -384,3 +384,43 @@ async fn maximum_lifetime_is_a_hard_kill_without_restart() {
     assert!(inspect(r.container.as_deref().unwrap()).await.is_none());
     d.stop().await;
 }
+
+/// `[container] pull`: `never` launches a present image and refuses a missing one without
+/// asking a registry; `always` pulls even an image the engine has (here a local-only image,
+/// so the pull, and with it the launch, fails).
+#[ignore = "needs a Docker engine"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_policy_decides_whether_an_image_is_pulled() {
+    let env = setup();
+    let never = DockerDaemon::start("[container]\npull = \"never\"\n").await;
+    never.install("present", &env, None).await;
+    never
+        .admin(launch("present", &["exit", "0"], RestartMode::Never, None))
+        .await
+        .unwrap();
+    never.install("absent", &env, None).await;
+    let err = never
+        .admin(LaunchRequest {
+            image: Some("foldclient/does-not-exist:latest".into()),
+            ..LaunchRequest::new("absent")
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("foldclient/does-not-exist:latest") && err.contains("`never`"),
+        "{err}"
+    );
+    never.stop().await;
+
+    let always = DockerDaemon::start("[container]\npull = \"always\"\n").await;
+    always.install("local", &env, None).await;
+    let err = always
+        .admin(launch("local", &["exit", "0"], RestartMode::Never, None))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains(&env.image) && !err.contains("`never`"),
+        "{err}"
+    );
+    always.stop().await;
+}
