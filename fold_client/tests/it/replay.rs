@@ -124,6 +124,17 @@ async fn replay_across_restart(stop: Stop) {
     }
     assert_eq!(entries(&c).await, [1, 2]);
     drop(c);
+    // The audit trails the answers by up to its gather delay (a SIGKILL inside it loses
+    // those lines, not the nonces, which are journaled before the answer): let it catch
+    // up, so the audit checked below is complete.
+    let started = std::time::Instant::now();
+    while audit_for(&d, &ahead_request.request_id).len() < 2 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the audit never caught up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     match stop {
         Stop::Term => d.terminate(),
