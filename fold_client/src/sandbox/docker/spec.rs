@@ -237,8 +237,9 @@ fn ulimits(plan: &Plan<'_>) -> Vec<ResourcesUlimits> {
     rlimits(plan.flavor, plan.isolation, limits.nofile, limits.pids)
 }
 
-/// [`ulimits`] from its parts, for any container the daemon creates (`doctor`'s probes too:
-/// on Podman a container without them does not start).
+/// The rlimits of a container from their parts (the app's come through `ulimits`), for any
+/// container the daemon creates: `doctor`'s probes too, since on Podman a container without
+/// them does not start.
 pub fn rlimits(
     flavor: Flavor,
     isolation: Isolation,
