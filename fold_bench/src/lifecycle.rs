@@ -17,7 +17,7 @@ use anyhow::{bail, Context as _, Result};
 use fold_client::admin::protocol::{LaunchRequest, RestartMode, StopRequest, WaitRequest};
 use fold_client::config::{Config, FileConfig, Overrides};
 use fold_client::daemon::{self, Shared};
-use fold_client::sandbox::docker::spec::{GVISOR_HOST_TASKS_PER_TASK, GVISOR_PIDS_OVERHEAD};
+use fold_client::sandbox::docker::spec::pids_limit;
 use fold_client::sandbox::Isolation;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -157,9 +157,8 @@ pub(crate) fn docker_run_command(
     let socket_dir = shared.socket_dir(&app.id);
     let mut cmd = Command::new("docker");
     cmd.args(["run", "--rm", "--network", "none", "--read-only"]);
-    let mut pids = l.pids;
+    let pids = pids_limit(isolation, l.pids);
     if isolation == Isolation::Gvisor {
-        pids = l.pids * GVISOR_HOST_TASKS_PER_TASK + GVISOR_PIDS_OVERHEAD;
         cmd.args(["--runtime", fold_client::config::DEFAULT_GVISOR_RUNTIME])
             .args(["--ulimit", &format!("nproc={0}:{0}", l.pids)]);
     }

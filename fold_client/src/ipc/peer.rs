@@ -53,7 +53,8 @@ pub struct ContainerIdentity {
     isolation: Isolation,
     /// The init's host pid.
     init_pid: i32,
-    /// The init's parent's host pid (the engine's shim).
+    /// The init's parent's host pid, the engine's shim (gVisor only; 0 under runc, where
+    /// the pid namespace identifies the container's processes instead).
     parent: i32,
 }
 
@@ -103,7 +104,11 @@ impl Peer {
         let short = short(&want.id);
         let (cgroup, pid_ns) = read_identity(self.pid)
             .map_err(|e| format!("cannot read peer pid {}: {e}", self.pid))?;
-        let parent = parent_of(self.pid);
+        // Only a gVisor gofer is known by its parent; read before the liveness proof.
+        let parent = match want.isolation {
+            Isolation::Container => None,
+            Isolation::Gvisor => parent_of(self.pid),
+        };
         if !self.alive() {
             return Err(format!("peer pid {} exited during the check", self.pid));
         }
@@ -155,21 +160,30 @@ impl ContainerIdentity {
         let pid = i32::try_from(init_pid).unwrap_or(-1);
         let (cgroup, pid_ns) = read_identity(pid)
             .map_err(|e| format!("cannot read the container's init pid {init_pid}: {e}"))?;
-        let parent = parent_of(pid);
-        // Read after the parent: the init is still in the container, so the parent is its.
-        if !cgroup_names(&cgroup, id) || !read_identity(pid).is_ok_and(|(c, _)| c == cgroup) {
-            return Err(format!(
-                "pid {init_pid} is no longer in container {}",
-                short(id)
-            ));
+        let gone = || format!("pid {init_pid} is no longer in container {}", short(id));
+        if !cgroup_names(&cgroup, id) {
+            return Err(gone());
         }
+        // The sandbox's parent is its shim, which started the gofer. Read the parent, then
+        // the cgroup again: still in the container, so the parent read is the sandbox's.
+        let parent = match isolation {
+            Isolation::Container => 0,
+            Isolation::Gvisor => {
+                let parent =
+                    parent_of(pid).ok_or_else(|| format!("pid {init_pid} has no parent"))?;
+                if !read_identity(pid).is_ok_and(|(again, _)| again == cgroup) {
+                    return Err(gone());
+                }
+                parent
+            }
+        };
         Ok(ContainerIdentity {
             id: id.to_string(),
             cgroup,
             pid_ns,
             isolation,
             init_pid: pid,
-            parent: parent.ok_or_else(|| format!("pid {init_pid} has no parent"))?,
+            parent,
         })
     }
 }

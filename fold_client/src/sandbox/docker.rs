@@ -132,7 +132,13 @@ impl DockerSandbox {
             Ok(info) => StorageSupport::from_info(info),
             Err(e) => StorageSupport::Unsupported(format!("engine info unavailable: {e}")),
         };
-        let offer = engine::offer(&docker, timeout, &settings.gvisor_runtime).await?;
+        let offer = engine::offer(
+            &docker,
+            timeout,
+            &settings.gvisor_runtime,
+            info.as_ref().ok(),
+        )
+        .await?;
         let inner = Arc::new(Inner {
             docker,
             settings,

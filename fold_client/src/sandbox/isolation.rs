@@ -9,11 +9,13 @@
 //! An app asks for a tier or for `auto` (the strongest the engine offers); the backend
 //! resolves the request at each launch and never runs an app weaker than it asked.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
 /// The tier a container runs under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Isolation {
     /// The engine's default runtime (runc) on the host kernel.
     Container,
@@ -41,7 +43,8 @@ impl fmt::Display for Isolation {
 }
 
 /// What an app asks for: one tier exactly, or the strongest the engine offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum IsolationRequest {
     /// This tier or no launch at all.
     Exactly(Isolation),
@@ -100,29 +103,33 @@ impl FromStr for Isolation {
     }
 }
 
-impl serde::Serialize for IsolationRequest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
+// Serde goes through the names above (`FromStr` and `as_str`): one parser for the
+// config file, the CLI, the registry and the admin socket.
+impl TryFrom<String> for IsolationRequest {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<IsolationRequest, String> {
+        text.parse()
     }
 }
 
-impl<'de> serde::Deserialize<'de> for IsolationRequest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
+impl From<IsolationRequest> for String {
+    fn from(request: IsolationRequest) -> String {
+        request.as_str().to_string()
     }
 }
 
-impl serde::Serialize for Isolation {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
+impl TryFrom<String> for Isolation {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Isolation, String> {
+        text.parse()
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Isolation {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
+impl From<Isolation> for String {
+    fn from(tier: Isolation) -> String {
+        tier.as_str().to_string()
     }
 }
 

@@ -300,6 +300,16 @@ const SERDE_OUTSIDE_FOLD_IPC: &[(&str, &str, &str)] = &[
         "the config file",
     ),
     (
+        "fold_client/src/sandbox/isolation.rs",
+        "Isolation",
+        "the admin socket (ps, launch and app views)",
+    ),
+    (
+        "fold_client/src/sandbox/isolation.rs",
+        "IsolationRequest",
+        "registry file, admin socket",
+    ),
+    (
         "fold_client/src/registry/mod.rs",
         "AuthMode",
         "the admin socket",

@@ -8,7 +8,7 @@
 use super::super::{PullPolicy, SandboxError};
 use super::spec::pull_reference;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse};
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, SystemInfo};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
     RemoveContainerOptionsBuilder,
@@ -301,7 +301,8 @@ pub async fn create(
 }
 
 /// Reads what the engine offers (its flavor and tiers); `gvisor_runtime` is the name
-/// gVisor is expected under.
+/// gVisor is expected under; `info` is the engine's `info` answer when the caller has it
+/// already (it is asked for otherwise).
 ///
 /// # Errors
 ///
@@ -310,6 +311,7 @@ pub async fn offer(
     docker: &Engine,
     timeout: Duration,
     gvisor_runtime: &str,
+    info: Option<&SystemInfo>,
 ) -> Result<super::Offer, SandboxError> {
     let version = call_ok(
         docker,
@@ -318,8 +320,15 @@ pub async fn offer(
         docker.version(),
     )
     .await?;
-    let info = call_ok(docker, timeout, "reading engine info", docker.info()).await?;
-    Ok(super::Offer::read(&version, &info, gvisor_runtime))
+    let fresh;
+    let info = match info {
+        Some(info) => info,
+        None => {
+            fresh = call_ok(docker, timeout, "reading engine info", docker.info()).await?;
+            &fresh
+        }
+    };
+    Ok(super::Offer::read(&version, info, gvisor_runtime))
 }
 
 /// Whether an engine refusal is about `storage_opt` (the engine cannot limit storage).

@@ -143,7 +143,7 @@ async fn resolve(
         return cached.resolve(&spec.app_name, spec.isolation);
     }
     let timeout = inner.settings.engine_timeout;
-    let offer = engine::offer(&inner.docker, timeout, &inner.settings.gvisor_runtime).await?;
+    let offer = engine::offer(&inner.docker, timeout, &inner.settings.gvisor_runtime, None).await?;
     *lock(&inner.offer) = offer.clone();
     offer.resolve(&spec.app_name, spec.isolation)
 }

@@ -2,7 +2,7 @@
 //! engine half of `fold_client doctor`.
 
 use super::engine::{self, call, call_ok, Engine};
-use super::offer::Flavor;
+use super::offer::{Flavor, Offer};
 use super::spec::LABEL_APP_NAME;
 use crate::sandbox::Isolation;
 use bollard::models::{ContainerCreateBody, HostConfig, SystemInfo};
@@ -139,16 +139,16 @@ pub async fn engine_report(
         }
     };
     report.api_version = Some(docker.client_version().to_string());
-    if let Ok(v) = call_ok(
+    let version = call_ok(
         &docker,
         timeout,
         "reading the engine version",
         docker.version(),
     )
     .await
-    {
-        report.version = v.version;
-    }
+    .ok();
+    report.version = version.as_ref().and_then(|v| v.version.clone());
+    let mut flavor = Flavor::Docker;
     match call_ok(&docker, timeout, "reading engine info", docker.info()).await {
         Ok(info) => {
             report.cgroup_version = info.cgroup_version.map(|v| v.to_string());
@@ -166,7 +166,16 @@ pub async fn engine_report(
                 }
             }
             report.engine_warnings = info.warnings.clone().unwrap_or_default();
-            if info.init_binary.as_deref().unwrap_or("").is_empty() {
+            if let Some(version) = &version {
+                let offer = Offer::read(version, &info, gvisor_runtime);
+                flavor = offer.flavor;
+                report.flavor = Some(flavor.as_str().into());
+                report.tiers = offer.tiers();
+                report.gvisor_problem = offer.gvisor.err();
+            }
+            // Podman's `info` never names its init (catatonit): there only the probe
+            // below tells whether `init: true` works.
+            if flavor == Flavor::Docker && info.init_binary.as_deref().unwrap_or("").is_empty() {
                 report.init_problem = Some("the engine reports no init binary".into());
             }
         }
@@ -177,18 +186,6 @@ pub async fn engine_report(
             .await
             .unwrap_or(false);
         report.images.push((image.clone(), present));
-    }
-    let mut flavor = Flavor::Docker;
-    if let Ok(offer) = engine::offer(&docker, timeout, gvisor_runtime).await {
-        flavor = offer.flavor;
-        report.flavor = Some(offer.flavor.as_str().into());
-        report.tiers = offer.tiers();
-        report.gvisor_problem = offer.gvisor.clone().err();
-        if offer.flavor == Flavor::Podman {
-            // Podman's `info` never names its init binary (catatonit); only the probe
-            // below can tell whether `init: true` works.
-            report.init_problem = None;
-        }
     }
     if let Some((image, _)) = report.images.iter().find(|(_, present)| *present).cloned() {
         if report.storage != StorageSupport::Supported {

@@ -211,11 +211,11 @@ pub const GVISOR_HOST_TASKS_PER_TASK: u64 = 10;
 
 /// The container's pids cgroup limit. Under runc it is the app's pids limit. Under gVisor
 /// the app's tasks live inside the sandbox, where the sentry enforces the app's limit as
-/// RLIMIT_NPROC (see [`ulimits`]); the cgroup then bounds the sandbox's host tasks, with room
+/// RLIMIT_NPROC (see [`rlimits`]); the cgroup then bounds the sandbox's host tasks, with room
 /// for the app to reach its own limit. Were the cgroup the app's limit, the sandbox would
 /// die at startup (measured: `--pids-limit 32` never starts) or when the app forks, instead
 /// of the app's fork failing with EAGAIN.
-fn pids_limit(isolation: Isolation, app_pids: u64) -> u64 {
+pub fn pids_limit(isolation: Isolation, app_pids: u64) -> u64 {
     match isolation {
         Isolation::Container => app_pids,
         Isolation::Gvisor => app_pids

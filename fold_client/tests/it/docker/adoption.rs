@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 pub struct ChildDaemon(Child);
 
 impl ChildDaemon {
-    pub fn spawn(state: &Path, config_file: &Path, log: &Path) -> ChildDaemon {
+    fn spawn(state: &Path, config_file: &Path, log: &Path) -> ChildDaemon {
         let stderr = std::fs::File::options()
             .create(true)
             .append(true)
@@ -50,6 +50,47 @@ impl Drop for ChildDaemon {
     }
 }
 
+/// Where a test runs `fold_client serve` as a child: its own state, config file, log and
+/// container label (whose containers are removed when it is dropped).
+pub struct ChildPlace {
+    /// The daemon's config, as the child builds it.
+    pub config: fold_client::config::Config,
+    /// The children's stderr.
+    pub daemon_log: std::path::PathBuf,
+    state: std::path::PathBuf,
+    config_file: std::path::PathBuf,
+    _cleanup: super::LabelCleanup,
+    _dir: tempfile::TempDir,
+}
+
+impl ChildPlace {
+    /// A place labelled `it-<tag>-<pid>` whose per-app uids start near `uid_base`.
+    pub fn new(tag: &str, uid_base: u32) -> ChildPlace {
+        let dir = tempfile::Builder::new()
+            .prefix("fck")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let state = dir.path().join("state");
+        let label = format!("it-{tag}-{}", std::process::id());
+        let text = config_text(&label, uid_base + std::process::id() % 1000 * 20, "");
+        let config_file = dir.path().join("fold.toml");
+        std::fs::write(&config_file, &text).unwrap();
+        ChildPlace {
+            config: build_config(&state, &text),
+            daemon_log: dir.path().join("daemon.log"),
+            state,
+            config_file,
+            _cleanup: super::LabelCleanup(label),
+            _dir: dir,
+        }
+    }
+
+    /// Starts a daemon here.
+    pub fn spawn(&self) -> ChildDaemon {
+        ChildDaemon::spawn(&self.state, &self.config_file, &self.daemon_log)
+    }
+}
+
 pub async fn wait_admin(socket: &Path) {
     let start = Instant::now();
     while call(socket, StatusRequest {}).await.is_err() {
@@ -70,21 +111,10 @@ pub fn allowed(audit: &Path, app_id: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_killed_with_sigkill_adopts_the_running_app_on_restart() {
     let env = setup();
-    let dir = tempfile::Builder::new()
-        .prefix("fck")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let state = dir.path().join("state");
-    let label = format!("it-kill-{}", std::process::id());
-    let text = config_text(&label, 450_000 + std::process::id() % 1000 * 20, "");
-    let _cleanup = super::LabelCleanup(label.clone());
-    let config_file = dir.path().join("fold.toml");
-    std::fs::write(&config_file, &text).unwrap();
-    let config = build_config(&state, &text);
-    let daemon_log = dir.path().join("daemon.log");
-    let socket = config.admin_socket.clone();
+    let place = ChildPlace::new("kill", 450_000);
+    let (config, socket) = (&place.config, place.config.admin_socket.clone());
 
-    let mut first = ChildDaemon::spawn(&state, &config_file, &daemon_log);
+    let mut first = place.spawn();
     wait_admin(&socket).await;
     let view = install(&socket, "steady", &env.app, &env.image, None).await;
     let app_id = view.app.id.clone();
@@ -132,7 +162,7 @@ async fn daemon_killed_with_sigkill_adopts_the_running_app_on_restart() {
     );
     let before = allowed(&config.audit_path(), &app_id);
 
-    let _second = ChildDaemon::spawn(&state, &config_file, &daemon_log);
+    let _second = place.spawn();
     wait_admin(&socket).await;
     let ps = ps_row(&socket, "steady").await.expect("adopted app listed");
     assert_eq!(ps.state, "running", "{ps:?}");
@@ -154,7 +184,7 @@ async fn daemon_killed_with_sigkill_adopts_the_running_app_on_restart() {
         assert!(
             start.elapsed() < TIMEOUT,
             "no requests after the restart:\n{}",
-            std::fs::read_to_string(&daemon_log).unwrap_or_default()
+            std::fs::read_to_string(&place.daemon_log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

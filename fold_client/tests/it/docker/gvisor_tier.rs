@@ -253,24 +253,13 @@ async fn auto_takes_the_strongest_tier_and_a_missing_runtime_is_an_error_naming_
 #[ignore = "needs a Docker engine with gVisor"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_daemon_adopts_a_gvisor_app_which_goes_on_being_served() {
-    use super::adoption::{allowed, wait_admin, ChildDaemon};
+    use super::adoption::{allowed, wait_admin, ChildPlace};
     fold_testkit::need_gvisor();
     let env = setup();
-    let dir = tempfile::Builder::new()
-        .prefix("fcg")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let state = dir.path().join("state");
-    let label = format!("it-gvisor-adopt-{}", std::process::id());
-    let text = super::config_text(&label, 460_000 + std::process::id() % 1000 * 20, "");
-    let _cleanup = super::LabelCleanup(label.clone());
-    let config_file = dir.path().join("fold.toml");
-    std::fs::write(&config_file, &text).unwrap();
-    let config = super::build_config(&state, &text);
-    let daemon_log = dir.path().join("daemon.log");
-    let socket = config.admin_socket.clone();
+    let place = ChildPlace::new("gvisor-adopt", 460_000);
+    let (config, socket) = (&place.config, place.config.admin_socket.clone());
 
-    let mut first = ChildDaemon::spawn(&state, &config_file, &daemon_log);
+    let mut first = place.spawn();
     wait_admin(&socket).await;
     let mut install = super::install_request("steady", &env.app, &env.image, None);
     install.isolation = GVISOR;
@@ -287,7 +276,7 @@ async fn a_restarted_daemon_adopts_a_gvisor_app_which_goes_on_being_served() {
     first.signal(nix::sys::signal::Signal::SIGKILL);
     let before = allowed(&config.audit_path(), &app_id);
 
-    let _second = ChildDaemon::spawn(&state, &config_file, &daemon_log);
+    let _second = place.spawn();
     wait_admin(&socket).await;
     let row = ps_row(&socket, "steady").await.expect("adopted app listed");
     assert_eq!(row.state, "running", "{row:?}");
@@ -298,7 +287,7 @@ async fn a_restarted_daemon_adopts_a_gvisor_app_which_goes_on_being_served() {
         assert!(
             start.elapsed() < TIMEOUT,
             "the adopted gVisor app is not served:\n{}",
-            std::fs::read_to_string(&daemon_log).unwrap_or_default()
+            std::fs::read_to_string(&place.daemon_log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

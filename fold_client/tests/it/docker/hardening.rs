@@ -309,6 +309,7 @@ async fn check_inspect(
     // Under gVisor the sentry holds the app to its pids limit (RLIMIT_NPROC), and the
     // cgroup bounds the sandbox's host tasks.
     use fold_client::sandbox::docker::spec::{GVISOR_HOST_TASKS_PER_TASK, GVISOR_PIDS_OVERHEAD};
+    // Written out (not `spec::pids_limit`), so the test states the formula it checks.
     match isolation {
         Isolation::Container if podman => {
             assert_eq!(hc.pids_limit, Some(32));
