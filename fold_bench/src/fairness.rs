@@ -664,16 +664,13 @@ fn frame_row(runtime: &Runtime, o: &Options, sizes: &Sizes) -> Result<Row> {
             None,
         ))?;
         let (uid, gid) = (view.uid, view.gid);
-        let mut client = std::process::Command::new(std::env::current_exe()?);
-        client
-            .arg("__frames")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit());
-        if uid != nix::unistd::geteuid().as_raw() {
+        let as_app = uid != nix::unistd::geteuid().as_raw();
+        let mut exe = std::env::current_exe()?;
+        if as_app {
             // Per-app uids (running as root): the client runs as the app's uid and gid,
-            // which must traverse the bench's
-            // temporary directory to reach the daemon's (traversable) state directory.
+            // which must traverse the bench's temporary directory to reach the daemon's
+            // (traversable) state directory, and may not reach this binary at all (a
+            // checkout under `mktemp -d` is 0700): it runs a copy in that directory.
             use std::os::unix::fs::PermissionsExt as _;
             let dir = d
                 .admin
@@ -681,6 +678,18 @@ fn frame_row(runtime: &Runtime, o: &Options, sizes: &Sizes) -> Result<Row> {
                 .and_then(Path::parent)
                 .context("no directory above the state directory")?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+            let copy = dir.join("fold_bench_hostile_client");
+            std::fs::copy(&exe, &copy)?;
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
+            exe = copy;
+        }
+        let mut client = std::process::Command::new(&exe);
+        client
+            .arg("__frames")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        if as_app {
             client.gid(gid).uid(uid);
         }
         let mut client = client.spawn().context("cannot start the hostile client")?;
