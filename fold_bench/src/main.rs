@@ -144,9 +144,7 @@ fn main() {
 fn bench(o: &Options) -> Result<()> {
     let started = Instant::now();
     let load_before = loadavg();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = fold_ipc::heavy::serving_runtime()?;
     let mut rows: Vec<Row> = Vec::new();
     if o.wants("rt") {
         let sizes = if o.smoke {

@@ -40,9 +40,7 @@ pub fn serve_daemon(args: &[String]) -> Result<()> {
         ..Overrides::default()
     };
     let config = Config::build(file, over, nix::unistd::geteuid().as_raw())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = fold_ipc::heavy::serving_runtime()?;
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         fold_client::run(config, async move {

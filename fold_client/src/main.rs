@@ -59,10 +59,7 @@ fn default_state_dir() -> PathBuf {
 fn main() -> Result<()> {
     fold_client::return_large_buffers_to_the_system();
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = fold_ipc::heavy::serving_runtime().context("cannot start the async runtime")?;
     let state_dir = match args.state_dir.clone() {
         Some(dir) => std::path::absolute(dir).context("cannot resolve --state-dir")?,
         None => default_state_dir(),

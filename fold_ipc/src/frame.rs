@@ -161,6 +161,31 @@ pub fn encode_frame(body: &[u8], max: usize) -> Result<Vec<u8>, FrameError> {
     Ok(buf)
 }
 
+/// Builds a frame in one buffer: `write_body` appends the body after room for the header,
+/// which is then filled in. A large body (a page of rows) is written once, where
+/// [`encode_frame`] of an encoded body would copy it again.
+///
+/// # Errors
+///
+/// [`FrameError::TooLarge`] when the body is over `max` bytes.
+pub fn build_frame(
+    max: usize,
+    write_body: impl FnOnce(&mut Vec<u8>),
+) -> Result<Vec<u8>, FrameError> {
+    let mut buf = vec![0; HEADER_LEN];
+    write_body(&mut buf);
+    let body_len = buf.len() - HEADER_LEN;
+    let len = u32::try_from(body_len)
+        .ok()
+        .filter(|len| *len as usize <= max)
+        .ok_or(FrameError::TooLarge {
+            len: body_len as u64,
+            max,
+        })?;
+    buf[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

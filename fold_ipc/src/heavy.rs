@@ -1,4 +1,5 @@
-//! Bulk work (large frames, long reads) at the lowest CPU priority, off the async workers.
+//! CPU priority: bulk work (large frames, long reads) at idle priority, off the async
+//! workers; the threads that serve requests with a short scheduler slice.
 //!
 //! Decoding, hashing for the signature and counting the values of a frame of megabytes, or
 //! scanning thousands of rows, takes milliseconds of one core. Run in place on an async
@@ -8,10 +9,19 @@
 //! - off the async worker ([`tokio::task::block_in_place`] for [`run`]; the node's long
 //!   reads are on the blocking pool already), so the worker's other tasks go on on another
 //!   thread; and
-//! - at nice 19 ([`at_low_priority`]), so that any thread at normal priority, such as a
-//!   worker answering another app's point read, preempts it when it wakes. The work loses
-//!   nothing when the machine is otherwise idle: the kernel gives a low-priority thread
-//!   every cycle nobody else wants.
+//! - under `SCHED_IDLE` ([`at_low_priority`]). Linux's fair scheduler (EEVDF, 6.6 on) does
+//!   not let a waking thread preempt the running one just because the running one has a
+//!   higher nice value: a nice-19 scan keeps the core until its slice ends, which without
+//!   a high-resolution tick is the next 4 ms tick on a `HZ=250` kernel. A waking thread of
+//!   any other policy always preempts a `SCHED_IDLE` one. The work loses nothing when the
+//!   machine is otherwise idle: the kernel gives an idle-policy thread every cycle nobody
+//!   else wants.
+//!
+//! The threads that serve requests ([`serving_thread`]) ask for a short slice (0.1 ms,
+//! kernel 6.12 on): the scheduler lets a waking thread with a shorter slice preempt one
+//! with a longer one, so a worker woken by another app's point read takes the core from a
+//! process at the default slice (an app's own computation) instead of waiting for it to
+//! use up its 3 ms.
 //!
 //! Lowering a thread's priority is always allowed, raising it back needs `CAP_SYS_NICE`
 //! (the daemon as root has it). Where the priority cannot be raised back, the work runs on
@@ -23,10 +33,10 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 /// Input of at least this many bytes is bulk work for [`run`].
 pub const HEAVY_BYTES: usize = 64 * 1024;
 
-/// The nice value of bulk work: the lowest priority.
-pub const BULK_NICE: i32 = 19;
+/// The scheduler slice of a serving thread ([`serving_thread`]): the kernel's minimum.
+pub const SERVING_SLICE_NS: u64 = 100_000;
 
-/// Runs `f`, a step over `bytes` of input: at the lowest priority and off the async worker
+/// Runs `f`, a step over `bytes` of input: at idle priority and off the async worker
 /// when the input is at least [`HEAVY_BYTES`] and the runtime is multi-threaded; in place
 /// otherwise (a small input costs less than the hand-off, and a current-thread runtime has
 /// no other worker to hand its tasks to).
@@ -40,22 +50,24 @@ pub fn run<T: Send>(bytes: usize, f: impl FnOnce() -> T + Send) -> T {
     }
 }
 
-/// Runs `f` at nice [`BULK_NICE`] and returns with the calling thread's priority as it was.
-/// Call it only where blocking the thread is fine (a blocking-pool thread, or inside
-/// [`tokio::task::block_in_place`]).
+/// Runs `f` under `SCHED_IDLE` and returns with the calling thread's
+/// scheduling as it was. Call it only where blocking the thread is fine (a blocking-pool
+/// thread, or inside [`tokio::task::block_in_place`]).
 pub fn at_low_priority<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    let before = rustix::process::getpriority_process(None).unwrap_or(0);
-    if before >= BULK_NICE {
+    let Some(before) = sched::get() else {
+        return f();
+    };
+    if before.policy == sched::IDLE {
         return f();
     }
     if can_raise_priority() {
-        let _ = rustix::process::setpriority_process(None, BULK_NICE);
+        sched::set(&before.idle());
         let _restore = Restore(before);
         return f();
     }
     std::thread::scope(|s| {
         s.spawn(|| {
-            let _ = rustix::process::setpriority_process(None, BULK_NICE);
+            sched::set(&before.idle());
             f()
         })
         .join()
@@ -63,55 +75,177 @@ pub fn at_low_priority<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// Puts the thread's nice value back when dropped (after `f`, even if it panicked).
-struct Restore(i32);
+/// Gives the calling thread a short scheduler slice ([`SERVING_SLICE_NS`]), for the threads
+/// that answer requests (the daemon's and the node's async workers, blocking pool and
+/// writer: call it from `on_thread_start`). Kernels before 6.12 ignore the slice; nothing
+/// else about the thread changes.
+pub fn serving_thread() {
+    if let Some(mut attr) = sched::get() {
+        if attr.policy == sched::OTHER {
+            attr.runtime_ns = SERVING_SLICE_NS;
+            sched::set(&attr);
+        }
+    }
+}
+
+/// A multi-threaded runtime with I/O and timers whose threads (workers and blocking pool)
+/// are [`serving_thread`]s: the runtime of a daemon or node.
+///
+/// # Errors
+///
+/// The runtime could not start its threads.
+pub fn serving_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(serving_thread)
+        .build()
+}
+
+/// Puts the thread's scheduling back when dropped (after `f`, even if it panicked).
+struct Restore(sched::Attr);
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        let _ = rustix::process::setpriority_process(None, self.0);
+        sched::set(&self.0);
     }
 }
 
 /// Whether this process may raise a thread's priority back after lowering it; probed once,
-/// on a thread of its own (on Linux the nice value is per thread).
+/// on a thread of its own (on Linux scheduling is per thread).
 fn can_raise_priority() -> bool {
     static CAN: OnceLock<bool> = OnceLock::new();
     *CAN.get_or_init(|| {
         std::thread::spawn(|| {
-            let before = rustix::process::getpriority_process(None).unwrap_or(0);
-            rustix::process::setpriority_process(None, before.saturating_add(1).min(BULK_NICE))
-                .is_ok()
-                && rustix::process::setpriority_process(None, before).is_ok()
+            sched::get().is_some_and(|before| {
+                sched::set(&before.idle()) && sched::set(&before) && sched::get() == Some(before)
+            })
         })
         .join()
         .unwrap_or(false)
     })
 }
 
+/// The calling thread's scheduling attributes, through `sched_getattr(2)` and
+/// `sched_setattr(2)` (neither `nix` nor `rustix` wraps them; the C library has no
+/// wrapper either).
+#[allow(unsafe_code)]
+mod sched {
+    /// `SCHED_OTHER`, the default policy.
+    pub const OTHER: u32 = libc::SCHED_OTHER as u32;
+    /// `SCHED_IDLE`.
+    pub const IDLE: u32 = libc::SCHED_IDLE as u32;
+
+    /// `struct sched_attr` (`SCHED_ATTR_SIZE_VER1`, Linux 5.3).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct Attr {
+        /// Size of the structure, for the kernel's versioning.
+        pub size: u32,
+        /// Scheduling policy.
+        pub policy: u32,
+        /// `SCHED_FLAG_*`.
+        pub flags: u64,
+        /// Nice value (fair policies).
+        pub nice: i32,
+        /// Static priority (real-time policies).
+        pub priority: u32,
+        /// The slice requested (fair policies, kernel 6.12 on), or a deadline task's runtime.
+        pub runtime_ns: u64,
+        /// A deadline task's deadline.
+        pub deadline_ns: u64,
+        /// A deadline task's period.
+        pub period_ns: u64,
+        /// Utilisation clamp, minimum.
+        pub util_min: u32,
+        /// Utilisation clamp, maximum.
+        pub util_max: u32,
+    }
+
+    impl Attr {
+        /// These attributes as bulk work's: `SCHED_IDLE` (whose weight is fixed: the nice
+        /// value does not count), the default slice.
+        pub fn idle(&self) -> Attr {
+            Attr {
+                policy: IDLE,
+                runtime_ns: 0,
+                flags: 0,
+                ..*self
+            }
+        }
+    }
+
+    const SIZE: u32 = std::mem::size_of::<Attr>() as u32;
+
+    /// The calling thread's attributes; `None` where the kernel refuses (seccomp, or a
+    /// kernel before 3.14).
+    pub fn get() -> Option<Attr> {
+        let mut attr = Attr::default();
+        // SAFETY: the kernel writes at most SIZE bytes into `attr`, a live, properly sized
+        // and aligned `struct sched_attr`; pid 0 is the calling thread.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_sched_getattr,
+                0,
+                std::ptr::from_mut(&mut attr),
+                SIZE,
+                0,
+            )
+        };
+        (r == 0).then_some(Attr { size: SIZE, ..attr })
+    }
+
+    /// Sets the calling thread's attributes; whether the kernel took them.
+    pub fn set(attr: &Attr) -> bool {
+        let attr = Attr {
+            size: SIZE,
+            ..*attr
+        };
+        // SAFETY: the kernel reads `size` bytes from `attr`, a live `struct sched_attr`;
+        // pid 0 is the calling thread.
+        let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, std::ptr::from_ref(&attr), 0) };
+        r == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn nice() -> i32 {
-        rustix::process::getpriority_process(None).unwrap()
+    fn policy() -> u32 {
+        sched::get().expect("sched_getattr").policy
     }
 
     #[test]
-    fn bulk_work_runs_at_the_lowest_priority_and_the_caller_keeps_its_own() {
-        let before = nice();
-        assert_eq!(at_low_priority(nice), BULK_NICE);
-        assert_eq!(nice(), before);
+    fn bulk_work_runs_under_sched_idle_and_the_caller_keeps_its_own() {
+        let before = sched::get().unwrap();
+        assert_eq!(at_low_priority(policy), sched::IDLE);
+        assert_eq!(sched::get().unwrap(), before);
+    }
+
+    #[test]
+    fn a_serving_thread_asks_for_the_short_slice_and_bulk_work_gives_it_back() {
+        std::thread::spawn(|| {
+            serving_thread();
+            let serving = sched::get().unwrap();
+            assert_eq!(serving.policy, sched::OTHER);
+            // Kernels before 6.12 report no slice of a fair thread.
+            assert!(serving.runtime_ns == SERVING_SLICE_NS || serving.runtime_ns == 0);
+            assert_eq!(at_low_priority(policy), sched::IDLE);
+            assert_eq!(sched::get().unwrap(), serving);
+        })
+        .join()
+        .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn large_input_is_bulk_work_and_small_input_runs_in_place() {
         let worker = std::thread::current().id();
-        let (nice_large, _) = run(HEAVY_BYTES, || (nice(), std::thread::current().id()));
-        assert_eq!(nice_large, BULK_NICE);
-        let (nice_small, thread) = run(HEAVY_BYTES - 1, || (nice(), std::thread::current().id()));
+        let (large, _) = run(HEAVY_BYTES, || (policy(), std::thread::current().id()));
+        assert_eq!(large, sched::IDLE);
+        let (small, thread) = run(HEAVY_BYTES - 1, || (policy(), std::thread::current().id()));
         assert_eq!(thread, worker, "small input stays on the worker");
-        assert!(nice_small < BULK_NICE);
-        assert!(nice() < BULK_NICE, "the worker's priority is back");
+        assert_eq!(small, sched::OTHER);
+        assert_eq!(policy(), sched::OTHER, "the worker's policy is back");
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -339,7 +339,16 @@ impl Response {
 
     /// Encodes the response as a frame body.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut buf = Vec::new();
+        self.encode_into(&mut buf);
+        buf
+    }
+
+    /// Appends the JSON encoding to `buf` (a frame being built, see
+    /// [`crate::frame::build_frame`]).
+    pub fn encode_into(&self, buf: &mut Vec<u8>) {
+        // A struct of strings, integers and already-valid raw JSON always serialises.
+        let _ = serde_json::to_writer(buf, self);
     }
 
     /// The typed result, or the error the server sent.

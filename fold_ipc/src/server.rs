@@ -10,9 +10,10 @@
 //! responses go out in completion order, matched by `request_id`.
 
 use crate::error::{ErrorCode, WireError};
-use crate::frame::{encode_frame, read_body, read_header, FrameError, DEFAULT_MAX_FRAME};
+use crate::frame::{build_frame, read_body, read_header, FrameError, DEFAULT_MAX_FRAME};
 use crate::message::{Request, Response};
 use std::future::Future;
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -219,18 +220,20 @@ impl<R: AsyncRead + Unpin> AsyncRead for TimedRead<R> {
 
 /// A response on its way to the writer task, with when it was queued (when timed).
 struct Outgoing {
-    body: Vec<u8>,
+    /// The whole frame, header included.
+    frame: Vec<u8>,
     queued: Option<Instant>,
-    /// The request's share of the [`ByteBudget`], given back once the response is written.
-    held: Option<OwnedSemaphorePermit>,
+    /// The request's share of the [`ByteBudget`], given back when this is dropped (once
+    /// the response is written).
+    _held: Option<OwnedSemaphorePermit>,
 }
 
 impl Outgoing {
-    fn untimed(body: Vec<u8>) -> Outgoing {
+    fn untimed(response: &Response, max_frame: usize) -> Outgoing {
         Outgoing {
-            body,
+            frame: encode_capped(response, max_frame),
             queued: None,
-            held: None,
+            _held: None,
         }
     }
 }
@@ -363,7 +366,10 @@ where
                     format!("frame of {len} bytes exceeds the maximum of {max} bytes; closing the connection"),
                 );
                 let _ = tx
-                    .send(Outgoing::untimed(Response::error(None, error).encode()))
+                    .send(Outgoing::untimed(
+                        &Response::error(None, error),
+                        limits.max_frame,
+                    ))
                     .await;
                 break ConnectionEnd::TooLarge;
             }
@@ -374,7 +380,7 @@ where
         let request = match crate::heavy::run(body.len(), || Request::decode(&body)) {
             Ok(request) => request,
             Err(err) => {
-                let answer = Outgoing::untimed(Response::from(err).encode());
+                let answer = Outgoing::untimed(&Response::from(err), limits.max_frame);
                 if tx.send(answer).await.is_err() {
                     break ConnectionEnd::Io("writer stopped".into());
                 }
@@ -410,13 +416,13 @@ where
             let response = handler.handle_arrived(request, arrival).await;
             let handled = lap(|s| &s.handle_ns, started);
             let size = response.result.as_ref().map_or(0, |r| r.get().len());
-            let body = crate::heavy::run(size, || encode_capped(&response, max_frame));
+            let frame = crate::heavy::run(size, || encode_capped(&response, max_frame));
             let queued = lap(|s| &s.encode_ns, handled);
             answering.fetch_sub(1, Ordering::Relaxed);
             let out = Outgoing {
-                body,
+                frame,
                 queued,
-                held: admitted,
+                _held: admitted,
             };
             let _ = tx.send(out).await;
             drop(permit);
@@ -436,18 +442,21 @@ where
     end
 }
 
-/// Encodes a response; one larger than the peer's frame cap becomes a `too_large` error,
-/// so the peer gets an answer instead of a frame it must refuse.
+/// Encodes a response as a frame; one larger than the peer's frame cap becomes a
+/// `too_large` error, so the peer gets an answer instead of a frame it must refuse.
 fn encode_capped(response: &Response, max_frame: usize) -> Vec<u8> {
-    let body = response.encode();
-    if body.len() <= max_frame {
-        return body;
+    match build_frame(max_frame, |buf| response.encode_into(buf)) {
+        Ok(frame) => frame,
+        Err(e) => {
+            let error = WireError::new(
+                ErrorCode::TooLarge,
+                format!("{e}: the response is over the frame cap; ask for fewer rows or fields"),
+            );
+            let refusal = Response::error(response.request_id.clone(), error);
+            // A refusal is a few hundred bytes, far below any cap; u32::MAX never refuses.
+            build_frame(u32::MAX as usize, |buf| refusal.encode_into(buf)).unwrap_or_default()
+        }
     }
-    let error = WireError::new(
-        ErrorCode::TooLarge,
-        format!("the response is {} bytes, over the {max_frame}-byte frame cap; ask for fewer rows or fields", body.len()),
-    );
-    Response::error(response.request_id.clone(), error).encode()
 }
 
 /// Writes responses as they come, several per write when they queue up.
@@ -463,26 +472,25 @@ async fn write_responses<W: AsyncWrite + Unpin>(
     stats: Option<Arc<ServerStats>>,
     answering: Arc<AtomicUsize>,
 ) {
-    let mut batch = Vec::new();
-    // Budget shares of the responses in `batch`: given back once it is written.
-    let mut held = Vec::new();
-    while let Some(mut first) = rx.recv().await {
+    // Frames written together, each from its own buffer (a large one is never copied).
+    let mut batch: Vec<Outgoing> = Vec::new();
+    while let Some(first) = rx.recv().await {
         batch.clear();
-        held.extend(first.held.take());
         let took = |out: &Outgoing| {
             if let (Some(stats), Some(queued)) = (&stats, out.queued) {
                 add_elapsed(&stats.queue_ns, queued);
             }
         };
         took(&first);
-        push_frame(&mut batch, &first.body);
+        let mut bytes = first.frame.len();
+        batch.push(first);
         let mut yielded = false;
-        while batch.len() < 64 * 1024 {
+        while bytes < 64 * 1024 {
             match rx.try_recv() {
-                Ok(mut out) => {
+                Ok(out) => {
                     took(&out);
-                    push_frame(&mut batch, &out.body);
-                    held.extend(out.held.take());
+                    bytes += out.frame.len();
+                    batch.push(out);
                 }
                 Err(_) if !yielded && answering.load(Ordering::Relaxed) > 0 => {
                     yielded = true;
@@ -493,11 +501,12 @@ async fn write_responses<W: AsyncWrite + Unpin>(
         }
         let started = stats.as_ref().map(|_| Instant::now());
         let write = async {
-            writer.write_all(&batch).await?;
+            write_all_frames(&mut writer, &batch).await?;
             writer.flush().await
         };
         let written = tokio::time::timeout(limits.write_timeout, write).await;
-        held.clear();
+        // The budget shares go back with the frames.
+        batch.clear();
         match written {
             Ok(Ok(())) => {}
             // The peer is gone or not reading: stop; the reader side ends on its own.
@@ -511,17 +520,27 @@ async fn write_responses<W: AsyncWrite + Unpin>(
     let _ = writer.shutdown().await;
 }
 
-fn push_frame(batch: &mut Vec<u8>, body: &[u8]) {
-    // Responses are produced by this crate and bounded well below u32::MAX.
-    if let Ok(frame) = encode_frame(body, u32::MAX as usize) {
-        batch.extend_from_slice(&frame);
+/// Writes every frame of `batch`, as few `writev`s as the socket takes.
+async fn write_all_frames<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    batch: &[Outgoing],
+) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|o| IoSlice::new(&o.frame)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = writer.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{read_frame, write_frame};
+    use crate::frame::{encode_frame, read_frame, write_frame};
     use crate::operation::Operation;
     use tokio::io::{duplex, AsyncReadExt, DuplexStream};
 

@@ -252,7 +252,10 @@ impl WriterHandle {
         let thread_queues = Arc::clone(&queues);
         std::thread::Builder::new()
             .name("fold_node-writer".into())
-            .spawn(move || run(conn, &catalog, &thread_queues))
+            .spawn(move || {
+                fold_ipc::heavy::serving_thread();
+                run(conn, &catalog, &thread_queues)
+            })
             .map_err(|e| NodeError::io("cannot start the writer thread", "", e))?;
         Ok(WriterHandle { queues })
     }

@@ -252,6 +252,10 @@ const UNSAFE_ALLOWED: &[(&str, &str)] = &[
         "pre_exec in the forked child: async-signal-safe calls only (setsid, setrlimit)",
     ),
     (
+        "fold_ipc/src/heavy.rs",
+        "sched_getattr and sched_setattr on the calling thread: no wrapper in nix, rustix or libc",
+    ),
+    (
         "fold_bench/src/alloc_count.rs",
         "the counting global allocator of the benchmark, delegating to System",
     ),

@@ -140,7 +140,8 @@ fn main() -> std::process::ExitCode {
             .data
             .clone()
             .context("--data DIR (or FOLD_NODE_DATA) is required")?;
-        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        let runtime =
+            fold_ipc::heavy::serving_runtime().context("cannot start the async runtime")?;
         runtime.block_on(run(cli, data))
     })();
     match outcome {
