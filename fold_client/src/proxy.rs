@@ -185,6 +185,9 @@ pub struct RemoteNode {
     next_slot: AtomicUsize,
     next_id: AtomicU64,
     max_frame: usize,
+    /// The daemon's runtime: connections are opened there, so that their tasks and sockets
+    /// do not belong to the lane of the app whose request happened to open them.
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for RemoteNode {
@@ -207,6 +210,7 @@ impl RemoteNode {
             next_slot: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             max_frame,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -221,25 +225,37 @@ impl RemoteNode {
                 format!("the data node at {} is unreachable: {e}", self.address),
             )
         };
-        let conn = match &self.address {
-            Address::Unix(path) => {
-                let stream =
-                    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
-                        .await
-                        .map_err(|_| unavailable("connect timed out".into()))?
-                        .map_err(|e| unavailable(e.to_string()))?;
-                MuxConnection::new(stream, self.max_frame)
-            }
-            Address::Tcp(addr) => {
-                let stream =
-                    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-                        .await
-                        .map_err(|_| unavailable("connect timed out".into()))?
-                        .map_err(|e| unavailable(e.to_string()))?;
-                let _ = stream.set_nodelay(true);
-                MuxConnection::new(stream, self.max_frame)
+        let address = self.address.clone();
+        let max_frame = self.max_frame;
+        let connect = async move {
+            match address {
+                Address::Unix(path) => {
+                    let stream = tokio::time::timeout(
+                        CONNECT_TIMEOUT,
+                        tokio::net::UnixStream::connect(path),
+                    )
+                    .await
+                    .map_err(|_| "connect timed out".to_string())?
+                    .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(MuxConnection::new(stream, max_frame))
+                }
+                Address::Tcp(addr) => {
+                    let stream =
+                        tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                            .await
+                            .map_err(|_| "connect timed out".to_string())?
+                            .map_err(|e| e.to_string())?;
+                    let _ = stream.set_nodelay(true);
+                    Ok(MuxConnection::new(stream, max_frame))
+                }
             }
         };
+        let conn = self
+            .runtime
+            .spawn(connect)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(unavailable)?;
         let conn = Arc::new(conn);
         *guard = Some(Arc::clone(&conn));
         Ok(conn)

@@ -36,17 +36,21 @@ pub const HEAVY_BYTES: usize = 64 * 1024;
 /// The scheduler slice of a serving thread ([`serving_thread`]): the kernel's minimum.
 pub const SERVING_SLICE_NS: u64 = 100_000;
 
-/// Runs `f`, a step over `bytes` of input: at idle priority and off the async worker
-/// when the input is at least [`HEAVY_BYTES`] and the runtime is multi-threaded; in place
-/// otherwise (a small input costs less than the hand-off, and a current-thread runtime has
-/// no other worker to hand its tasks to).
+/// Runs `f`, a step over `bytes` of input. When the input is at least [`HEAVY_BYTES`], it
+/// runs under `SCHED_IDLE`: off the async worker on a multi-threaded runtime, so the
+/// worker's other tasks go on elsewhere; in place on a current-thread runtime (a lane of
+/// the daemon, which serves one app: the work holds up only that app's requests) or
+/// outside any runtime. A small input runs in place as it is (it costs less than the
+/// hand-off).
 pub fn run<T: Send>(bytes: usize, f: impl FnOnce() -> T + Send) -> T {
-    let off_worker = bytes >= HEAVY_BYTES
-        && Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if off_worker {
-        tokio::task::block_in_place(|| at_low_priority(f))
-    } else {
-        f()
+    if bytes < HEAVY_BYTES {
+        return f();
+    }
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| at_low_priority(f))
+        }
+        _ => at_low_priority(f),
     }
 }
 
@@ -249,8 +253,10 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn a_current_thread_runtime_runs_everything_in_place() {
+    async fn a_current_thread_runtime_runs_bulk_work_in_place_at_low_priority() {
         let me = std::thread::current().id();
-        assert_eq!(run(HEAVY_BYTES * 4, || std::thread::current().id()), me);
+        let (thread, large) = run(HEAVY_BYTES * 4, || (std::thread::current().id(), policy()));
+        assert_eq!((thread, large), (me, sched::IDLE));
+        assert_eq!(policy(), sched::OTHER);
     }
 }

@@ -1,6 +1,7 @@
 //! Binding an app's socket (safely: never over a live daemon's) and serving it.
 
 use super::handler::{AppHandler, AppRuntime};
+use super::lane::LaneSlot;
 use super::peer::{ContainerIdentity, Peer, PeerRule};
 use super::Services;
 use crate::fsutil::{Access, Dir};
@@ -96,6 +97,7 @@ pub async fn serve_socket(
     cancel: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(shared.config.max_connections_per_app));
+    let lane = LaneSlot::default();
     let handler = Arc::new(AppHandler {
         app_id: app_id.clone(),
         runtime,
@@ -154,7 +156,7 @@ pub async fn serve_socket(
         let checking = Arc::clone(&shared);
         let app = app_id.clone();
         let rule = peer_rule.clone();
-        shared.tasks.spawn(async move {
+        let serve = move |stream: UnixStream| async move {
             if let Err(detail) = placement_check(&checking, (&app, uid), &peer, rule).await {
                 reject(&checking, &app, &detail).await;
                 return;
@@ -162,7 +164,20 @@ pub async fn serve_socket(
             let end = serve_connection(stream, handler, limits, shutdown.cancelled_owned()).await;
             tracing::debug!(?end, "app connection ended");
             drop(permit);
-        });
+        };
+        // The connection is served on the app's lane (`lane`); its socket moves to the
+        // lane's runtime, whose reactor then drives it.
+        match lane.get().and_then(|lane| Ok((lane, stream.into_std()?))) {
+            Ok((lane, stream)) => lane.spawn(shared.tasks.track_future(async move {
+                match UnixStream::from_std(stream) {
+                    Ok(stream) => serve(stream).await,
+                    Err(e) => tracing::warn!(error = %e, "cannot move a connection to its lane"),
+                }
+            })),
+            Err(e) => {
+                tracing::warn!(app_id = %app_id, error = %e, "cannot start the app's lane; connection closed")
+            }
+        }
     }
     let _ = std::fs::remove_file(&socket.path);
 }

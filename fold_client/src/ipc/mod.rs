@@ -8,6 +8,7 @@
 //! mounts, so a re-bound socket (daemon restart) is visible to running apps.
 
 pub mod handler;
+pub mod lane;
 pub mod listener;
 pub mod peer;
 
