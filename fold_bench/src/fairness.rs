@@ -78,7 +78,7 @@ pub fn run(runtime: &Runtime, o: &Options) -> Vec<Row> {
         }
     } else {
         Sizes {
-            reads: 2000,
+            reads: 10_000,
             warmup: 200,
             scan_records: 3000,
             quota_bytes: 8 << 20,

@@ -79,6 +79,27 @@ pub fn at_low_priority<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// Awaits `io`, the reading or writing of a frame of `bytes`, with each of its polls under
+/// `SCHED_IDLE` when the frame is at least [`HEAVY_BYTES`]: the copies between the socket
+/// and memory happen in those polls, and for a frame of megabytes they add up to
+/// milliseconds. Between polls the thread runs as it was. Where the priority could not be
+/// raised back, `io` runs as it is.
+pub async fn io<F: std::future::Future>(bytes: usize, io: F) -> F::Output {
+    if bytes < HEAVY_BYTES || !can_raise_priority() {
+        return io.await;
+    }
+    let mut io = std::pin::pin!(io);
+    std::future::poll_fn(|cx| match sched::get() {
+        Some(before) if before.policy != sched::IDLE => {
+            sched::set(&before.idle());
+            let _restore = Restore(before);
+            io.as_mut().poll(cx)
+        }
+        _ => io.as_mut().poll(cx),
+    })
+    .await
+}
+
 /// Gives the calling thread a short scheduler slice ([`SERVING_SLICE_NS`]), for the threads
 /// that answer requests (the daemon's and the node's async workers, blocking pool and
 /// writer: call it from `on_thread_start`). Kernels before 6.12 ignore the slice; nothing
@@ -250,6 +271,14 @@ mod tests {
         assert_eq!(thread, worker, "small input stays on the worker");
         assert_eq!(small, sched::OTHER);
         assert_eq!(policy(), sched::OTHER, "the worker's policy is back");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn large_io_is_polled_at_low_priority_and_small_io_as_it_is() {
+        let polled = |n| io(n, async { policy() });
+        assert_eq!(polled(HEAVY_BYTES).await, sched::IDLE);
+        assert_eq!(polled(HEAVY_BYTES - 1).await, sched::OTHER);
+        assert_eq!(policy(), sched::OTHER);
     }
 
     #[tokio::test(flavor = "current_thread")]

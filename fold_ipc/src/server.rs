@@ -347,7 +347,8 @@ where
                 None => None,
             };
             // The body stays in the socket until the budget admits it.
-            let body = read_body(&mut reader, len).await?;
+            // Copying a large body out of the socket is bulk work (`heavy::io`).
+            let body = crate::heavy::io(len, read_body(&mut reader, len)).await?;
             Ok::<_, FrameError>(Some((body, admitted)))
         };
         let frame = tokio::select! {
@@ -500,10 +501,10 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             }
         }
         let started = stats.as_ref().map(|_| Instant::now());
-        let write = async {
+        let write = crate::heavy::io(bytes, async {
             write_all_frames(&mut writer, &batch).await?;
             writer.flush().await
-        };
+        });
         let written = tokio::time::timeout(limits.write_timeout, write).await;
         // The budget shares go back with the frames.
         batch.clear();
