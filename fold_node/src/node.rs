@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 /// clients of the node).
 pub const DEFAULT_IDENTITY: &str = "node";
 
-/// Read connections kept open by default; also the number of reads run at once (the read
-/// slots, shared fairly among apps: see [`Node::execute_limited`]).
+/// The number of reads run on the blocking pool at once by default (the read slots, shared
+/// fairly among apps: see [`Node::execute_limited`]); reads that finish within the inline
+/// budget take no slot.
 pub const DEFAULT_READERS: usize = 4;
 
 /// Default [`NodeConfig::max_vm_steps`]: 50 million steps. Measured on the 2-core
@@ -47,7 +48,8 @@ pub struct NodeConfig {
     pub identity: String,
     /// How hard each commit works to survive failures.
     pub durability: Durability,
-    /// Read connections, i.e. how many reads run concurrently (at least 1).
+    /// Read slots: how many reads run on the blocking pool at once (at least 1); a read
+    /// that finishes within the inline budget takes none.
     pub readers: usize,
     /// The work budget of one read (a query, a history, a schema lookup), in SQLite
     /// virtual-machine steps, the bytes a `contains` filter scans counted as one step per
@@ -351,22 +353,21 @@ impl Node {
     /// is expected to outlive the budget ([`Placement::Pool`]) goes to the pool at once
     /// rather than paying for the budget and the rerun.
     ///
-    /// At most `readers` reads run at once: each holds one of the fair read slots
-    /// (`fair.rs`) of `who`, given back when it ends, on the blocking pool too. Dropping
-    /// the future while it waits for a slot leaves the queue.
+    /// At most `readers` reads run on the blocking pool at once: each holds one of the
+    /// fair read slots (`fair.rs`) of `who`, given back when it ends. Dropping the future
+    /// while it waits for a slot leaves the queue. The inline attempt takes no slot.
     async fn read<T, F>(&self, who: &Tenant<'_>, placement: Placement, f: F) -> Result<T, NodeError>
     where
         T: Send + 'static,
         F: Fn(&Connection, &Catalog) -> Result<T, NodeError> + Send + Sync + 'static,
     {
-        let slot = self
-            .inner
-            .read_slots
-            .acquire(who.name, who.share.reads)
-            .await;
         // One work budget for the whole read, across the inline attempt and the rerun.
         let work = Arc::new(Work::new(self.inner.config.max_vm_steps));
         if placement == Placement::Inline {
+            // No read slot: the attempt runs for at most the inline budget, on the caller's
+            // thread (in the daemon, the lane of the app: its CPU is the app's own share).
+            // A slot held by a thread the kernel has just preempted would make every other
+            // tenant's read wait for that thread to run again.
             match self
                 .inner
                 .with_reader(Stop::After(INLINE_READ_BUDGET), &work, &f)
@@ -375,6 +376,11 @@ impl Node {
                 done => return done,
             }
         }
+        let slot = self
+            .inner
+            .read_slots
+            .acquire(who.name, who.share.reads)
+            .await;
         let inner = Arc::clone(&self.inner);
         // The read on the pool runs until it ends or its caller stops waiting (the daemon
         // answered `timeout` and dropped this future): then its statement is interrupted,

@@ -144,6 +144,53 @@ async fn expensive_queries_of_one_app_do_not_starve_another_apps_point_reads() {
     );
 }
 
+/// A point read finishes within the inline budget and takes no read slot: it is answered
+/// even while every slot is held, here by the same app's expensive queries (its share is
+/// spent, so the old rule, a slot for every read, made it wait for them). A slot held by a
+/// thread the kernel had preempted used to make every other read wait for that thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_read_needs_no_read_slot_even_when_every_slot_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        readers: 1,
+        ..NodeConfig::new(dir.path().join("node"))
+    };
+    let node = Node::open_with(config).unwrap();
+    let heavy = hostile_data(&node, 200, 4096).await;
+    let point = victim_data(&node).await;
+    let one = limits(1, 32, None);
+    let attack: Vec<_> = (0..3)
+        .map(|_| {
+            let node = node.clone();
+            let heavy = heavy.clone();
+            tokio::spawn(async move { run(&node, "app", &one, "query", &heavy).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let page = tokio::time::timeout(
+        Duration::from_secs(10),
+        run(&node, "app", &one, "query", &point),
+    )
+    .await
+    .expect("the point read timed out")
+    .unwrap();
+    let took = t.elapsed();
+    let still_running = attack.iter().filter(|a| !a.is_finished()).count();
+    for a in &attack {
+        a.abort();
+    }
+    assert_eq!(page["rows"].as_array().map(Vec::len), Some(1), "{page}");
+    assert!(
+        still_running > 0,
+        "the expensive queries ended first: the test did not overlap them"
+    );
+    assert!(
+        took < Duration::from_millis(250),
+        "the point read took {took:?} while the only slot was held"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_flood_of_one_app_delays_another_apps_writes_by_about_one_batch() {
     let dir = tempfile::tempdir().unwrap();
