@@ -126,6 +126,10 @@ impl Shared {
     pub fn app_dir(&self, app_id: &str) -> PathBuf {
         self.paths.app_dir(app_id)
     }
+    /// Where the app's last job keeps its output.
+    pub fn job_output_dir(&self, app_id: &str) -> PathBuf {
+        self.paths.job_output_dir(app_id)
+    }
     /// The app's log file.
     pub fn log_path(&self, app_id: &str) -> PathBuf {
         self.paths.log_path(app_id)
@@ -386,6 +390,7 @@ pub async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Arc<App>, Daemon
 fn cleanup_files(shared: &Shared, app_id: &str) {
     let _ = std::fs::remove_dir_all(shared.socket_dir(app_id));
     let _ = std::fs::remove_dir_all(shared.app_dir(app_id));
+    let _ = std::fs::remove_dir_all(shared.job_output_dir(app_id));
 }
 
 /// Records where the app will run before it is launched there (`app launch --direct`

@@ -189,6 +189,9 @@ pub struct Config {
     pub stop_grace: Duration,
     /// Size cap of each app's log file.
     pub log_cap: u64,
+    /// Bytes of each stream a job (`app run`) keeps by default; past them it drops and
+    /// says so.
+    pub job_output_cap: u64,
     /// Size at which the audit log is rotated (`audit.jsonl` becomes `audit.jsonl.1`).
     pub audit_max_bytes: u64,
     /// Rotated audit files kept; the oldest beyond this is deleted at each rotation.
@@ -289,6 +292,11 @@ impl AppPaths {
     pub fn log_path(&self, app_id: &str) -> PathBuf {
         self.logs_dir.join(format!("{app_id}.log"))
     }
+    /// Where the app's jobs (`app run`) keep their output: a directory per run, holding
+    /// `stdout` and `stderr`; only the last run's is kept.
+    pub fn job_output_dir(&self, app_id: &str) -> PathBuf {
+        self.logs_dir.join(format!("{app_id}.run"))
+    }
 }
 
 /// The config file, as written by people. Every key is optional.
@@ -349,6 +357,8 @@ pub struct FileConfig {
     pub stop_grace_ms: Option<u64>,
     /// Log cap in bytes.
     pub log_cap_bytes: Option<u64>,
+    /// See [`Config::job_output_cap`].
+    pub job_output_cap_bytes: Option<u64>,
     /// See [`Config::audit_max_bytes`].
     pub audit_max_bytes: Option<u64>,
     /// See [`Config::audit_keep`].
@@ -715,6 +725,11 @@ impl Config {
                     .unwrap_or(DEFAULT_STOP_GRACE.as_millis() as u64),
             ),
             log_cap: positive("log_cap_bytes", file.log_cap_bytes, DEFAULT_LOG_CAP)?,
+            job_output_cap: positive(
+                "job_output_cap_bytes",
+                file.job_output_cap_bytes,
+                crate::sandbox::capture::DEFAULT_OUTPUT_CAP,
+            )?,
             audit_max_bytes: positive(
                 "audit_max_bytes",
                 file.audit_max_bytes,

@@ -347,6 +347,7 @@ impl Supervisor {
             network: app.network.clone(),
             log_path: paths.log_path(&app.id),
             log_cap: self.settings.log_cap,
+            capture: options.capture.clone(),
             legacy_token: self.legacy_token(app, options.direct),
             labels: HashMap::new(),
         }

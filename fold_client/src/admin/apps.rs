@@ -3,15 +3,17 @@
 
 use super::protocol::{
     AdminCall, AdminReply, AdminRequest, AppView, GrantRequest, InstallRequest, InstallResponse,
-    LaunchRequest, LaunchResponse, LimitsRequest, ListResponse, NodeLimitsView, PsResponse, PsRow,
-    RemoveResponse, ResourceLimitsView, RunRequest, RunResponse, ShowResponse, StateResponse,
-    StatusResponse, StopRequest, UngrantRequest, UsageView, WaitRequest,
+    JobStream, LaunchRequest, LaunchResponse, LimitsRequest, ListResponse, NodeLimitsView,
+    PsResponse, PsRow, RemoveResponse, ResourceLimitsView, RunRequest, RunResponse, ShowResponse,
+    StateResponse, StatusResponse, StopRequest, UngrantRequest, UsageView, WaitRequest,
 };
 use super::{binary_name, check_cpus, encode};
 use crate::apps::{self, DaemonError, Shared};
 use crate::registry::{App, AuthMode, InstallSpec, Placement};
-use crate::sandbox::SandboxKind;
+use crate::sandbox::capture::{JobOutput, StreamCount};
+use crate::sandbox::{AppState, SandboxKind};
 use crate::supervisor::{LaunchOptions, LaunchOutcome, RestartPolicy};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +58,7 @@ fn app_view(shared: &Shared, app: &App) -> AppView {
             .join(crate::ipc::CREDENTIALS_FILE),
         app_dir: shared.app_dir(&app.id),
         log: shared.log_path(&app.id),
+        job_output: shared.job_output_dir(&app.id),
         sandbox,
         state,
         restarts: status.as_ref().map(|s| s.restarts),
@@ -291,6 +294,20 @@ async fn launch(
     })
 }
 
+/// A run id a client may choose: 8 to 32 lowercase hex digits (a directory name, nothing
+/// more).
+fn valid_run_id(id: &str) -> bool {
+    (8..=32).contains(&id.len()) && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn job_stream((path, count): (PathBuf, StreamCount)) -> JobStream {
+    JobStream {
+        path,
+        captured: count.captured,
+        dropped: count.dropped,
+    }
+}
+
 async fn run(shared: &Arc<Shared>, request: RunRequest) -> Result<RunResponse, DaemonError> {
     let timeout = request.timeout.max(Duration::from_millis(1));
     let launch = LaunchRequest {
@@ -303,10 +320,32 @@ async fn run(shared: &Arc<Shared>, request: RunRequest) -> Result<RunResponse, D
         args: request.args,
     };
     let app = launch.app.clone();
-    let options = launch_options(shared, launch);
+    let mut options = launch_options(shared, launch);
     let app = apps::place(shared, &app, placement_of(options.direct)).await?;
     let grace = shared.config.stop_grace;
+    let cap = request
+        .output_cap
+        .unwrap_or(shared.config.job_output_cap)
+        .max(1);
+    let run_id = request
+        .run_id
+        .filter(|id| valid_run_id(id))
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    let runs = shared.job_output_dir(&app.id);
+    // Only the last run's output is kept.
+    if let Ok(old) = std::fs::read_dir(&runs) {
+        for entry in old.flatten() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let output_dir = runs.join(&run_id);
+    let capture = JobOutput::create(&output_dir, cap).map_err(apps::setup(format!(
+        "cannot create the job's output files in {}",
+        output_dir.display()
+    )))?;
+    options.capture = Some(capture.clone());
     let outcome = shared.supervisor.run(&app, options, timeout, grace).await?;
+    let output = capture.summary();
     let kind = outcome.launch.kind;
     let detail = format!(
         "{}; {}{}",
@@ -331,7 +370,17 @@ async fn run(shared: &Arc<Shared>, request: RunRequest) -> Result<RunResponse, D
         // As in `ps`: what the state cannot say (a child's OOM kill, a timeout kill).
         note: shared.supervisor.status(&app.id).and_then(|s| s.note),
         exit_code: outcome.exit_code,
+        signal: match outcome.state {
+            AppState::Exited { code } if code > 128 => Some(code - 128),
+            // The kernel's OOM killer sends SIGKILL.
+            AppState::OomKilled => Some(9),
+            _ => None,
+        },
+        oom_killed: outcome.state == AppState::OomKilled,
         timed_out: outcome.timed_out,
+        output_cap: output.cap,
+        stdout: job_stream(output.stdout),
+        stderr: job_stream(output.stderr),
         // Whole milliseconds, as the wire carries them.
         duration: Duration::from_millis(
             u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),

@@ -471,10 +471,32 @@ pub struct RunRequest {
     #[arg(long)]
     #[serde(default)]
     pub image: Option<String>,
+    /// Bytes of stdout, and of stderr, kept whole; output past them is dropped and counted
+    /// (default: the daemon's `job_output_cap_bytes`, 8 MiB).
+    #[arg(long, value_name = "BYTES")]
+    #[serde(default)]
+    pub output_cap: Option<u64>,
+    /// Names the directory the run's output is kept in (8 to 32 lowercase hex digits), so
+    /// that a client can follow the files while the job runs; the daemon picks one when
+    /// it is missing.
+    #[arg(skip)]
+    #[serde(default)]
+    pub run_id: Option<String>,
     /// Arguments for the app.
     #[arg(last = true)]
     #[serde(default)]
     pub args: Vec<String>,
+}
+
+/// One output stream of a job: where it is kept and how much of it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStream {
+    /// The file holding what was kept (the daemon's; replaced by the app's next run).
+    pub path: PathBuf,
+    /// Bytes kept.
+    pub captured: u64,
+    /// Bytes written past the cap and dropped.
+    pub dropped: u64,
 }
 
 /// How a one-shot run ended.
@@ -494,8 +516,18 @@ pub struct RunResponse {
     pub note: Option<String>,
     /// Its exit code (137 for an OOM kill; `None` when stopped or failed).
     pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did (from an exit code of 128 + signal).
+    pub signal: Option<i32>,
+    /// Whether it was killed for exceeding its memory limit.
+    pub oom_killed: bool,
     /// Whether it was killed for running past its timeout.
     pub timed_out: bool,
+    /// Bytes of each stream kept whole (the cap).
+    pub output_cap: u64,
+    /// Its stdout.
+    pub stdout: JobStream,
+    /// Its stderr.
+    pub stderr: JobStream,
     /// How long it ran.
     #[serde(rename = "duration_ms", with = "millis")]
     pub duration: Duration,
@@ -625,6 +657,8 @@ pub struct AppView {
     pub app_dir: PathBuf,
     /// Its log file.
     pub log: PathBuf,
+    /// Where its jobs keep their output (`<run id>/stdout`, `<run id>/stderr`).
+    pub job_output: PathBuf,
     /// Its backend, when it was launched.
     pub sandbox: Option<String>,
     /// Its state (`not running` when it was never launched).
@@ -771,6 +805,7 @@ mod tests {
             credentials: "/s/credentials.json".into(),
             app_dir: "/a".into(),
             log: "/l".into(),
+            job_output: "/l.run".into(),
             sandbox: Some("docker".into()),
             state: "running".into(),
             restarts: Some(1),
@@ -973,6 +1008,8 @@ mod tests {
                 timeout: Duration::from_secs(30),
                 direct: false,
                 image: None,
+                output_cap: Some(4096),
+                run_id: Some("00ff00ff".into()),
                 args: vec!["exit".into(), "5".into()],
             },
             "run",
@@ -986,7 +1023,20 @@ mod tests {
             state: "exited(5)".into(),
             note: Some("killed at the timeout".into()),
             exit_code: Some(5),
+            signal: None,
+            oom_killed: false,
             timed_out: false,
+            output_cap: 4096,
+            stdout: JobStream {
+                path: "/l.run/stdout".into(),
+                captured: 4096,
+                dropped: 10,
+            },
+            stderr: JobStream {
+                path: "/l.run/stderr".into(),
+                captured: 0,
+                dropped: 0,
+            },
             duration: Duration::from_millis(1234),
             container: None,
             isolation: None,

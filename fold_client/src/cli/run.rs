@@ -8,7 +8,7 @@ use fold_client::admin::protocol::{
 };
 use fold_client::sandbox::docker;
 use fold_client::terminal::escape;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
@@ -138,9 +138,11 @@ fn exit_code(state: &str) -> i32 {
     }
 }
 
-/// `app run`: streams the app's output while it runs (escaped for the terminal unless
-/// `raw`); returns its exit code, 124 when it was killed at the timeout.
-pub async fn run(ctx: &Context, request: RunRequest, raw: bool) -> Result<i32> {
+/// `app run`: streams the job's stdout and stderr, each to its own, while it runs (escaped
+/// for the terminal unless `raw`), every byte up to the job's output cap, and says on
+/// stderr what was dropped past it; returns its exit code, 124 when it was killed at the
+/// timeout.
+pub async fn run(ctx: &Context, mut request: RunRequest, raw: bool) -> Result<i32> {
     let status = status(ctx).await?;
     let app = request.app.clone();
     let timeout = request.timeout;
@@ -148,18 +150,29 @@ pub async fn run(ctx: &Context, request: RunRequest, raw: bool) -> Result<i32> {
     let shown = ctx
         .call(ShowRequest { app }, super::app::ADMIN_TIMEOUT)
         .await?;
-    let log = shown.app.log;
-    let offset = tokio::fs::metadata(&log).await.map_or(0, |m| m.len());
+    // The run's output directory is named here, so it can be followed while the job runs.
+    let run_id = format!("{:016x}", rand::random::<u64>());
+    let dir = shown.app.job_output.join(&run_id);
+    request.run_id = Some(run_id);
     let (done_tx, done_rx) = watch::channel(false);
-    let tail = (!ctx.json).then(|| tokio::spawn(tail(log, offset, done_rx, raw)));
+    let follow = (!ctx.json).then(|| tokio::spawn(follow(dir, done_rx, raw)));
     let deadline = timeout + status.stop_grace + status.pull_timeout + LAUNCH_SLACK;
     let result = ctx.call(request, deadline).await;
     let _ = done_tx.send(true);
-    if let Some(tail) = tail {
-        let _ = tokio::time::timeout(Duration::from_secs(5), tail).await;
+    if let Some(follow) = follow {
+        let _ = follow.await;
     }
     let result = result?;
     warn_all(&result.warnings);
+    for (name, stream) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
+        if stream.dropped > 0 {
+            eprintln!(
+                "output truncated: {} bytes of {name} dropped past the {} cap",
+                stream.dropped,
+                human_bytes(result.output_cap)
+            );
+        }
+    }
     if ctx.json {
         println!("{}", super::json(&result)?);
     } else if result.timed_out {
@@ -184,48 +197,96 @@ pub async fn run(ctx: &Context, request: RunRequest, raw: bool) -> Result<i32> {
     })
 }
 
-/// Prints what is appended to the app's log from `offset` until `done` (then once more).
-async fn tail(path: PathBuf, mut offset: u64, mut done: watch::Receiver<bool>, raw: bool) {
+/// `8 MiB`, `512 KiB`, `100 B`: a cap as people write it.
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}
+
+/// Copies what the job's `stdout` and `stderr` files in `dir` gain to this process's own,
+/// until `done` (then once more, to the end). The files only grow (to the job's cap), so
+/// nothing written is missed.
+async fn follow(dir: PathBuf, mut done: watch::Receiver<bool>, raw: bool) {
+    let mut out = Follower::new(dir.join("stdout"));
+    let mut err = Follower::new(dir.join("stderr"));
     loop {
         let finished = *done.borrow();
-        offset = print_new(&path, offset, raw).await;
+        out.copy(&mut std::io::stdout(), raw, finished).await;
+        err.copy(&mut std::io::stderr(), raw, finished).await;
         if finished {
             return;
         }
         tokio::select! {
             _ = done.changed() => {}
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
 }
 
-/// Prints the complete lines after `offset` (escaped unless `raw`); returns the offset
-/// after them.
-async fn print_new(path: &Path, offset: u64, raw: bool) -> u64 {
-    let Ok(mut file) = tokio::fs::File::open(path).await else {
-        return offset;
-    };
-    let len = file.metadata().await.map_or(0, |m| m.len());
-    let offset = if len < offset { 0 } else { offset }; // rotated
-    if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
-        return offset;
-    }
-    let mut bytes = Vec::new();
-    if file.take(4 << 20).read_to_end(&mut bytes).await.is_err() {
-        return offset;
-    }
-    let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else {
-        return offset;
-    };
-    // The app wrote these bytes (need not be UTF-8): each line escaped unless `raw`.
-    for line in super::audit::lines(&bytes[..=end]) {
-        if let Some(out) = line.strip_prefix(b"stdout: ") {
-            super::audit::show_line(&mut std::io::stdout(), out, raw);
-        } else if let Some(err) = line.strip_prefix(b"stderr: ") {
-            super::audit::show_line(&mut std::io::stderr(), err, raw);
-        } else {
-            super::audit::show_line(&mut std::io::stderr(), line, raw);
+/// One stream's file, read from where the last read ended.
+struct Follower {
+    path: PathBuf,
+    offset: u64,
+    /// An escaped stream's unfinished line.
+    line: Vec<u8>,
+}
+
+impl Follower {
+    fn new(path: PathBuf) -> Follower {
+        Follower {
+            path,
+            offset: 0,
+            line: Vec::new(),
         }
     }
-    offset + end as u64 + 1
+
+    /// Writes what the file gained to `to`: as it is with `raw`, else escaped line by line
+    /// (an unfinished line waits for its end, or for `last`).
+    async fn copy(&mut self, to: &mut impl std::io::Write, raw: bool, last: bool) {
+        loop {
+            let bytes = self.read_more().await;
+            if bytes.is_empty() {
+                break;
+            }
+            if raw {
+                to.write_all(&bytes).expect("cannot write the app's output");
+            } else {
+                self.line.extend_from_slice(&bytes);
+                if let Some(end) = self.line.iter().rposition(|&b| b == b'\n') {
+                    let rest = self.line.split_off(end + 1);
+                    for line in super::audit::lines(&self.line) {
+                        super::audit::show_line(to, line, false);
+                    }
+                    self.line = rest;
+                }
+            }
+        }
+        if last && !self.line.is_empty() {
+            super::audit::show_line(to, &std::mem::take(&mut self.line), false);
+        }
+        let _ = to.flush();
+    }
+
+    /// Up to 1 MiB of what follows the offset (nothing when the file is not there yet).
+    async fn read_more(&mut self) -> Vec<u8> {
+        let Ok(mut file) = tokio::fs::File::open(&self.path).await else {
+            return Vec::new();
+        };
+        if file
+            .seek(std::io::SeekFrom::Start(self.offset))
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        let mut bytes = Vec::new();
+        if file.take(1 << 20).read_to_end(&mut bytes).await.is_err() {
+            return Vec::new();
+        }
+        self.offset += bytes.len() as u64;
+        bytes
+    }
 }

@@ -236,6 +236,7 @@ fn spawn(spec: &LaunchSpec) -> Result<(Child, LogFile), SandboxError> {
         return Err(SandboxError::Backend(msg));
     }
     let log = LogFile::open(&spec.log_path, spec.log_cap)?;
+    log.set_capture(spec.capture.clone());
     log.write_marker(&format!(
         "NOT SANDBOXED (direct mode): {} runs as a host process",
         spec.app_name

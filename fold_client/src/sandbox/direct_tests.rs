@@ -38,6 +38,7 @@ fn app(script: &str) -> (tempfile::TempDir, LaunchSpec) {
         network: None,
         log_path: tmp.path().join("logs/app1.log"),
         log_cap: 1 << 20,
+        capture: None,
         legacy_token: None,
         labels: HashMap::new(),
     };

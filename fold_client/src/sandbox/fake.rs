@@ -327,6 +327,7 @@ mod tests {
             network: None,
             log_path: PathBuf::from("/var/log/demo.log"),
             log_cap: 1 << 20,
+            capture: None,
             legacy_token: None,
             labels: HashMap::new(),
         }

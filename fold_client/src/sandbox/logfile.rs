@@ -9,6 +9,7 @@
 //! label), daemon lines as `=== <text> ===`. Writes are plain blocking file writes of at
 //! most one read chunk, under a std mutex that is never held across an await.
 
+use super::capture::JobOutput;
 use super::SandboxError;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
@@ -36,6 +37,8 @@ struct Inner {
     file: File,
     size: u64,
     pending: Vec<u8>,
+    /// A job's own copy of the output, kept whole up to its cap (`app run`).
+    capture: Option<JobOutput>,
 }
 
 fn log_err(path: &Path, source: std::io::Error) -> SandboxError {
@@ -85,10 +88,16 @@ impl LogFile {
             file,
             size,
             pending: Vec::new(),
+            capture: None,
         };
         Ok(LogFile {
             inner: Arc::new(Mutex::new(inner)),
         })
+    }
+
+    /// Also keeps what [`pump`] copies in `capture` (a job's output), from now on.
+    pub fn set_capture(&self, capture: Option<JobOutput>) {
+        self.lock().capture = capture;
     }
 
     /// The live file's path.
@@ -194,11 +203,14 @@ pub async fn pump<R: AsyncRead + Unpin>(mut reader: R, log: &LogFile, label: &st
             }
         };
         total += n as u64;
+        // One lock and one write per chunk read; never held across an await.
+        let mut inner = log.lock();
+        if let Some(capture) = &inner.capture {
+            capture.write(label, &chunk[..n]);
+        }
         if failed {
             continue;
         }
-        // One lock and one write per chunk read; never held across an await.
-        let mut inner = log.lock();
         let mut result = Ok(());
         let mut rest = &chunk[..n];
         while !rest.is_empty() && result.is_ok() {

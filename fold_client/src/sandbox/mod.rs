@@ -6,6 +6,7 @@
 //! (and the `test-support` feature) add `fake`, a scriptable, recording backend for unit
 //! tests of the supervision logic.
 
+pub mod capture;
 pub mod cgroup;
 pub mod direct;
 pub mod docker;
@@ -144,6 +145,8 @@ pub struct LaunchSpec {
     pub log_path: PathBuf,
     /// Largest size of the log file in bytes; older output is rotated out.
     pub log_cap: u64,
+    /// A job's own copy of its output (`app run`), besides the log.
+    pub capture: Option<capture::JobOutput>,
     /// The app's token, passed as `FOLD_CLIENT_APP_TOKEN` in direct mode only, for
     /// reference-era apps. Never placed in a container's environment.
     pub legacy_token: Option<String>,

@@ -28,6 +28,8 @@ pub struct LaunchOptions {
     pub restart: RestartPolicy,
     /// Hard limit on the app's run time (killed, not restarted, when exceeded).
     pub max_lifetime: Option<Duration>,
+    /// Where a job keeps its output (`app run`); `None` for a launch.
+    pub capture: Option<crate::sandbox::capture::JobOutput>,
 }
 
 impl LaunchOptions {
@@ -39,6 +41,7 @@ impl LaunchOptions {
             image: None,
             restart: config.restart,
             max_lifetime: config.max_lifetime,
+            capture: None,
         }
     }
 
@@ -83,6 +86,7 @@ impl LaunchOptions {
             image: (!image.is_empty()).then_some(image),
             restart,
             max_lifetime: None,
+            capture: None,
         };
         (options, restarts, number(LABEL_DEADLINE))
     }
@@ -107,6 +111,7 @@ mod tests {
             image: Some("img:1".into()),
             restart: RestartPolicy::OnFailure { max_restarts: 7 },
             max_lifetime: Some(Duration::from_secs(9)),
+            capture: None,
         };
         let labels = options.labels(2, Some(1234));
         let (back, restarts, deadline) =

@@ -99,6 +99,7 @@ fn options(restart: RestartPolicy) -> LaunchOptions {
         image: None,
         restart,
         max_lifetime: None,
+        capture: None,
     }
 }
 

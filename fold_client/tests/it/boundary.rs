@@ -199,6 +199,8 @@ async fn launching_on_the_host_places_the_app_there_and_the_record_says_so() {
         .admin(RunRequest {
             app: "mover".into(),
             direct: true,
+            output_cap: None,
+            run_id: None,
             args: vec![],
             image: None,
             timeout: Duration::from_secs(10),

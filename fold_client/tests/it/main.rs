@@ -10,6 +10,7 @@ mod fairness;
 mod fairness_node;
 mod faults;
 mod hostile;
+mod jobs;
 mod lifecycle;
 mod node;
 mod operations;

@@ -224,3 +224,29 @@ pub fn per_app_config(dir: &tempfile::TempDir) -> Config {
     };
     Config::build(file, over, 0).unwrap()
 }
+
+/// Runs the `fold_client` CLI on the daemon of `state` without blocking the test's
+/// runtime (which serves the daemon).
+pub async fn cli(state: &Path, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_fold_client"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Installs `body` as a shell script app placed on the host (direct).
+pub async fn install_script(d: &TestDaemon, name: &str, body: &str) {
+    let script = d.dir.path().join(format!("{name}.sh"));
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    d.admin(InstallRequest {
+        direct: true,
+        ..InstallRequest::new(name, script)
+    })
+    .await
+    .unwrap();
+}

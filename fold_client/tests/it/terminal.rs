@@ -4,8 +4,7 @@
 //! log file. The real `fold_client` binary prints; its bytes are checked for ESC.
 
 use crate::faults::ChildDaemon;
-use crate::support::{per_app_daemon, start_daemon, Conn, TestDaemon};
-use fold_client::admin::protocol::InstallRequest;
+use crate::support::{cli, install_script, per_app_daemon, start_daemon, Conn};
 use fold_ipc::signing::sign_request;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -16,18 +15,6 @@ const ESC: u8 = 0x1b;
 
 /// The attacker's sequence: up one line, erase it, carriage return, then the forgery.
 const FORGED: &str = "\u{1b}[1A\u{1b}[2K\rallow";
-
-/// Runs the CLI without blocking the test's runtime (which serves the daemon).
-async fn cli(state: &Path, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_fold_client"))
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap()
-}
 
 fn has_esc(out: &Output) -> bool {
     out.stdout.contains(&ESC) || out.stderr.contains(&ESC)
@@ -120,19 +107,6 @@ async fn install_warning_shows_a_hostile_elf_interpreter_escaped() {
     assert!(!has_esc(&out), "raw ESC on the terminal: {text:?}");
     assert!(text.contains("ld-linux\\x1b[1A\\x1b[2K\\r.so"), "{text}");
     d.stop().await;
-}
-
-/// Installs a shell script printing what an app chooses, placed on the host (direct).
-async fn install_script(d: &TestDaemon, name: &str, body: &str) {
-    let script = d.dir.path().join(format!("{name}.sh"));
-    std::fs::write(&script, body).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    d.admin(InstallRequest {
-        direct: true,
-        ..InstallRequest::new(name, script)
-    })
-    .await
-    .unwrap();
 }
 
 #[tokio::test]

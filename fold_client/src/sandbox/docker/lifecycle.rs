@@ -86,6 +86,7 @@ fn register(
         return Err(SandboxError::AlreadyRunning(spec.app_name.clone()));
     }
     let log = LogFile::open(&spec.log_path, spec.log_cap)?;
+    log.set_capture(spec.capture.clone());
     let entry = new_entry(&spec.app_id, log, None, isolation);
     apps.insert(spec.app_id.clone(), Arc::clone(&entry));
     Ok(entry)

@@ -300,6 +300,7 @@ mod tests {
             network: None,
             log_path: PathBuf::from("/state/logs/a.log"),
             log_cap: 1 << 20,
+            capture: None,
             legacy_token: Some("secret-token".into()),
             labels: HashMap::new(),
         }

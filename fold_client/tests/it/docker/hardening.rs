@@ -137,6 +137,8 @@ pub async fn hardened_app_queries_through_the_mounted_socket(isolation: Isolatio
         .admin(RunRequest {
             app: "hardy".into(),
             direct: true,
+            output_cap: None,
+            run_id: None,
             args: vec!["query".into()],
             image: None,
             timeout: Duration::from_secs(30),
