@@ -8,6 +8,7 @@
 //! (which is the app-facing contract).
 
 mod apps;
+pub(crate) use apps::remove_leftover_jobs;
 pub mod protocol;
 
 pub use protocol::{AdminCall, AdminReply, AdminRequest};

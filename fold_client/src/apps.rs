@@ -52,6 +52,8 @@ pub struct Shared {
     pub(crate) chown_to_app: bool,
     /// The socket root, opened once; app socket directories are reached through it.
     pub(crate) socket_root: fsutil::Dir,
+    /// Turns of one-off jobs (`config.max_concurrent_jobs`).
+    pub(crate) jobs: tokio::sync::Semaphore,
 }
 
 /// Why the daemon or an admin action failed.
@@ -125,6 +127,10 @@ impl Shared {
     /// The app's directory (its binary).
     pub fn app_dir(&self, app_id: &str) -> PathBuf {
         self.paths.app_dir(app_id)
+    }
+    /// Where a one-off job keeps its output until its client has read it.
+    pub fn one_off_output_dir(&self, run_id: &str) -> PathBuf {
+        self.paths.one_off_output_dir(run_id)
     }
     /// Where the app's last job keeps its output.
     pub fn job_output_dir(&self, app_id: &str) -> PathBuf {

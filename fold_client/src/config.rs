@@ -192,6 +192,8 @@ pub struct Config {
     /// Bytes of each stream a job (`app run`) keeps by default; past them it drops and
     /// says so.
     pub job_output_cap: u64,
+    /// One-off jobs (`fold_client run`) run at once; more wait their turn.
+    pub max_concurrent_jobs: usize,
     /// Size at which the audit log is rotated (`audit.jsonl` becomes `audit.jsonl.1`).
     pub audit_max_bytes: u64,
     /// Rotated audit files kept; the oldest beyond this is deleted at each rotation.
@@ -292,6 +294,15 @@ impl AppPaths {
     pub fn log_path(&self, app_id: &str) -> PathBuf {
         self.logs_dir.join(format!("{app_id}.log"))
     }
+    /// Where a one-off job (`fold_client run`) keeps its output until its client has read
+    /// it: `jobs/<run id>`, holding `stdout` and `stderr`.
+    pub fn one_off_output_dir(&self, run_id: &str) -> PathBuf {
+        self.jobs_dir().join(run_id)
+    }
+    /// Where one-off jobs keep their output (a directory per run).
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.logs_dir.join("jobs")
+    }
     /// Where the app's jobs (`app run`) keep their output: a directory per run, holding
     /// `stdout` and `stderr`; only the last run's is kept.
     pub fn job_output_dir(&self, app_id: &str) -> PathBuf {
@@ -359,6 +370,8 @@ pub struct FileConfig {
     pub log_cap_bytes: Option<u64>,
     /// See [`Config::job_output_cap`].
     pub job_output_cap_bytes: Option<u64>,
+    /// See [`Config::max_concurrent_jobs`].
+    pub max_concurrent_jobs: Option<usize>,
     /// See [`Config::audit_max_bytes`].
     pub audit_max_bytes: Option<u64>,
     /// See [`Config::audit_keep`].
@@ -730,6 +743,7 @@ impl Config {
                 file.job_output_cap_bytes,
                 crate::sandbox::capture::DEFAULT_OUTPUT_CAP,
             )?,
+            max_concurrent_jobs: file.max_concurrent_jobs.unwrap_or(4).max(1),
             audit_max_bytes: positive(
                 "audit_max_bytes",
                 file.audit_max_bytes,

@@ -159,7 +159,9 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
     });
+    let jobs = tokio::sync::Semaphore::new(config.max_concurrent_jobs);
     let shared = Arc::new(Shared {
+        jobs,
         supervisor,
         metrics,
         config,
@@ -179,6 +181,7 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
     // Containers left running by an earlier run of this daemon (same label) are adopted
     // before the sockets are re-bound, so the peer check knows their containers.
     shared.supervisor.adopt().await;
+    crate::admin::remove_leftover_jobs(&shared).await;
     for app in shared.registry.list() {
         if let Err(e) = serve_app(&shared, &app) {
             tracing::error!(app = %app.name, "cannot serve app: {e}");

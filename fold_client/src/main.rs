@@ -42,6 +42,17 @@ enum Command {
     Audit(cli::AuditCommand),
     /// Check the host and the Docker engine; print each problem with its fix.
     Doctor,
+    /// Run a static binary or a script once as a throwaway app: a fresh identity and uid,
+    /// no grants unless given, the same hardening as any app; everything is removed after.
+    /// Streams its output, returns its exit code (124 when it timed out).
+    Run {
+        /// What to run, where and for how long.
+        #[command(flatten)]
+        request: fold_client::admin::protocol::JobRequest,
+        /// Print the job's output as it is, control characters included (for piping).
+        #[arg(long)]
+        raw: bool,
+    },
 }
 
 fn default_state_dir() -> PathBuf {
@@ -75,6 +86,7 @@ fn main() -> Result<()> {
             Command::App(cmd) => cli::app(&ctx, *cmd).await,
             Command::Audit(cmd) => cli::audit(&ctx, cmd).await.map(|()| 0),
             Command::Doctor => cli::doctor(&ctx).await,
+            Command::Run { request, raw } => cli::job(&ctx, request, raw).await,
         }
     })?;
     std::process::exit(code);

@@ -2,10 +2,11 @@
 //! its request's response type ([`AdminCall::Response`]).
 
 use super::protocol::{
-    AdminCall, AdminReply, AdminRequest, AppView, GrantRequest, InstallRequest, InstallResponse,
-    JobStream, LaunchRequest, LaunchResponse, LimitsRequest, ListResponse, NodeLimitsView,
-    PsResponse, PsRow, RemoveResponse, ResourceLimitsView, RunRequest, RunResponse, ShowResponse,
-    StateResponse, StatusResponse, StopRequest, UngrantRequest, UsageView, WaitRequest,
+    AdminCall, AdminReply, AdminRequest, AppView, ForgetJobResponse, GrantRequest, InstallRequest,
+    InstallResponse, JobRequest, JobStream, LaunchRequest, LaunchResponse, LimitsRequest,
+    ListResponse, NodeLimitsView, PsResponse, PsRow, RemoveResponse, ResourceLimitsView,
+    RunRequest, RunResponse, ShowResponse, StateResponse, StatusResponse, StopRequest,
+    UngrantRequest, UsageView, WaitRequest,
 };
 use super::{binary_name, check_cpus, encode};
 use crate::apps::{self, DaemonError, Shared};
@@ -180,10 +181,27 @@ fn status(shared: &Shared) -> StatusResponse {
         engine_timeout: config.engine_timeout,
         pull_timeout: config.pull_timeout,
         stop_grace: config.stop_grace,
+        jobs_dir: shared.paths.jobs_dir(),
     }
 }
 
+/// Names starting so are one-off jobs' (`fold_client run`): removed at the end of the job,
+/// and at the daemon's start if it died during one; `app install` refuses them.
+pub(crate) const JOB_PREFIX: &str = "job-";
+
 async fn install(
+    shared: &Arc<Shared>,
+    request: InstallRequest,
+) -> Result<InstallResponse, DaemonError> {
+    if request.name.starts_with(JOB_PREFIX) {
+        return Err(DaemonError::Invalid(format!(
+            "app names starting with {JOB_PREFIX:?} are kept for one-off jobs (`fold_client run`); pick another name"
+        )));
+    }
+    install_app(shared, request).await
+}
+
+async fn install_app(
     shared: &Arc<Shared>,
     request: InstallRequest,
 ) -> Result<InstallResponse, DaemonError> {
@@ -309,6 +327,94 @@ fn job_stream((path, count): (PathBuf, StreamCount)) -> JobStream {
 }
 
 async fn run(shared: &Arc<Shared>, request: RunRequest) -> Result<RunResponse, DaemonError> {
+    let run_id = run_id_or_new(request.run_id.clone());
+    let app = shared.registry.find(&request.app)?;
+    let runs = shared.job_output_dir(&app.id);
+    // Only the last run's output is kept.
+    if let Ok(old) = std::fs::read_dir(&runs) {
+        for entry in old.flatten() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    run_into(shared, request, &runs.join(&run_id)).await
+}
+
+/// A one-off job: installs `request.binary` as `job-<run id>`, runs it once with its output
+/// in `<logs>/jobs/<run id>`, and removes the app (uid, socket and credentials with it; the
+/// run removes its container) whatever the run's outcome. The output stays for the client,
+/// which deletes it with [`forget_job`]. At most `max_concurrent_jobs` run at once; the
+/// rest wait here, in order.
+async fn job(shared: &Arc<Shared>, request: JobRequest) -> Result<RunResponse, DaemonError> {
+    let _turn = shared
+        .jobs
+        .acquire()
+        .await
+        .map_err(|_| DaemonError::Invalid("the daemon is shutting down".into()))?;
+    let run_id = run_id_or_new(request.run_id);
+    let name = format!("{JOB_PREFIX}{run_id}");
+    let install = InstallRequest {
+        image: request.image.clone(),
+        grants: request.grants,
+        memory_bytes: request.memory_bytes,
+        cpus: request.cpus,
+        pids: request.pids,
+        direct: request.direct,
+        isolation: request.isolation,
+        ..InstallRequest::new(name.clone(), request.binary)
+    };
+    install_app(shared, install).await?;
+    let run = RunRequest {
+        app: name.clone(),
+        timeout: request.timeout,
+        direct: request.direct,
+        image: request.image,
+        output_cap: request.output_cap,
+        run_id: Some(run_id.clone()),
+        args: request.args,
+    };
+    let result = run_into(shared, run, &shared.one_off_output_dir(&run_id)).await;
+    if let Err(e) = apps::remove(shared, &name).await {
+        tracing::error!(app = %name, "cannot remove a one-off job's app: {e}");
+    }
+    result
+}
+
+/// Deletes a one-off job's output, once its client has read it.
+fn forget_job(shared: &Shared, run_id: &str) -> Result<ForgetJobResponse, DaemonError> {
+    if !valid_run_id(run_id) {
+        return Err(DaemonError::Invalid(format!("{run_id:?} is not a run id")));
+    }
+    let dir = shared.one_off_output_dir(run_id);
+    let removed = std::fs::remove_dir_all(&dir).is_ok();
+    Ok(ForgetJobResponse { removed })
+}
+
+/// What a daemon that died during one-off jobs left: their apps (removed, with their uid,
+/// socket and container) and their output.
+pub(crate) async fn remove_leftover_jobs(shared: &Arc<Shared>) {
+    for app in shared.registry.list() {
+        if app.name.starts_with(JOB_PREFIX) {
+            if let Err(e) = apps::remove(shared, &app.name).await {
+                tracing::error!(app = %app.name, "cannot remove a leftover one-off job: {e}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(shared.paths.jobs_dir());
+}
+
+/// The client's run id when it is a valid one, else a fresh one.
+fn run_id_or_new(asked: Option<String>) -> String {
+    asked
+        .filter(|id| valid_run_id(id))
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
+}
+
+/// Runs the app of `request` once, its output kept in `output_dir`.
+async fn run_into(
+    shared: &Arc<Shared>,
+    request: RunRequest,
+    output_dir: &std::path::Path,
+) -> Result<RunResponse, DaemonError> {
     let timeout = request.timeout.max(Duration::from_millis(1));
     let launch = LaunchRequest {
         app: request.app,
@@ -327,19 +433,7 @@ async fn run(shared: &Arc<Shared>, request: RunRequest) -> Result<RunResponse, D
         .output_cap
         .unwrap_or(shared.config.job_output_cap)
         .max(1);
-    let run_id = request
-        .run_id
-        .filter(|id| valid_run_id(id))
-        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
-    let runs = shared.job_output_dir(&app.id);
-    // Only the last run's output is kept.
-    if let Ok(old) = std::fs::read_dir(&runs) {
-        for entry in old.flatten() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-    let output_dir = runs.join(&run_id);
-    let capture = JobOutput::create(&output_dir, cap).map_err(apps::setup(format!(
+    let capture = JobOutput::create(output_dir, cap).map_err(apps::setup(format!(
         "cannot create the job's output files in {}",
         output_dir.display()
     )))?;
@@ -485,6 +579,8 @@ pub(super) async fn execute(shared: &Arc<Shared>, request: AdminRequest) -> Vec<
         }
         AdminRequest::Launch(r) => reply::<p::LaunchRequest>(launch(shared, r).await),
         AdminRequest::Run(r) => reply::<p::RunRequest>(run(shared, r).await),
+        AdminRequest::Job(r) => reply::<p::JobRequest>(job(shared, r).await),
+        AdminRequest::ForgetJob(r) => reply::<p::ForgetJobRequest>(forget_job(shared, &r.run_id)),
         AdminRequest::Stop(r) => reply::<p::StopRequest>(stop(shared, r).await),
         AdminRequest::Wait(r) => reply::<p::WaitRequest>(wait(shared, r).await),
         AdminRequest::Ps(_) => reply::<p::PsRequest>(Ok(ps(shared).await)),

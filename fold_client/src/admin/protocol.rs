@@ -76,6 +76,10 @@ admin_requests! {
     Launch(LaunchRequest) -> LaunchResponse;
     /// Run the app once and answer when it is done.
     Run(RunRequest) -> RunResponse;
+    /// Run a binary or script once as a throwaway app, then remove the app.
+    Job(JobRequest) -> RunResponse;
+    /// Delete what a one-off job left for its client to read.
+    ForgetJob(ForgetJobRequest) -> ForgetJobResponse;
     /// Stop the app.
     Stop(StopRequest) -> StateResponse;
     /// Wait until the app is no longer running.
@@ -184,6 +188,8 @@ pub struct StatusResponse {
     /// Grace between SIGTERM and SIGKILL when the daemon stops an app.
     #[serde(rename = "stop_grace_ms", with = "millis")]
     pub stop_grace: Duration,
+    /// Where one-off jobs keep their output for their client (`<run id>/stdout`, ...).
+    pub jobs_dir: PathBuf,
 }
 
 /// Installs an app: the flags of `app install` (the node limits come from their own
@@ -486,6 +492,77 @@ pub struct RunRequest {
     #[arg(last = true)]
     #[serde(default)]
     pub args: Vec<String>,
+}
+
+/// Runs `binary` once as a throwaway app (`fold_client run`): a fresh identity and uid, no
+/// grants unless given, the hardening of any app; the app, its uid, socket and container
+/// are removed afterwards. Jobs beyond the daemon's `max_concurrent_jobs` wait their turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// The static binary, or the script (its `#!` interpreter comes from the image), to run.
+    #[arg(value_parser = parse_absolute_path)]
+    pub binary: PathBuf,
+    /// Container image (default: the daemon's).
+    #[arg(long)]
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Isolation tier: container, gvisor or auto (default: the daemon's).
+    #[arg(long, conflicts_with = "direct")]
+    #[serde(default)]
+    pub isolation: Option<IsolationRequest>,
+    /// Grants, as OPERATION:SCHEMA (repeatable; none by default).
+    #[arg(long = "grant")]
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    /// Memory limit, e.g. 256m.
+    #[arg(long = "memory", value_parser = parse_size)]
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// CPU limit, e.g. 0.5.
+    #[arg(long, value_parser = parse_cpus)]
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Process limit.
+    #[arg(long)]
+    #[serde(default)]
+    pub pids: Option<u64>,
+    /// Dev mode: run on the host, NOT sandboxed.
+    #[arg(long)]
+    #[serde(default)]
+    pub direct: bool,
+    /// Kill the job after this long, e.g. 30s, 5m.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[serde(rename = "timeout_ms", with = "millis")]
+    pub timeout: Duration,
+    /// Bytes of stdout, and of stderr, kept whole (default: the daemon's
+    /// `job_output_cap_bytes`).
+    #[arg(long, value_name = "BYTES")]
+    #[serde(default)]
+    pub output_cap: Option<u64>,
+    /// Names the run (see [`RunRequest::run_id`]); the app is `job-<run id>`.
+    #[arg(skip)]
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// Arguments for the job.
+    #[arg(last = true)]
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+/// Deletes the output a one-off job kept for its client (`<logs>/jobs/<run id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetJobRequest {
+    /// The job's run id.
+    pub run_id: String,
+}
+
+/// Whether there was anything to delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetJobResponse {
+    /// Whether the job's output directory was there (and is gone now).
+    pub removed: bool,
 }
 
 /// One output stream of a job: where it is kept and how much of it was.
@@ -839,6 +916,7 @@ mod tests {
             engine_timeout: Duration::from_secs(30),
             pull_timeout: Duration::from_secs(600),
             stop_grace: Duration::from_millis(1500),
+            jobs_dir: "/s/logs/jobs".into(),
         });
     }
 

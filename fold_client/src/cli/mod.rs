@@ -14,6 +14,7 @@ mod serve;
 pub use app::{app, AppCommand};
 pub use audit::{audit, AuditCommand};
 pub use doctor::doctor;
+pub use run::job;
 pub use serve::{serve, ServeArgs};
 
 use anyhow::{bail, Context as _, Result};

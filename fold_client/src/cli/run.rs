@@ -4,7 +4,8 @@
 use super::Context;
 use anyhow::{bail, Result};
 use fold_client::admin::protocol::{
-    LaunchRequest, RunRequest, ShowRequest, StatusRequest, StatusResponse, WaitRequest,
+    ForgetJobRequest, JobRequest, LaunchRequest, RunRequest, RunResponse, ShowRequest,
+    StatusRequest, StatusResponse, WaitRequest,
 };
 use fold_client::sandbox::docker;
 use fold_client::terminal::escape;
@@ -151,18 +152,74 @@ pub async fn run(ctx: &Context, mut request: RunRequest, raw: bool) -> Result<i3
         .call(ShowRequest { app }, super::app::ADMIN_TIMEOUT)
         .await?;
     // The run's output directory is named here, so it can be followed while the job runs.
-    let run_id = format!("{:016x}", rand::random::<u64>());
+    let run_id = new_run_id();
     let dir = shown.app.job_output.join(&run_id);
     request.run_id = Some(run_id);
+    let deadline = timeout + status.stop_grace + status.pull_timeout + LAUNCH_SLACK;
+    let result = followed(ctx, dir, raw, ctx.call(request, deadline)).await?;
+    finish(ctx, &result, timeout, None)
+}
+
+/// `fold_client run`: as `app run`, for a binary or script run once as a throwaway app
+/// (installed, run and removed by the daemon); its output is deleted once read.
+pub async fn job(ctx: &Context, mut request: JobRequest, raw: bool) -> Result<i32> {
+    let status = status(ctx).await?;
+    if request.direct {
+        eprintln!(
+            "WARNING: --direct runs {} on this host, NOT SANDBOXED (dev mode)",
+            escape(&request.binary.to_string_lossy())
+        );
+    }
+    let run_id = new_run_id();
+    let dir = status.jobs_dir.join(&run_id);
+    request.run_id = Some(run_id.clone());
+    let timeout = request.timeout;
+    // A job may wait its turn behind others (`max_concurrent_jobs`) before its timeout runs.
+    let deadline = Duration::from_secs(24 * 3600);
+    let result = followed(ctx, dir.clone(), raw, ctx.call(request, deadline)).await;
+    // `--json` carries the output itself: the files are deleted next.
+    let output = ctx.json.then(|| {
+        let text = |name: &str| {
+            String::from_utf8_lossy(&std::fs::read(dir.join(name)).unwrap_or_default()).into_owned()
+        };
+        serde_json::json!({"stdout": text("stdout"), "stderr": text("stderr")})
+    });
+    let _ = ctx
+        .call(ForgetJobRequest { run_id }, super::app::ADMIN_TIMEOUT)
+        .await;
+    finish(ctx, &result?, timeout, output)
+}
+
+fn new_run_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Awaits `call` while copying the output the job keeps in `dir` to this process's stdout
+/// and stderr (unless `--json`).
+async fn followed<T>(
+    ctx: &Context,
+    dir: PathBuf,
+    raw: bool,
+    call: impl std::future::Future<Output = T>,
+) -> T {
     let (done_tx, done_rx) = watch::channel(false);
     let follow = (!ctx.json).then(|| tokio::spawn(follow(dir, done_rx, raw)));
-    let deadline = timeout + status.stop_grace + status.pull_timeout + LAUNCH_SLACK;
-    let result = ctx.call(request, deadline).await;
+    let result = call.await;
     let _ = done_tx.send(true);
     if let Some(follow) = follow {
         let _ = follow.await;
     }
-    let result = result?;
+    result
+}
+
+/// Reports how the job ended: what was dropped (on stderr), then the result (`--json`, with
+/// `output` when given) or one line; returns the exit code for it.
+fn finish(
+    ctx: &Context,
+    result: &RunResponse,
+    timeout: Duration,
+    output: Option<serde_json::Value>,
+) -> Result<i32> {
     warn_all(&result.warnings);
     for (name, stream) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
         if stream.dropped > 0 {
@@ -174,7 +231,11 @@ pub async fn run(ctx: &Context, mut request: RunRequest, raw: bool) -> Result<i3
         }
     }
     if ctx.json {
-        println!("{}", super::json(&result)?);
+        let mut value = serde_json::to_value(result)?;
+        if let (Some(output), Some(object)) = (output, value.as_object_mut()) {
+            object.insert("output".into(), output);
+        }
+        println!("{}", super::json(&value)?);
     } else if result.timed_out {
         eprintln!(
             "{} timed out after {:.1} s: killed ({})",

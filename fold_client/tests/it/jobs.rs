@@ -4,17 +4,33 @@
 //! The real `fold_client` binary runs each job, placed on the host (these tests need no
 //! engine; `docker::lifecycle` runs the same in a container).
 
-use crate::support::{cli, install_script, per_app_daemon, start_daemon, TestDaemon};
-use fold_client::admin::protocol::RunResponse;
+use crate::support::{cli, config_in, install_script, per_app_config, start_with, TestDaemon};
+use fold_client::admin::protocol::{InstallRequest, ListRequest, RunResponse, StatusRequest};
+use fold_client::config::Config;
 use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
 
 /// A daemon that may run apps: as root, with a uid per app (a root daemon runs no app as
 /// root); otherwise as this user.
 async fn daemon() -> TestDaemon {
-    match per_app_daemon().await {
-        Some(d) => d,
-        None => start_daemon("").await,
-    }
+    daemon_with(|_| {}).await
+}
+
+/// [`daemon`], its configuration changed by `tune`.
+async fn daemon_with(tune: impl FnOnce(&mut Config)) -> TestDaemon {
+    let dir = tempfile::Builder::new()
+        .prefix("fcj")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut config = if nix::unistd::geteuid().is_root() {
+        // Others may traverse it, as in production, so an app's uid reaches its files.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        per_app_config(&dir)
+    } else {
+        config_in(dir.path(), "")
+    };
+    tune(&mut config);
+    start_with(dir, config).await
 }
 
 /// 64 MiB of `y` on stdout, then `done` on stderr.
@@ -163,5 +179,100 @@ async fn json_results_say_how_a_job_ended_exit_crash_and_timeout() {
         .unwrap()
         .collect();
     assert_eq!(runs.len(), 1);
+    d.stop().await;
+}
+
+/// Writes `body` as an executable script in the test's directory; returns its path.
+fn script(d: &TestDaemon, name: &str, body: &str) -> String {
+    let path = d.dir.path().join(name);
+    std::fs::write(&path, body).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// What a one-off job must not leave: an app, its socket directory, its output.
+async fn assert_nothing_left(d: &TestDaemon, app_id: &str) {
+    let apps = d.admin(ListRequest {}).await.unwrap().apps;
+    assert!(apps.is_empty(), "apps left: {apps:?}");
+    assert!(
+        !d.config.socket_root.join(app_id).exists(),
+        "socket directory left"
+    );
+    let jobs = d.admin(StatusRequest {}).await.unwrap().jobs_dir;
+    let left: Vec<_> = std::fs::read_dir(&jobs)
+        .map(|r| r.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "job output left: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_off_job_runs_once_and_leaves_nothing_behind() {
+    let d = daemon().await;
+    let job = script(
+        &d,
+        "hello.sh",
+        "#!/bin/sh\necho \"hello $1 $2\"\necho warn >&2\nexit 4\n",
+    );
+    let state = &d.config.state_dir;
+    let out = cli(state, &["run", "--direct", &job, "--", "a", "b"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello a b\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warn\n"));
+
+    let out = cli(state, &["--json", "run", "--direct", &job, "--", "c", "d"]).await;
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["exit_code"], 4, "{r}");
+    assert_eq!(r["output"]["stdout"], "hello c d\n", "{r}");
+    assert_eq!(r["output"]["stderr"], "warn\n", "{r}");
+    let name = r["name"].as_str().unwrap();
+    assert!(name.starts_with("job-"), "{name}");
+    assert_nothing_left(&d, r["id"].as_str().unwrap()).await;
+
+    // Every step is audited.
+    d.shared.audit.flush().await;
+    let audit = std::fs::read_to_string(d.config.audit_path()).unwrap();
+    for event in ["install", "run", "remove"] {
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains(name) && l.contains(&format!("\"event\":\"{event}\""))),
+            "no {event} event for {name}: {audit}"
+        );
+    }
+    // The names are the jobs' alone.
+    let taken = d.admin(InstallRequest::new("job-mine", job)).await;
+    assert!(taken.unwrap_err().contains("one-off jobs"));
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_off_jobs_past_the_concurrency_wait_their_turn() {
+    let d = daemon_with(|c| c.max_concurrent_jobs = 1).await;
+    let job = script(&d, "nap.sh", "#!/bin/sh\nsleep 1\necho rested\n");
+    let state = d.config.state_dir.clone();
+    let started = Instant::now();
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (state, job) = (state.clone(), job.clone());
+            tokio::spawn(async move { cli(&state, &["run", "--direct", &job]).await })
+        })
+        .collect();
+    for run in runs {
+        let out = run.await.unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "rested\n");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "one at a time: both took {took:?}"
+    );
+    let apps = d.admin(ListRequest {}).await.unwrap().apps;
+    assert!(apps.is_empty(), "{apps:?}");
     d.stop().await;
 }

@@ -477,3 +477,54 @@ async fn a_container_job_keeps_its_output_to_the_cap_and_json_tells_an_oom_kill(
     assert_eq!((r.exit_code, r.signal), (Some(137), Some(9)), "{r:?}");
     d.stop().await;
 }
+
+/// `fold_client run` in a container: a script from the base image's shell, run as a
+/// throwaway app with the hardening of any app; no app, container or output is left.
+#[ignore = "needs a Docker engine"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_off_container_job_runs_hardened_and_leaves_nothing_behind() {
+    let env = setup();
+    let d = DockerDaemon::start("").await;
+    let script = d.dir.path().join("whoami.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"uid $(id -u) net $(ls /sys/class/net | tr '\\n' ' ')\"\ntouch /probe 2>/dev/null || echo read-only\n",
+    )
+    .unwrap();
+    let image = env.image.clone();
+    let out = cli_async(
+        &d,
+        &[
+            "--json",
+            "run",
+            "--image",
+            &image,
+            "--timeout",
+            "60s",
+            script.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_eq!(r["sandboxed"], true, "{r}");
+    let said = r["output"]["stdout"].as_str().unwrap();
+    assert!(!said.contains("uid 0 "), "not root: {said}");
+    assert!(said.contains("net lo"), "no network but loopback: {said}");
+    assert!(said.contains("read-only"), "read-only root: {said}");
+    let admin = &d.config.admin_socket;
+    let apps = fold_client::admin::AdminClient::new(admin, Duration::from_secs(10))
+        .call(fold_client::admin::protocol::ListRequest {})
+        .await
+        .unwrap()
+        .apps;
+    assert!(apps.is_empty(), "{apps:?}");
+    assert!(
+        super::containers_of(&d.config.daemon_label)
+            .await
+            .is_empty(),
+        "no container left"
+    );
+    d.stop().await;
+}
