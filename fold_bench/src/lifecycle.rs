@@ -325,6 +325,59 @@ fn measure_launch(
     Ok(s)
 }
 
+/// Sequential one-off jobs (the app's `probe` step, which needs no daemon): seconds for
+/// `runs` of `fold_client run`, and for `runs` of `docker run --rm`, interleaved.
+fn measure_jobs(
+    d: &LaunchDaemon,
+    cli_bin: &Path,
+    app_binary: &Path,
+    image: &str,
+    runs: usize,
+) -> Result<(f64, f64)> {
+    let plain = d.shared.registry.find("plain").context("app `plain`")?;
+    let binary = app_binary
+        .to_str()
+        .context("the app binary's path is not UTF-8")?;
+    let (mut ours, mut docker) = (Duration::ZERO, Duration::ZERO);
+    // One unrecorded run of each first.
+    for i in 0..=runs {
+        let started = Instant::now();
+        let out = cli(
+            cli_bin,
+            d,
+            &[
+                "run",
+                "--image",
+                image,
+                "--timeout",
+                "60s",
+                binary,
+                "--",
+                "probe",
+            ],
+        )
+        .output()?;
+        if !out.status.success() {
+            bail!(
+                "fold_client run failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let took = started.elapsed();
+        let started = Instant::now();
+        let status = docker_run_command(&d.shared, &plain, image, &["probe"], Isolation::Container)
+            .status()?;
+        if !status.success() {
+            bail!("docker run failed: {status}");
+        }
+        if i > 0 {
+            ours += took;
+            docker += started.elapsed();
+        }
+    }
+    Ok((ours.as_secs_f64(), docker.as_secs_f64()))
+}
+
 /// Stop times (ms) of an app that ignores SIGTERM, grace 2 s.
 fn measure_stop(
     runtime: &tokio::runtime::Runtime,
@@ -401,6 +454,7 @@ fn measure_stop_sh(
     Ok(times)
 }
 
+const JOBS_ROW: &str = "3. one-off jobs per second, sequential: `fold_client run` of the static binary (install, hardened container, remove; no warm pool yet) vs `docker run --rm` of it with the same hardening, in a loop";
 const LAUNCH_ROW: &str = "3. launch: `fold_client app launch` until the app's first request is answered vs `docker run --rm` of the same static binary with the same hardening (returned)";
 const LAUNCH_SIDE_ROW: &str =
     "3. launch vs `docker run --rm` until the same app's first request is answered";
@@ -418,6 +472,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
             return [
                 LAUNCH_ROW,
                 LAUNCH_SIDE_ROW,
+                JOBS_ROW,
                 STOP_DOCKER_ROW,
                 STOP_DIRECT_ROW,
             ]
@@ -480,6 +535,22 @@ pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
                     rows.push(Row::missing(LAUNCH_SIDE_ROW, &why));
                 }
             }
+            eprintln!("fold_bench: jobs: {launch_runs} sequential one-off jobs each");
+            match measure_jobs(&d, cli_bin, app, image, launch_runs) {
+                Ok((ours, docker)) => {
+                    let (ours_rate, docker_rate) =
+                        (launch_runs as f64 / ours, launch_runs as f64 / docker);
+                    rows.push(Row::new(
+                        JOBS_ROW,
+                        format!("{} jobs/s", num(ours_rate)),
+                        format!("docker run --rm {} jobs/s", num(docker_rate)),
+                        ratio(ours_rate / docker_rate),
+                        "≥ 10x (with a warm pool)",
+                        Verdict::goal(ours_rate / docker_rate >= 10.0),
+                    ));
+                }
+                Err(e) => rows.push(Row::missing(JOBS_ROW, format!("{e:#}"))),
+            }
             eprintln!("fold_bench: stop: {stop_runs} runs per backend");
             let grace_goal = 2200.0;
             for (row, direct) in [(STOP_DOCKER_ROW, false), (STOP_DIRECT_ROW, true)] {
@@ -507,6 +578,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
             };
             rows.push(Row::missing(LAUNCH_ROW, &why));
             rows.push(Row::missing(LAUNCH_SIDE_ROW, &why));
+            rows.push(Row::missing(JOBS_ROW, &why));
             rows.push(Row::missing(STOP_DOCKER_ROW, &why));
             let sh = runtime
                 .block_on(install(
