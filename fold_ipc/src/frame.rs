@@ -148,17 +148,7 @@ where
 ///
 /// [`FrameError::TooLarge`] when `body` exceeds `max` or `u32::MAX`.
 pub fn encode_frame(body: &[u8], max: usize) -> Result<Vec<u8>, FrameError> {
-    let len = u32::try_from(body.len())
-        .ok()
-        .filter(|len| *len as usize <= max)
-        .ok_or(FrameError::TooLarge {
-            len: body.len() as u64,
-            max,
-        })?;
-    let mut buf = Vec::with_capacity(HEADER_LEN + body.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(body);
-    Ok(buf)
+    build_frame(max, |buf| buf.extend_from_slice(body))
 }
 
 /// Builds a frame in one buffer: `write_body` appends the body after room for the header,

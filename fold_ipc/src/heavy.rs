@@ -58,20 +58,14 @@ pub fn run<T: Send>(bytes: usize, f: impl FnOnce() -> T + Send) -> T {
 /// scheduling as it was. Call it only where blocking the thread is fine (a blocking-pool
 /// thread, or inside [`tokio::task::block_in_place`]).
 pub fn at_low_priority<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    let Some(before) = sched::get() else {
-        return f();
-    };
-    if before.policy == sched::IDLE {
-        return f();
-    }
     if can_raise_priority() {
-        sched::set(&before.idle());
-        let _restore = Restore(before);
-        return f();
+        return idle_then_back(f);
     }
     std::thread::scope(|s| {
         s.spawn(|| {
-            sched::set(&before.idle());
+            if let Some(before) = sched::get() {
+                sched::set(&before.idle());
+            }
             f()
         })
         .join()
@@ -89,15 +83,21 @@ pub async fn io<F: std::future::Future>(bytes: usize, io: F) -> F::Output {
         return io.await;
     }
     let mut io = std::pin::pin!(io);
-    std::future::poll_fn(|cx| match sched::get() {
+    std::future::poll_fn(|cx| idle_then_back(|| io.as_mut().poll(cx))).await
+}
+
+/// Runs `f` under `SCHED_IDLE` on the calling thread and puts its scheduling back after
+/// (even if `f` panics); where the thread is idle already or its attributes cannot be
+/// read, `f` runs as it is. Needs [`can_raise_priority`].
+fn idle_then_back<T>(f: impl FnOnce() -> T) -> T {
+    match sched::get() {
         Some(before) if before.policy != sched::IDLE => {
             sched::set(&before.idle());
             let _restore = Restore(before);
-            io.as_mut().poll(cx)
+            f()
         }
-        _ => io.as_mut().poll(cx),
-    })
-    .await
+        _ => f(),
+    }
 }
 
 /// Gives the calling thread a short scheduler slice ([`SERVING_SLICE_NS`]), for the threads

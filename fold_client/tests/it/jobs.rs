@@ -4,7 +4,9 @@
 //! The real `fold_client` binary runs each job, placed on the host (these tests need no
 //! engine; `docker::lifecycle` runs the same in a container).
 
-use crate::support::{cli, config_in, install_script, per_app_config, start_with, TestDaemon};
+use crate::support::{
+    cli, config_in, install_script, per_app_config, start_with, traversable_tempdir, TestDaemon,
+};
 use fold_client::admin::protocol::{InstallRequest, ListRequest, RunResponse, StatusRequest};
 use fold_client::config::Config;
 use std::os::unix::fs::PermissionsExt;
@@ -18,13 +20,8 @@ async fn daemon() -> TestDaemon {
 
 /// [`daemon`], its configuration changed by `tune`.
 async fn daemon_with(tune: impl FnOnce(&mut Config)) -> TestDaemon {
-    let dir = tempfile::Builder::new()
-        .prefix("fcj")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let dir = traversable_tempdir();
     let mut config = if nix::unistd::geteuid().is_root() {
-        // Others may traverse it, as in production, so an app's uid reaches its files.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         per_app_config(&dir)
     } else {
         config_in(dir.path(), "")
@@ -274,5 +271,48 @@ async fn one_off_jobs_past_the_concurrency_wait_their_turn() {
     );
     let apps = d.admin(ListRequest {}).await.unwrap().apps;
     assert!(apps.is_empty(), "{apps:?}");
+    d.stop().await;
+}
+
+/// A daemon stopped while a one-off job runs removes the job's app when it starts again
+/// (and only that app: the job's marker names it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cut_short_by_a_daemon_stop_is_removed_at_the_next_start() {
+    let d = daemon().await;
+    let keep = d
+        .admin(InstallRequest::new(
+            "kept",
+            script(&d, "kept.sh", "#!/bin/sh\n"),
+        ))
+        .await;
+    assert!(keep.is_ok(), "{keep:?}");
+    let job = script(&d, "long.sh", "#!/bin/sh\nsleep 30\n");
+    let state = d.config.state_dir.clone();
+    let running = tokio::spawn(async move { cli(&state, &["run", "--direct", &job]).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d
+        .admin(ListRequest {})
+        .await
+        .unwrap()
+        .apps
+        .iter()
+        .any(|a| a.name.starts_with("job-"))
+    {
+        assert!(Instant::now() < deadline, "the job's app never appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let config = d.config.clone();
+    let dir = d.stop().await;
+    running.abort();
+    let d = start_with(dir, config).await;
+    let names: Vec<String> = d
+        .admin(ListRequest {})
+        .await
+        .unwrap()
+        .apps
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, ["kept"], "the job's app is gone, the other stays");
     d.stop().await;
 }

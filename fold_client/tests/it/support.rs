@@ -186,13 +186,20 @@ pub async fn per_app_daemon() -> Option<TestDaemon> {
         eprintln!("SKIPPED: per-app uids need a root daemon");
         return None;
     }
+    let dir = traversable_tempdir();
+    let config = per_app_config(&dir);
+    Some(start_with(dir, config).await)
+}
+
+/// A fresh temp dir others may traverse (0711), as a per-app daemon's state needs: a
+/// process with an app's uid must reach the app's socket directory below it.
+pub fn traversable_tempdir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("fcb")
         .tempdir_in("/tmp")
         .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let config = per_app_config(&dir);
-    Some(start_with(dir, config).await)
+    dir
 }
 
 /// Runs `sh -c script` as `uid:gid`; returns whether it succeeded.
