@@ -351,6 +351,11 @@ pub async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Arc<App>, Daemon
         .stop(&app.id, shared.config.stop_grace)
         .await;
     let app = shared.registry.remove(&app.id)?;
+    let mut unwarmed = (*app).clone();
+    unwarmed.warm = 0;
+    if let Err(e) = shared.supervisor.keep_warm(&unwarmed).await {
+        tracing::warn!(app = %app.name, "cannot remove its prepared containers: {e}");
+    }
     if let Some(token) = lock(&shared.listeners).remove(&app.id) {
         token.cancel();
     }
@@ -430,6 +435,33 @@ pub async fn place(
         .audit
         .event(&app.id, Some(&app.name), "placement", placement.as_str())
         .await;
+    if let Err(e) = shared.supervisor.keep_warm(&app).await {
+        tracing::warn!(app = %app.name, "warm pool: {e}");
+    }
+    Ok(app)
+}
+
+/// Sets how many prepared containers the app keeps, and prepares (or removes) them.
+///
+/// # Errors
+///
+/// Unknown app, a host app asking for any, the entry could not be saved, or the backend
+/// cannot prepare them (the count is kept, and used once it can).
+pub async fn set_warm(shared: &Arc<Shared>, name: &str, count: u32) -> Result<Arc<App>, DaemonError> {
+    crate::config::check_warm("--warm", count).map_err(|e| DaemonError::Invalid(e.to_string()))?;
+    let app = shared.registry.find(name)?;
+    if count > 0 && app.placement == Placement::Host {
+        return Err(DaemonError::Invalid(format!(
+            "app {} runs on the host (dev mode): warm pools are for container apps",
+            app.name
+        )));
+    }
+    let app = shared.registry.update(&app.id, |a| a.warm = count)?;
+    shared
+        .audit
+        .event(&app.id, Some(&app.name), "warm", &count.to_string())
+        .await;
+    shared.supervisor.keep_warm(&app).await?;
     Ok(app)
 }
 

@@ -373,6 +373,7 @@ mod tests {
             network: None,
             limits: ResourceLimits::default(),
             node_limits: Default::default(),
+            warm: 0,
             created_ms: 0,
             generation: 1,
         };

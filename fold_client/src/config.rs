@@ -194,6 +194,8 @@ pub struct Config {
     pub job_output_cap: u64,
     /// One-off jobs (`fold_client run`) run at once; more wait their turn.
     pub max_concurrent_jobs: usize,
+    /// Prepared (warm) containers an app installed without `--warm` keeps.
+    pub warm_pool: u32,
     /// Size at which the audit log is rotated (`audit.jsonl` becomes `audit.jsonl.1`).
     pub audit_max_bytes: u64,
     /// Rotated audit files kept; the oldest beyond this is deleted at each rotation.
@@ -261,8 +263,25 @@ impl Config {
             storage_limit: self.storage_limit,
             grace: self.stop_grace,
             gvisor_runtime: self.gvisor_runtime.clone(),
+            warm_dir: self.state_dir.join("warm"),
         }
     }
+}
+
+/// Checks a warm pool size.
+///
+/// # Errors
+///
+/// Above [`crate::sandbox::MAX_WARM`].
+pub fn check_warm(key: &'static str, count: u32) -> Result<u32, ConfigError> {
+    let max = crate::sandbox::MAX_WARM;
+    if count as usize > max {
+        return Err(invalid(
+            key,
+            format!("{count} prepared containers per app; at most {max}"),
+        ));
+    }
+    Ok(count)
 }
 
 /// Where each app's files are, by app id: derived from the state directory and the socket
@@ -372,6 +391,8 @@ pub struct FileConfig {
     pub job_output_cap_bytes: Option<u64>,
     /// See [`Config::max_concurrent_jobs`].
     pub max_concurrent_jobs: Option<usize>,
+    /// See [`Config::warm_pool`].
+    pub warm_pool: Option<u32>,
     /// See [`Config::audit_max_bytes`].
     pub audit_max_bytes: Option<u64>,
     /// See [`Config::audit_keep`].
@@ -744,6 +765,7 @@ impl Config {
                 crate::sandbox::capture::DEFAULT_OUTPUT_CAP,
             )?,
             max_concurrent_jobs: file.max_concurrent_jobs.unwrap_or(4).max(1),
+            warm_pool: check_warm("warm_pool", file.warm_pool.unwrap_or(0))?,
             audit_max_bytes: positive(
                 "audit_max_bytes",
                 file.audit_max_bytes,

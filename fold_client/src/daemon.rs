@@ -191,6 +191,11 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
                 .await;
         }
     }
+    for app in shared.registry.list().iter().filter(|a| a.warm > 0) {
+        if let Err(e) = shared.supervisor.keep_warm(app).await {
+            tracing::warn!(app = %app.name, "no prepared containers: {e}");
+        }
+    }
     admin::spawn(&shared, admin_socket);
     let weak = Arc::downgrade(&shared);
     shared.tasks.spawn(crate::nonce_journal::maintain(

@@ -568,8 +568,49 @@ impl Supervisor {
         Some(state)
     }
 
-    /// Stops every live app (daemon shutdown).
+    /// Keeps the app's warm pool as its record says: `app.warm` prepared containers for a
+    /// container app whose uid is still its own, none otherwise. A launch of the app with
+    /// its own defaults (image, tier, limits) takes one.
+    ///
+    /// # Errors
+    ///
+    /// The backend cannot prepare them (no holder in this build, the tier is not offered,
+    /// the engine is down); the pool is then empty.
+    pub async fn keep_warm(self: &Arc<Self>, app: &App) -> Result<(), SandboxError> {
+        let mut count = match app.placement {
+            crate::registry::Placement::Container => app.warm as usize,
+            crate::registry::Placement::Host => 0,
+        };
+        if count > 0 {
+            if let Some(problem) = self.registry.uid_problem(app) {
+                count = 0;
+                tracing::warn!(app = %app.name, "no warm containers: {problem}");
+            }
+        }
+        let backend = &self.container;
+        if count > 0 {
+            self.ensure_recovered(backend).await?;
+        }
+        let options = LaunchOptions {
+            direct: false,
+            args: Vec::new(),
+            image: None,
+            restart: RestartPolicy::Never,
+            max_lifetime: None,
+            capture: None,
+        };
+        let spec = self.spec(app, &options);
+        backend.sandbox.keep_warm(&spec, count).await
+    }
+
+    /// The app's warm pool, if it keeps one.
+    pub fn warm(&self, app_id: &str) -> Option<crate::sandbox::WarmPool> {
+        self.container.sandbox.warm(app_id)
+    }
+
+    /// Stops every live app (daemon shutdown), after removing every prepared container.
     pub async fn stop_all(&self, grace: Duration) {
+        self.container.sandbox.drain_warm().await;
         let live: Vec<String> = lock(&self.tracked)
             .iter()
             .filter(|(_, t)| t.state.borrow().is_live())

@@ -6,7 +6,7 @@ use super::protocol::{
     InstallResponse, JobRequest, JobStream, LaunchRequest, LaunchResponse, LimitsRequest,
     ListResponse, NodeLimitsView, PsResponse, PsRow, RemoveResponse, ResourceLimitsView,
     RunRequest, RunResponse, ShowResponse, StateResponse, StatusResponse, StopRequest,
-    UngrantRequest, UsageView, WaitRequest,
+    UngrantRequest, UsageView, WaitRequest, WarmView,
 };
 use super::{binary_name, check_cpus, encode};
 use crate::apps::{self, DaemonError, Shared};
@@ -65,7 +65,18 @@ fn app_view(shared: &Shared, app: &App) -> AppView {
         restarts: status.as_ref().map(|s| s.restarts),
         note: status.as_ref().and_then(|s| s.note.clone()),
         container: status.and_then(|s| s.container),
+        warm: app.warm,
+        warm_pool: warm_view(shared, &app.id),
     }
+}
+
+fn warm_view(shared: &Shared, app_id: &str) -> Option<WarmView> {
+    let pool = shared.supervisor.warm(app_id)?;
+    Some(WarmView {
+        ready: pool.ready,
+        target: pool.target,
+        problem: pool.problem,
+    })
 }
 
 /// How long `app show` and `app ps` wait for the node's count of an app's usage.
@@ -224,7 +235,14 @@ async fn install_app(
     if let Some(pids) = request.pids {
         limits.pids = pids.max(1);
     }
+    let warm = match (request.warm, request.direct) {
+        (Some(count), _) => crate::config::check_warm("--warm", count)
+            .map_err(|e| DaemonError::Invalid(e.to_string()))?,
+        (None, false) => shared.config.warm_pool,
+        (None, true) => 0,
+    };
     let spec = InstallSpec {
+        warm,
         name: request.name,
         binary: binary_name(&request.binary)?,
         grants: request.grants,
@@ -244,9 +262,13 @@ async fn install_app(
         },
     )
     .await?;
+    let mut warnings = install_warnings(shared, &app);
+    if let Err(e) = shared.supervisor.keep_warm(&app).await {
+        warnings.push(format!("no prepared containers: {e}"));
+    }
     Ok(InstallResponse {
         app: app_view(shared, &app),
-        warnings: install_warnings(shared, &app),
+        warnings,
     })
 }
 
@@ -569,20 +591,36 @@ async fn wait(shared: &Shared, request: WaitRequest) -> Result<StateResponse, Da
 async fn ps(shared: &Shared) -> PsResponse {
     let mut apps = Vec::new();
     for app in shared.registry.list() {
-        let Some(s) = shared.supervisor.status(&app.id) else {
-            continue;
+        let warm = warm_view(shared, &app.id).filter(|w| w.target > 0);
+        let row = match (shared.supervisor.status(&app.id), &warm) {
+            (Some(s), _) => PsRow {
+                id: app.id.clone(),
+                name: app.name.clone(),
+                sandbox: s.kind.as_str().to_string(),
+                isolation: s.isolation,
+                state: s.state.to_string(),
+                restarts: s.restarts,
+                note: s.note,
+                container: s.container.as_deref().map(|c| short_id(c).to_string()),
+                warm,
+                usage: usage_view(shared, &app).await,
+            },
+            // Never launched, but it keeps prepared containers: it shows as warm.
+            (None, Some(pool)) => PsRow {
+                id: app.id.clone(),
+                name: app.name.clone(),
+                sandbox: SandboxKind::Docker.as_str().to_string(),
+                isolation: None,
+                state: "warm".to_string(),
+                restarts: 0,
+                note: pool.problem.clone(),
+                container: None,
+                warm,
+                usage: usage_view(shared, &app).await,
+            },
+            (None, None) => continue,
         };
-        apps.push(PsRow {
-            id: app.id.clone(),
-            name: app.name.clone(),
-            sandbox: s.kind.as_str().to_string(),
-            isolation: s.isolation,
-            state: s.state.to_string(),
-            restarts: s.restarts,
-            note: s.note,
-            container: s.container.as_deref().map(|c| short_id(c).to_string()),
-            usage: usage_view(shared, &app).await,
-        });
+        apps.push(row);
     }
     PsResponse { apps }
 }
@@ -611,6 +649,11 @@ pub(super) async fn execute(shared: &Arc<Shared>, request: AdminRequest) -> Vec<
         AdminRequest::Show(r) => reply::<p::ShowRequest>(show(shared, &r.app).await),
         AdminRequest::Grant(r) => reply::<p::GrantRequest>(grant(shared, r).await),
         AdminRequest::Ungrant(r) => reply::<p::UngrantRequest>(ungrant(shared, r).await),
+        AdminRequest::Warm(r) => reply::<p::WarmRequest>(
+            apps::set_warm(shared, &r.app, r.count)
+                .await
+                .map(|app| app_view(shared, &app)),
+        ),
         AdminRequest::Rotate(r) => reply::<p::RotateRequest>(
             apps::rotate(shared, &r.app)
                 .await

@@ -68,6 +68,8 @@ admin_requests! {
     Grant(GrantRequest) -> AppView;
     /// Remove grants.
     Ungrant(UngrantRequest) -> AppView;
+    /// Set how many prepared containers an app keeps.
+    Warm(WarmRequest) -> AppView;
     /// New token and key.
     Rotate(RotateRequest) -> AppView;
     /// Uninstall.
@@ -240,6 +242,11 @@ pub struct InstallRequest {
     #[arg(long, conflicts_with = "direct")]
     #[serde(default)]
     pub isolation: Option<IsolationRequest>,
+    /// Prepared containers to keep, so that a launch or run starts in milliseconds
+    /// (default from the config, `warm_pool`: 0).
+    #[arg(long, conflicts_with = "direct")]
+    #[serde(default)]
+    pub warm: Option<u32>,
     /// Node limits set for this app; the rest come from the config.
     #[arg(skip)]
     #[serde(default)]
@@ -262,6 +269,7 @@ impl InstallRequest {
             pids: None,
             direct: false,
             isolation: None,
+            warm: None,
             node_limits: LimitSettings::default(),
         }
     }
@@ -340,6 +348,17 @@ pub struct UngrantRequest {
     /// Grants OPERATION:SCHEMA.
     #[arg(required = true)]
     pub grants: Vec<Grant>,
+}
+
+/// Sets how many prepared (warm) containers an app keeps: each created and started with
+/// exactly the app's container, its binary held until a launch takes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct WarmRequest {
+    /// Name or id.
+    pub app: String,
+    /// How many (0 removes them).
+    pub count: u32,
 }
 
 /// Issues a new token and key.
@@ -685,8 +704,21 @@ pub struct PsRow {
     pub note: Option<String>,
     /// The first 12 characters of its container's id (Docker only).
     pub container: Option<String>,
+    /// Its warm pool, when it keeps one.
+    pub warm: Option<WarmView>,
     /// Its usage on the node.
     pub usage: UsageView,
+}
+
+/// An app's warm pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmView {
+    /// Prepared containers waiting for a launch.
+    pub ready: usize,
+    /// How many it keeps.
+    pub target: usize,
+    /// Why it has fewer, until a preparation succeeds.
+    pub problem: Option<String>,
 }
 
 /// One installed app, as `app show` and `app list` present it (no secrets).
@@ -746,6 +778,10 @@ pub struct AppView {
     pub note: Option<String>,
     /// Its current (or last) container.
     pub container: Option<String>,
+    /// Prepared containers it keeps (`--warm`).
+    pub warm: u32,
+    /// Its warm pool now, when it keeps one.
+    pub warm_pool: Option<WarmView>,
 }
 
 /// An app's resource limits.
@@ -888,6 +924,12 @@ mod tests {
             restarts: Some(1),
             note: None,
             container: Some("abc".into()),
+            warm: 2,
+            warm_pool: Some(WarmView {
+                ready: 1,
+                target: 2,
+                problem: Some("cannot prepare".into()),
+            }),
         }
     }
 
@@ -1166,6 +1208,11 @@ mod tests {
                 restarts: 0,
                 note: None,
                 container: Some("0123456789ab".into()),
+                warm: Some(WarmView {
+                    ready: 1,
+                    target: 2,
+                    problem: None,
+                }),
                 usage: usage(),
             }],
         });

@@ -5,6 +5,7 @@ use anyhow::Result;
 use fold_client::admin::protocol::{
     AdminCall, AppView, GrantRequest, InstallRequest, LaunchRequest, LimitsRequest, ListRequest,
     PsRequest, RemoveRequest, RotateRequest, RunRequest, ShowRequest, StopRequest, UngrantRequest,
+    WarmRequest,
 };
 use fold_client::app_limits::LimitSettings;
 use fold_ipc::limits::HistoryPolicy;
@@ -45,6 +46,9 @@ pub enum AppCommand {
     Grant(GrantRequest),
     /// Remove grants.
     Ungrant(UngrantRequest),
+    /// Keep COUNT prepared containers of the app (0 for none), so that a launch or run
+    /// starts in milliseconds; each is used once, and the pool refills.
+    Warm(WarmRequest),
     /// Issue a new token and key; the old ones stop working at once.
     Rotate(RotateRequest),
     /// Uninstall (stops it first).
@@ -121,6 +125,7 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
         AppCommand::Show(request) => print(ctx, &call(ctx, request).await?)?,
         AppCommand::Grant(request) => print(ctx, &call(ctx, request).await?)?,
         AppCommand::Ungrant(request) => print(ctx, &call(ctx, request).await?)?,
+        AppCommand::Warm(request) => print(ctx, &call(ctx, request).await?)?,
         AppCommand::Rotate(request) => print(ctx, &call(ctx, request).await?)?,
         AppCommand::Remove(request) => print(ctx, &call(ctx, request).await?)?,
         AppCommand::Launch { request, wait } => {
@@ -145,6 +150,9 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
                             cell(a.isolation.as_ref()),
                             a.restarts.to_string(),
                             cell(a.container.as_ref()),
+                            a.warm
+                                .as_ref()
+                                .map_or("-".into(), |w| format!("{}/{}", w.ready, w.target)),
                             cell(a.note.as_ref()),
                         ]
                     })
@@ -157,6 +165,7 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
                     "ISOLATION",
                     "RESTARTS",
                     "CONTAINER",
+                    "WARM",
                     "NOTE",
                 ];
                 table(&headers, &rows);

@@ -124,6 +124,8 @@ pub struct App {
     pub limits: ResourceLimits,
     /// Its own node limits (share, quota, write rate); the config fills in the rest.
     pub node_limits: LimitSettings,
+    /// How many prepared (warm) containers it keeps (containers only).
+    pub warm: u32,
     /// When it was installed (ms since the epoch).
     pub created_ms: u64,
     /// Bumped on every rotation.
@@ -153,6 +155,8 @@ pub struct InstallSpec {
     pub limits: ResourceLimits,
     /// Node limits set for this app.
     pub node_limits: LimitSettings,
+    /// Prepared containers it keeps.
+    pub warm: u32,
 }
 
 /// Why a registry change failed.
@@ -373,6 +377,7 @@ impl Registry {
             network: spec.network,
             limits: spec.limits,
             node_limits: spec.node_limits,
+            warm: spec.warm,
             created_ms: now_ms,
             generation: 1,
         };
@@ -468,6 +473,7 @@ mod tests {
             network: None,
             limits: ResourceLimits::default(),
             node_limits: LimitSettings::default(),
+            warm: 0,
         }
     }
 

@@ -37,6 +37,13 @@ struct StoredApp {
     /// Missing in entries written before node limits existed: the config's defaults.
     #[serde(default, skip_serializing_if = "is_default")]
     node_limits: LimitSettings,
+    /// Prepared containers it keeps; missing in entries written before warm pools: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    warm: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn is_default(settings: &LimitSettings) -> bool {
@@ -92,6 +99,7 @@ pub(super) fn save(dir: &Path, app: &App) -> std::io::Result<()> {
             tmpfs_bytes: app.limits.tmpfs_bytes,
         },
         node_limits: app.node_limits,
+        warm: app.warm,
     };
     let text = toml::to_string(&stored).map_err(std::io::Error::other)?;
     fsutil::write_atomic(&path_of(dir, &app.id), text.as_bytes(), 0o600)
@@ -163,5 +171,6 @@ pub(super) fn load(path: &Path) -> Result<App, CorruptEntry> {
             tmpfs_bytes: s.limits.tmpfs_bytes,
         },
         node_limits: s.node_limits,
+        warm: s.warm,
     })
 }

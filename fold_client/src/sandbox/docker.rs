@@ -10,6 +10,7 @@
 //! - [`report`]: storage-limit support (detected once) and the engine half of `doctor`.
 //! - `elf`: warns when a glibc-dynamic binary meets a musl or busybox image.
 //! - [`offer`]: which engine answers (Docker or Podman) and which isolation tiers it runs.
+//! - `warm`: prepared containers a launch takes instead of starting one (warm pools).
 //! - `reap`: what a removed container left on the host (gVisor's processes after a failed
 //!   start) is killed.
 //!
@@ -29,6 +30,7 @@ pub mod offer;
 mod reap;
 pub mod report;
 pub mod spec;
+mod warm;
 
 pub use elf::{image_mismatch, linkage, Linkage};
 pub use offer::{Flavor, Offer};
@@ -36,7 +38,9 @@ pub use report::{engine_report, EngineReport, StorageSupport};
 pub use spec::{container_name, LABEL_APP, LABEL_DAEMON, SOCKET_MOUNT};
 
 use super::logfile::LogFile;
-use super::{AppState, Found, Isolation, LaunchSpec, Launched, Sandbox, SandboxError, SandboxKind};
+use super::{
+    AppState, Found, Isolation, LaunchSpec, Launched, Sandbox, SandboxError, SandboxKind, WarmPool,
+};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::collections::HashMap;
@@ -65,6 +69,8 @@ pub struct DockerSettings {
     pub grace: Duration,
     /// The name the gVisor runtime is registered under with the engine.
     pub gvisor_runtime: String,
+    /// Where the warm-start holder and the records of taken warm containers live.
+    pub warm_dir: std::path::PathBuf,
 }
 
 /// Runs apps in hardened Docker containers.
@@ -81,6 +87,10 @@ struct Inner {
     /// What the engine offers (re-read when a launch asks for a tier that was missing).
     offer: Mutex<Offer>,
     apps: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Each app's warm pool (`warm`).
+    pools: Mutex<HashMap<String, warm::Pool>>,
+    /// The holder's path on the host, once written (or why it cannot be).
+    holder: std::sync::OnceLock<Result<std::path::PathBuf, String>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -145,6 +155,8 @@ impl DockerSandbox {
             storage: Mutex::new(storage),
             offer: Mutex::new(offer),
             apps: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
+            holder: std::sync::OnceLock::new(),
             tasks,
             shutdown,
         });
@@ -241,6 +253,22 @@ impl Sandbox for DockerSandbox {
 
     fn discard<'a>(&'a self, found: &'a Found) -> BoxFuture<'a, Result<(), SandboxError>> {
         lifecycle::remove(&self.inner, &found.container_id).boxed()
+    }
+
+    fn keep_warm<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+        count: usize,
+    ) -> BoxFuture<'a, Result<(), SandboxError>> {
+        warm::keep(&self.inner, spec, count).boxed()
+    }
+
+    fn warm(&self, app_id: &str) -> Option<WarmPool> {
+        warm::status(&self.inner, app_id)
+    }
+
+    fn drain_warm(&self) -> BoxFuture<'_, ()> {
+        warm::drain(&self.inner).boxed()
     }
 }
 
@@ -339,5 +367,33 @@ impl Sandbox for LazyDocker {
 
     fn discard<'a>(&'a self, found: &'a Found) -> BoxFuture<'a, Result<(), SandboxError>> {
         async move { self.connected().await?.discard(found).await }.boxed()
+    }
+
+    fn keep_warm<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+        count: usize,
+    ) -> BoxFuture<'a, Result<(), SandboxError>> {
+        async move {
+            match (self.engine.get(), count) {
+                (None, 0) => Ok(()),
+                (Some(docker), _) => docker.keep_warm(spec, count).await,
+                (None, _) => self.connected().await?.keep_warm(spec, count).await,
+            }
+        }
+        .boxed()
+    }
+
+    fn warm(&self, app_id: &str) -> Option<WarmPool> {
+        self.engine.get()?.warm(app_id)
+    }
+
+    fn drain_warm(&self) -> BoxFuture<'_, ()> {
+        async move {
+            if let Some(docker) = self.engine.get() {
+                docker.drain_warm().await;
+            }
+        }
+        .boxed()
     }
 }

@@ -12,6 +12,7 @@ pub mod direct;
 pub mod docker;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
+pub mod holder;
 pub mod isolation;
 pub mod logfile;
 
@@ -313,6 +314,20 @@ pub struct Launched {
     pub warnings: Vec<String>,
 }
 
+/// Most prepared containers one app may keep.
+pub const MAX_WARM: usize = 16;
+
+/// An app's warm pool: prepared containers a launch can take instead of starting one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmPool {
+    /// Prepared and waiting.
+    pub ready: usize,
+    /// How many the app keeps.
+    pub target: usize,
+    /// Why the pool is short, until a preparation succeeds.
+    pub problem: Option<String>,
+}
+
 /// A run of this daemon found in a backend after a daemon restart (a container with the
 /// daemon's label).
 #[derive(Debug, Clone)]
@@ -409,6 +424,35 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
             spec.app_name
         ));
         futures::future::ready(Err(error)).boxed()
+    }
+
+    /// Keeps `count` prepared runs of the app `spec` describes (its launch defaults), which
+    /// a launch of the same app, whose run would be identical, takes instead of starting
+    /// one; 0 removes them. A backend without warm starts refuses any other count.
+    fn keep_warm<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+        count: usize,
+    ) -> BoxFuture<'a, Result<(), SandboxError>> {
+        let result = match count {
+            0 => Ok(()),
+            _ => Err(SandboxError::Backend(format!(
+                "the {} backend has no warm starts (app {})",
+                self.kind().as_str(),
+                spec.app_name
+            ))),
+        };
+        futures::future::ready(result).boxed()
+    }
+
+    /// The app's warm pool, if it keeps one.
+    fn warm(&self, _app_id: &str) -> Option<WarmPool> {
+        None
+    }
+
+    /// Removes every prepared run (daemon shutdown).
+    fn drain_warm(&self) -> BoxFuture<'_, ()> {
+        futures::future::ready(()).boxed()
     }
 
     /// Kills and removes a leftover run that no installed app owns.

@@ -34,6 +34,7 @@ fn install(registry: &Registry, name: &str) -> Arc<App> {
         network: None,
         limits: ResourceLimits::default(),
         node_limits: crate::app_limits::LimitSettings::default(),
+        warm: 0,
     };
     registry.install(spec, now_ms()).unwrap().0
 }

@@ -4,8 +4,8 @@
 use super::super::logfile::LogFile;
 use super::super::{AppState, Found, Isolation, LaunchSpec, SandboxError};
 use super::lifecycle::{finalize, new_entry, short};
-use super::spec::{LABEL_APP, LABEL_DAEMON, LABEL_ISOLATION};
-use super::{engine, lock, logs, Inner};
+use super::spec::{LABEL_APP, LABEL_DAEMON, LABEL_ISOLATION, LABEL_WARM};
+use super::{engine, lock, logs, warm, Inner};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,13 +25,14 @@ pub(super) async fn find_ours(inner: &Inner) -> Result<Vec<Found>, SandboxError>
     )
     .await?;
     let mut found = Vec::new();
+    let mut ids = Vec::new();
     for summary in list {
         let Some(id) = summary.id else { continue };
         let Some(c) = engine::inspect(&inner.docker, timeout, &id).await? else {
             continue;
         };
         let config = c.config.unwrap_or_default();
-        let labels = config.labels.unwrap_or_default();
+        let mut labels = config.labels.unwrap_or_default();
         // The filter already selected our label; check again, never touch another daemon's.
         if labels.get(LABEL_DAEMON) != Some(&inner.settings.label) {
             continue;
@@ -39,15 +40,27 @@ pub(super) async fn find_ours(inner: &Inner) -> Result<Vec<Found>, SandboxError>
         let Some(app_id) = labels.get(LABEL_APP).cloned() else {
             continue;
         };
+        // A warm container: taken ones are adopted as their launch recorded them; prepared
+        // ones are removed here.
+        let args = if labels.contains_key(LABEL_WARM) {
+            match warm::sort_leftover(inner, &id, &mut labels).await {
+                Some(args) => args,
+                None => continue,
+            }
+        } else {
+            config.cmd.unwrap_or_default()
+        };
+        ids.push(id.clone());
         found.push(Found {
             app_id,
             container_id: id,
             running: c.state.and_then(|s| s.running).unwrap_or(false),
             labels,
-            args: config.cmd.unwrap_or_default(),
+            args,
             image: config.image.unwrap_or_default(),
         });
     }
+    warm::prune_records(inner, &ids);
     Ok(found)
 }
 

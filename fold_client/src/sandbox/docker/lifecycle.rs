@@ -4,8 +4,9 @@
 use super::super::logfile::LogFile;
 use super::super::{AppState, Isolation, IsolationRequest, LaunchSpec, Launched, SandboxError};
 use super::report::StorageSupport;
-use super::spec::{self, container_name, Plan, LABEL_APP, LABEL_DAEMON};
+use super::spec::{self, container_name, Plan, LABEL_APP, LABEL_DAEMON, LABEL_WARM};
 use super::{elf, engine, lock, logs, Entry, Inner};
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::AttachContainerOptionsBuilder;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,11 +108,26 @@ pub(super) async fn launch(
         let _ = entry.log.write_marker(&format!("WARNING: {w}"));
         warnings.push(w);
     }
-    let _ = entry.log.write_marker(&format!(
-        "launching {} in a container (image {}, isolation {})",
-        spec.app_name, spec.image, tier.0
-    ));
-    match start(inner, &entry, spec, (labels, &tier), &mut warnings).await {
+    let started = match super::warm::take(inner, spec, &tier) {
+        Some(prepared) => {
+            let _ = entry.log.write_marker(&format!(
+                "launching {} in prepared container {} (image {}, isolation {})",
+                spec.app_name,
+                short(&prepared.id),
+                spec.image,
+                tier.0
+            ));
+            start_warm(inner, &entry, spec, prepared).await
+        }
+        None => {
+            let _ = entry.log.write_marker(&format!(
+                "launching {} in a container (image {}, isolation {})",
+                spec.app_name, spec.image, tier.0
+            ));
+            start(inner, &entry, spec, (labels, &tier), &mut warnings).await
+        }
+    };
+    match started {
         Ok(container_id) => {
             let state = entry.state.borrow().clone();
             Ok(Launched {
@@ -133,7 +149,7 @@ pub(super) async fn launch(
 
 /// The tier the app runs under and the runtime to ask for. A miss is checked against a
 /// fresh reading of the engine (a runtime may have been registered since it was read).
-async fn resolve(
+pub(super) async fn resolve(
     inner: &Inner,
     spec: &LaunchSpec,
 ) -> Result<(Isolation, Option<String>), SandboxError> {
@@ -149,7 +165,7 @@ async fn resolve(
     offer.resolve(&spec.app_name, spec.isolation)
 }
 
-fn plan<'a>(
+pub(super) fn plan<'a>(
     inner: &'a Inner,
     spec: &'a LaunchSpec,
     labels: &'a HashMap<String, String>,
@@ -210,30 +226,113 @@ async fn start(
     (labels, tier): (&HashMap<String, String>, &(Isolation, Option<String>)),
     warnings: &mut Vec<String>,
 ) -> Result<String, SandboxError> {
+    pull(inner, spec, Some(&entry.log)).await?;
+    clear_name(inner, spec).await?;
+    let name = container_name(&spec.app_id);
+    let body = |storage| spec::create_body(&plan(inner, spec, labels, tier, storage));
+    let record = |id: &str| *lock(&entry.container) = Some(id.to_string());
+    let started = create_started(inner, spec, &name, (&body, false), record).await?;
+    for w in started.warnings {
+        let _ = entry.log.write_marker(&format!("WARNING: {w}"));
+        warnings.push(w);
+    }
+    let pump = logs::spawn_pump(&inner.tasks, started.attached.output, entry.log.clone(), None);
+    *lock(&entry.pump) = Some(pump);
+    entry.state.send_if_modified(|s| {
+        let starting = *s == AppState::Starting;
+        if starting {
+            *s = AppState::Running { pid: started.pid };
+        }
+        starting
+    });
+    tracing::info!(app = %spec.app_name, container = %short(&started.id), "container started");
+    Ok(started.id)
+}
+
+/// Starts the app in a prepared container (`warm::take`): its output goes to the log from
+/// here on, and its holder gets the launch's arguments.
+async fn start_warm(
+    inner: &Arc<Inner>,
+    entry: &Arc<Entry>,
+    spec: &LaunchSpec,
+    prepared: super::warm::Prepared,
+) -> Result<String, SandboxError> {
+    let super::warm::Prepared { id, pid, attached } = prepared;
+    *lock(&entry.container) = Some(id.clone());
+    let mut input = attached.input;
+    let pump = logs::spawn_pump(&inner.tasks, attached.output, entry.log.clone(), None);
+    *lock(&entry.pump) = Some(pump);
+    if let Err(e) = super::warm::give_word(inner, &id, &mut input, spec).await {
+        let _ = remove(inner, &id).await;
+        return Err(e);
+    }
+    entry.state.send_if_modified(|s| {
+        let starting = *s == AppState::Starting;
+        if starting {
+            *s = AppState::Running { pid };
+        }
+        starting
+    });
+    tracing::info!(app = %spec.app_name, container = %short(&id), "started in a prepared container");
+    Ok(id)
+}
+
+/// Makes sure the engine has the spec's image (as its pull policy says), noting a pull in
+/// `log`.
+pub(super) async fn pull(
+    inner: &Inner,
+    spec: &LaunchSpec,
+    log: Option<&LogFile>,
+) -> Result<(), SandboxError> {
     let settings = &inner.settings;
-    let (docker, timeout) = (&inner.docker, settings.engine_timeout);
-    let log = entry.log.clone();
     let mut progress = |line: &str| {
         tracing::debug!(image = %spec.image, "{line}");
-        if line.starts_with("pulling image") {
+        if let Some(log) = log.filter(|_| line.starts_with("pulling image")) {
             let _ = log.write_marker(line);
         }
     };
     engine::ensure_image(
-        docker,
-        timeout,
+        &inner.docker,
+        settings.engine_timeout,
         settings.pull_timeout,
         (&spec.image, spec.pull),
         &mut progress,
     )
-    .await?;
-    clear_name(inner, spec).await?;
-    let name = container_name(&spec.app_id);
+    .await
+}
+
+/// A container created, attached to and started.
+pub(super) struct Started {
+    /// Its id.
+    pub id: String,
+    /// Its output (and stdin, when asked for).
+    pub attached: bollard::container::AttachContainerResults,
+    /// Its init's host pid, where the engine said.
+    pub pid: Option<u32>,
+    /// What the user should know (the storage limit is not enforced).
+    pub warnings: Vec<String>,
+}
+
+/// The body to create with a writable-layer limit (or none).
+type BodyFor<'a> = dyn Fn(Option<u64>) -> Result<ContainerCreateBody, SandboxError> + Sync + 'a;
+
+/// Creates container `name` from `body` (with the storage limit where the engine takes
+/// one; without, once it refuses), calls `created` with its id, attaches to its output
+/// (and its stdin, with `stdin`), and starts it. Whatever fails after the create removes
+/// the container.
+pub(super) async fn create_started(
+    inner: &Arc<Inner>,
+    spec: &LaunchSpec,
+    name: &str,
+    (body, stdin): (&BodyFor<'_>, bool),
+    created: impl FnOnce(&str),
+) -> Result<Started, SandboxError> {
+    let settings = &inner.settings;
+    let (docker, timeout) = (&inner.docker, settings.engine_timeout);
     let storage = settings
         .storage_limit
         .filter(|_| !matches!(*lock(&inner.storage), StorageSupport::Unsupported(_)));
-    let body = spec::create_body(&plan(inner, spec, labels, tier, storage))?;
-    let id = match engine::create(docker, timeout, &name, body).await? {
+    let id = match engine::create(docker, timeout, name, body(storage)?).await? {
         Ok(id) => {
             if storage.is_some() {
                 *lock(&inner.storage) = StorageSupport::Supported;
@@ -243,22 +342,20 @@ async fn start(
         Err(e) if storage.is_some() && engine::is_storage_refusal(&e) => {
             tracing::info!("the engine refuses storage limits: {}", engine::message(&e));
             *lock(&inner.storage) = StorageSupport::Unsupported(engine::message(&e));
-            let body = spec::create_body(&plan(inner, spec, labels, tier, None))?;
-            engine::create(docker, timeout, &name, body)
+            engine::create(docker, timeout, name, body(None)?)
                 .await?
                 .map_err(|e| refused("create", &e))?
         }
         Err(e) => return Err(refused("create", &e)),
     };
+    let mut warnings = Vec::new();
     if settings.storage_limit.is_some() {
-        if let Some(w) = lock(&inner.storage).warning() {
-            let _ = entry.log.write_marker(&format!("WARNING: {w}"));
-            warnings.push(w);
-        }
+        warnings.extend(lock(&inner.storage).warning());
     }
-    *lock(&entry.container) = Some(id.clone());
+    created(&id);
     let attach = AttachContainerOptionsBuilder::default()
         .stream(true)
+        .stdin(stdin)
         .stdout(true)
         .stderr(true)
         .build();
@@ -276,8 +373,6 @@ async fn start(
             return Err(e);
         }
     };
-    let pump = logs::spawn_pump(&inner.tasks, attached.output, entry.log.clone(), None);
-    *lock(&entry.pump) = Some(pump);
     let started = engine::call(
         docker,
         timeout,
@@ -303,15 +398,12 @@ async fn start(
         .and_then(|s| s.pid)
         .and_then(|p| u32::try_from(p).ok())
         .filter(|p| *p > 0);
-    entry.state.send_if_modified(|s| {
-        let starting = *s == AppState::Starting;
-        if starting {
-            *s = AppState::Running { pid };
-        }
-        starting
-    });
-    tracing::info!(app = %spec.app_name, container = %short(&id), "container started");
-    Ok(id)
+    Ok(Started {
+        id,
+        attached,
+        pid,
+        warnings,
+    })
 }
 
 fn refused(what: &str, e: &bollard::errors::Error) -> SandboxError {
@@ -434,6 +526,7 @@ pub(super) async fn finalize(inner: &Arc<Inner>, entry: &Arc<Entry>, id: &str, h
     if let Err(e) = remove(inner, id).await {
         tracing::warn!(app_id = %entry.app_id, "cannot remove container: {e}");
     }
+    super::warm::forget_record(inner, id);
     tracing::info!(app_id = %entry.app_id, container = %short(id), state = %final_state, "container ended");
     entry.state.send_replace(final_state);
 }
@@ -448,12 +541,13 @@ pub(super) fn on_event(
     let Some(app_id) = attrs.get(LABEL_APP) else {
         return;
     };
-    let Some(entry) = lock(&inner.apps).get(app_id).cloned() else {
+    let entry = lock(&inner.apps).get(app_id).cloned();
+    let Some(entry) = entry.filter(|e| e.container().as_deref() == Some(id)) else {
+        if matches!(action, "die" | "destroy") && attrs.contains_key(LABEL_WARM) {
+            super::warm::on_died(inner, app_id, id);
+        }
         return;
     };
-    if entry.container().as_deref() != Some(id) {
-        return;
-    }
     match action {
         "oom" => entry.oom.store(true, Ordering::SeqCst),
         "die" | "destroy" => {

@@ -1,6 +1,7 @@
 //! The container an app gets: every hardening setting in one pure function, so it can be
 //! read in one place and unit-tested without an engine.
 
+use super::super::holder::HOLDER_MOUNT;
 use super::super::{Isolation, LaunchSpec, SandboxError};
 use super::offer::Flavor;
 use bollard::models::{
@@ -19,6 +20,9 @@ pub const LABEL_DAEMON: &str = "io.foldclient.daemon";
 pub const LABEL_ISOLATION: &str = "io.foldclient.isolation";
 /// Label with the app's human name (informational).
 pub const LABEL_APP_NAME: &str = "io.foldclient.app_name";
+/// Label marking a warm container: prepared with the holder in front of the app's binary
+/// (`prepared`). It stays on the container after a launch has taken it.
+pub const LABEL_WARM: &str = "io.foldclient.warm";
 /// Where the app's socket directory is mounted (read-only) inside the container.
 pub const SOCKET_MOUNT: &str = "/tmp/fold_client_sockets";
 /// Where the app's directory (its binary) is mounted (read-only).
@@ -183,6 +187,32 @@ pub fn create_body(plan: &Plan<'_>) -> Result<ContainerCreateBody, SandboxError>
         host_config: Some(host_config),
         ..Default::default()
     })
+}
+
+/// The create request for a warm container of the app: [`create_body`] exactly, except that
+/// the holder (mounted read-only from `holder` at [`HOLDER_MOUNT`]) runs first, with the
+/// app's binary as its one argument, and waits on stdin, which only the daemon's attach
+/// holds, for the launch's arguments; and that it carries [`LABEL_WARM`]. `plan` carries no
+/// launch's labels: those are known only when a launch takes the container.
+///
+/// # Errors
+///
+/// As [`create_body`].
+pub fn warm_body(plan: &Plan<'_>, holder: &Path) -> Result<ContainerCreateBody, SandboxError> {
+    let mut body = create_body(plan)?;
+    let app_binary = format!("{APP_MOUNT}/{}", plan.spec.binary);
+    body.entrypoint = Some(vec![HOLDER_MOUNT.to_string()]);
+    body.cmd = Some(vec![app_binary]);
+    body.open_stdin = Some(true);
+    body.stdin_once = Some(true);
+    body.attach_stdin = Some(true);
+    if let Some(labels) = body.labels.as_mut() {
+        labels.insert(LABEL_WARM.into(), "prepared".into());
+    }
+    if let Some(mounts) = body.host_config.as_mut().and_then(|h| h.mounts.as_mut()) {
+        mounts.push(bind(holder, HOLDER_MOUNT));
+    }
+    Ok(body)
 }
 
 /// The options of the app's `/tmp` tmpfs: no exec, no setuid, no devices, capped, owned
@@ -404,6 +434,32 @@ mod tests {
         let labels = body.labels.unwrap();
         assert_eq!(labels[LABEL_APP], "app_0123456789ab");
         assert_eq!(labels[LABEL_DAEMON], "d1");
+    }
+
+    #[test]
+    fn a_warm_container_differs_from_a_cold_one_only_by_the_holder_in_front() {
+        let spec = spec();
+        let extra = HashMap::new();
+        let cold = create_body(&plan(&spec, &extra)).unwrap();
+        let warm = warm_body(&plan(&spec, &extra), Path::new("/state/warm/fold_holder")).unwrap();
+        assert_eq!(warm.entrypoint, Some(vec![HOLDER_MOUNT.to_string()]));
+        assert_eq!(warm.cmd, Some(vec!["/app/demo_bin".to_string()]));
+        assert_eq!((warm.open_stdin, warm.stdin_once), (Some(true), Some(true)));
+        assert_eq!(warm.labels.as_ref().unwrap()[LABEL_WARM], "prepared");
+        let mounts = warm.host_config.as_ref().unwrap().mounts.clone().unwrap();
+        let holder = mounts.last().unwrap();
+        assert_eq!(holder.target.as_deref(), Some(HOLDER_MOUNT));
+        assert_eq!(holder.read_only, Some(true));
+        // Everything else is the cold container's: the same hardening, limits and user.
+        let mut back = warm.clone();
+        back.entrypoint.clone_from(&cold.entrypoint);
+        back.cmd.clone_from(&cold.cmd);
+        back.open_stdin = cold.open_stdin;
+        back.stdin_once = cold.stdin_once;
+        back.attach_stdin = cold.attach_stdin;
+        back.labels.as_mut().unwrap().remove(LABEL_WARM);
+        back.host_config.as_mut().unwrap().mounts.as_mut().unwrap().pop();
+        assert_eq!(back, cold);
     }
 
     #[test]

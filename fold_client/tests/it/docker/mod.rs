@@ -11,6 +11,7 @@ mod adoption;
 mod gvisor_tier;
 mod hardening;
 mod lifecycle;
+mod warm;
 mod podman_engine;
 
 use fold_client::admin::protocol::{
