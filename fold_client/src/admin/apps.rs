@@ -76,6 +76,7 @@ fn warm_view(shared: &Shared, app_id: &str) -> Option<WarmView> {
         ready: pool.ready,
         target: pool.target,
         problem: pool.problem,
+        containers: pool.containers,
     })
 }
 

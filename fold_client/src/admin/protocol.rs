@@ -719,6 +719,8 @@ pub struct WarmView {
     pub target: usize,
     /// Why it has fewer, until a preparation succeeds.
     pub problem: Option<String>,
+    /// The prepared containers' ids, the next one taken first.
+    pub containers: Vec<String>,
 }
 
 /// One installed app, as `app show` and `app list` present it (no secrets).
@@ -929,6 +931,7 @@ mod tests {
                 ready: 1,
                 target: 2,
                 problem: Some("cannot prepare".into()),
+                containers: Vec::new(),
             }),
         }
     }
@@ -1212,6 +1215,7 @@ mod tests {
                     ready: 1,
                     target: 2,
                     problem: None,
+                    containers: vec!["0123456789abcdef".into()],
                 }),
                 usage: usage(),
             }],

@@ -326,6 +326,8 @@ pub struct WarmPool {
     pub target: usize,
     /// Why the pool is short, until a preparation succeeds.
     pub problem: Option<String>,
+    /// The prepared containers' ids, oldest (next taken) first.
+    pub containers: Vec<String>,
 }
 
 /// A run of this daemon found in a backend after a daemon restart (a container with the

@@ -4,7 +4,7 @@
 //! neighbour must keep being served within its normal latency; the audit must show the
 //! denials; and a stdout flood must leave the logs capped.
 
-use crate::docker::{call, is_root, ps_row, wait_for_text, DockerDaemon};
+use crate::docker::{call, is_root, ps_row, wait_for_text, DockerDaemon, Start};
 use fold_client::admin::protocol::{InstallRequest, InstallResponse, LaunchRequest, RestartMode};
 use fold_client::sandbox::{Isolation, IsolationRequest};
 use fold_ipc::{Operation, WireError};
@@ -29,7 +29,7 @@ fn setup() -> (String, PathBuf) {
 
 async fn install(
     d: &DockerDaemon,
-    name: &str,
+    (name, warm): (&str, u32),
     (binary, isolation): (&Path, Isolation),
     image: &str,
     grants: &[&str],
@@ -41,6 +41,7 @@ async fn install(
     install.memory_bytes = Some(MEMORY_MIB << 20);
     install.cpus = Some(CPUS);
     install.pids = Some(PIDS);
+    install.warm = (warm > 0).then_some(warm);
     call(&d.config.admin_socket, install).await.unwrap()
 }
 
@@ -158,11 +159,18 @@ async fn node_call(
 #[ignore = "needs a Docker engine"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_app_is_contained_and_its_neighbour_keeps_being_served() {
-    hostile_app_is_contained_beside_its_neighbour(Isolation::Container).await;
+    hostile_app_is_contained_beside_its_neighbour(Isolation::Container, Start::Cold).await;
+}
+
+#[ignore = "needs a Docker engine"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_started_hostile_app_is_contained_as_a_cold_one() {
+    hostile_app_is_contained_beside_its_neighbour(Isolation::Container, Start::Warm).await;
 }
 
 /// The suite: both apps under `isolation`; every attempt fails, the neighbour is served.
-pub async fn hostile_app_is_contained_beside_its_neighbour(isolation: Isolation) {
+/// With `Start::Warm` the hostile app keeps a prepared container and starts in it.
+pub async fn hostile_app_is_contained_beside_its_neighbour(isolation: Isolation, start: Start) {
     let (image, binary) = setup();
     let binary = (binary.as_path(), isolation);
     let d = DockerDaemon::start(&format!("log_cap_bytes = {LOG_CAP}")).await;
@@ -186,15 +194,23 @@ pub async fn hostile_app_is_contained_beside_its_neighbour(isolation: Isolation)
     )
     .unwrap();
 
-    let neighbour = install(&d, "neighbour", binary, &image, &["query:post"]).await;
+    let neighbour = install(&d, ("neighbour", 0), binary, &image, &["query:post"]).await;
+    let warm = match start {
+        Start::Cold => 0,
+        Start::Warm => 1,
+    };
     let hostile = install(
         &d,
-        "hostile",
+        ("hostile", warm),
         binary,
         &image,
         &["query:post", "mutation:post"],
     )
     .await;
+    let prepared = match start {
+        Start::Cold => Vec::new(),
+        Start::Warm => crate::docker::warm::wait_ready(&d, "hostile", 1).await,
+    };
     let hostile_id = hostile.app.id;
     let neighbour_id = neighbour.app.id;
     let neighbour_log = neighbour.app.log;
@@ -213,6 +229,11 @@ pub async fn hostile_app_is_contained_beside_its_neighbour(isolation: Isolation)
         &["all", &neighbour_id, &neighbour_dir.display().to_string()],
     )
     .await;
+    assert_eq!(
+        prepared.contains(&hostile_container),
+        start == Start::Warm,
+        "{hostile_container} of {prepared:?}"
+    );
     // The CPU limit as the host sees it: inside gVisor the sentry keeps its own clock of
     // the app's CPU time, so only the container's cgroup tells what the sandbox used.
     let stop_sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

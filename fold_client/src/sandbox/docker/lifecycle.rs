@@ -117,7 +117,7 @@ pub(super) async fn launch(
                 spec.image,
                 tier.0
             ));
-            start_warm(inner, &entry, spec, prepared).await
+            start_warm(inner, &entry, spec, (prepared, &mut warnings)).await
         }
         None => {
             let _ = entry.log.write_marker(&format!(
@@ -233,8 +233,7 @@ async fn start(
     let record = |id: &str| *lock(&entry.container) = Some(id.to_string());
     let started = create_started(inner, spec, &name, (&body, false), record).await?;
     for w in started.warnings {
-        let _ = entry.log.write_marker(&format!("WARNING: {w}"));
-        warnings.push(w);
+        warn(entry, warnings, w);
     }
     let pump = logs::spawn_pump(&inner.tasks, started.attached.output, entry.log.clone(), None);
     *lock(&entry.pump) = Some(pump);
@@ -249,14 +248,28 @@ async fn start(
     Ok(started.id)
 }
 
+fn warn(entry: &Entry, warnings: &mut Vec<String>, warning: String) {
+    let _ = entry.log.write_marker(&format!("WARNING: {warning}"));
+    warnings.push(warning);
+}
+
+/// The warning of a launch asking for a storage limit the engine does not enforce.
+fn storage_warning(inner: &Inner) -> Option<String> {
+    inner.settings.storage_limit?;
+    lock(&inner.storage).warning()
+}
+
 /// Starts the app in a prepared container (`warm::take`): its output goes to the log from
-/// here on, and its holder gets the launch's arguments.
+/// here on, and its holder gets the launch's arguments. It warns as a cold start would.
 async fn start_warm(
     inner: &Arc<Inner>,
     entry: &Arc<Entry>,
     spec: &LaunchSpec,
-    prepared: super::warm::Prepared,
+    (prepared, warnings): (super::warm::Prepared, &mut Vec<String>),
 ) -> Result<String, SandboxError> {
+    if let Some(w) = storage_warning(inner) {
+        warn(entry, warnings, w);
+    }
     let super::warm::Prepared { id, pid, attached } = prepared;
     *lock(&entry.container) = Some(id.clone());
     let mut input = attached.input;
@@ -348,10 +361,7 @@ pub(super) async fn create_started(
         }
         Err(e) => return Err(refused("create", &e)),
     };
-    let mut warnings = Vec::new();
-    if settings.storage_limit.is_some() {
-        warnings.extend(lock(&inner.storage).warning());
-    }
+    let warnings = storage_warning(inner).into_iter().collect();
     created(&id);
     let attach = AttachContainerOptionsBuilder::default()
         .stream(true)

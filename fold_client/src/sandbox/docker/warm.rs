@@ -408,6 +408,7 @@ pub(super) fn status(inner: &Inner, app_id: &str) -> Option<WarmPool> {
         ready: pool.ready.len(),
         target: pool.target,
         problem: pool.problem.clone(),
+        containers: pool.ready.iter().map(|p| p.id.clone()).collect(),
     })
 }
 

@@ -26,7 +26,23 @@ const GVISOR: Option<IsolationRequest> = Some(IsolationRequest::Exactly(Isolatio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_queries_through_the_mounted_socket_and_is_hardened() {
     fold_testkit::need_gvisor();
-    super::hardening::hardened_app_queries_through_the_mounted_socket(Isolation::Gvisor).await;
+    super::hardening::hardened_app_queries_through_the_mounted_socket(
+        Isolation::Gvisor,
+        super::Start::Cold,
+    )
+    .await;
+}
+
+/// A warm start under gVisor: the holder runs in the sentry and becomes the app there.
+#[ignore = "needs a Docker engine with gVisor"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_started_app_is_hardened_exactly_like_a_cold_one() {
+    fold_testkit::need_gvisor();
+    super::hardening::hardened_app_queries_through_the_mounted_socket(
+        Isolation::Gvisor,
+        super::Start::Warm,
+    )
+    .await;
 }
 
 /// The hostile app beside its neighbour, both under gVisor: every attempt fails as under
@@ -35,7 +51,11 @@ async fn an_app_queries_through_the_mounted_socket_and_is_hardened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_app_is_contained_and_its_neighbour_keeps_being_served() {
     fold_testkit::need_gvisor();
-    crate::hostile::hostile_app_is_contained_beside_its_neighbour(Isolation::Gvisor).await;
+    crate::hostile::hostile_app_is_contained_beside_its_neighbour(
+        Isolation::Gvisor,
+        crate::docker::Start::Cold,
+    )
+    .await;
 }
 
 /// The audit's lines, parsed.

@@ -3,7 +3,7 @@
 //! root and a writable `/tmp`; only its container may use its socket; the same binary
 //! works in direct mode.
 
-use super::{inspect, launch, ps_row, setup, steps, wait_for_text, DockerDaemon, TIMEOUT};
+use super::{inspect, launch, ps_row, setup, steps, wait_for_text, DockerDaemon, Start, TIMEOUT};
 use fold_client::admin::protocol::{InstallResponse, RestartMode, RunRequest, StopRequest};
 use fold_client::sandbox::{Isolation, IsolationRequest};
 use serde_json::Value;
@@ -14,22 +14,29 @@ use std::time::Duration;
 #[ignore = "needs a Docker engine"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_app_queries_through_the_mounted_socket_and_is_hardened() {
-    hardened_app_queries_through_the_mounted_socket(Isolation::Container).await;
+    hardened_app_queries_through_the_mounted_socket(Isolation::Container, Start::Cold).await;
 }
 
-/// Installs the test app under `isolation`, launches it with every probe, checks what it
-/// saw, the engine's view, the audit, a refused host peer, a stop, and direct mode.
-pub async fn hardened_app_queries_through_the_mounted_socket(isolation: Isolation) {
+#[ignore = "needs a Docker engine"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_started_app_is_hardened_exactly_like_a_cold_one() {
+    hardened_app_queries_through_the_mounted_socket(Isolation::Container, Start::Warm).await;
+}
+
+/// Installs the test app under `isolation`, launches it (`start`: in a new container, or
+/// in a prepared one) with every probe, checks what it saw, the engine's view, the audit, a
+/// refused host peer, a stop, and direct mode.
+pub async fn hardened_app_queries_through_the_mounted_socket(isolation: Isolation, start: Start) {
     let env = setup();
     let d = DockerDaemon::start("").await;
-    let view = d
-        .install_as(
-            "hardy",
-            &env,
-            Some("64m"),
-            Some(IsolationRequest::Exactly(isolation)),
-        )
-        .await;
+    let mut install = super::install_request("hardy", &env.app, &env.image, Some("64m"));
+    install.isolation = Some(IsolationRequest::Exactly(isolation));
+    install.warm = (start == Start::Warm).then_some(1);
+    let view = d.admin(install).await.unwrap();
+    let prepared = match start {
+        Start::Cold => Vec::new(),
+        Start::Warm => super::warm::wait_ready(&d, "hardy", 1).await,
+    };
     assert_eq!(view.app.isolation, IsolationRequest::Exactly(isolation));
     let (app_id, uid) = (view.app.id.clone(), u64::from(view.app.uid));
     let log = view.app.log.clone();
@@ -47,6 +54,11 @@ pub async fn hardened_app_queries_through_the_mounted_socket(isolation: Isolatio
     assert!(r.sandboxed);
     assert_eq!(r.isolation, Some(isolation));
     let id = r.container.clone().unwrap();
+    assert_eq!(
+        prepared.contains(&id),
+        start == Start::Warm,
+        "{id} of {prepared:?}"
+    );
     // overlay2 on ext4 (the build machines) refuses storage limits: said, never failed.
     let storage_enforced = !r
         .warnings
@@ -79,7 +91,7 @@ pub async fn hardened_app_queries_through_the_mounted_socket(isolation: Isolatio
         "no token in the environment"
     );
 
-    check_inspect(&d, &id, &app_id, uid, storage_enforced, isolation).await;
+    check_inspect(&d, &id, &app_id, uid, storage_enforced, (isolation, start)).await;
     let row = ps_row(&d.config.admin_socket, "hardy").await.unwrap();
     assert_eq!(row.state, "running");
     assert_eq!(row.isolation, Some(isolation));
@@ -251,14 +263,16 @@ async fn check_inspect(
     app_id: &str,
     uid: u64,
     storage: bool,
-    isolation: Isolation,
+    (isolation, start): (Isolation, Start),
 ) {
     let c = inspect(id).await.expect("running container");
     let points = c.mounts.clone().unwrap_or_default();
-    assert_eq!(
-        c.name.as_deref(),
-        Some(format!("/fold_client_{app_id}").as_str())
-    );
+    let name = c.name.clone().unwrap_or_default();
+    let cold_name = format!("/fold_client_{app_id}");
+    match start {
+        Start::Cold => assert_eq!(name, cold_name),
+        Start::Warm => assert!(name.starts_with(&format!("{cold_name}_warm_")), "{name}"),
+    }
     assert_eq!(c.state.as_ref().unwrap().running, Some(true));
     let config = c.config.unwrap();
     let labels = config.labels.unwrap();
@@ -271,7 +285,24 @@ async fn check_inspect(
             || image.strip_prefix("docker.io/") == Some(fold_testkit::BASE_IMAGE),
         "{image}"
     );
-    assert_eq!(config.entrypoint, Some(vec!["/app/test_app".to_string()]));
+    // A warm container's first process was the holder; it has become the app (same pid).
+    let app_binary = vec!["/app/test_app".to_string()];
+    match start {
+        Start::Cold => assert_eq!(config.entrypoint, Some(app_binary)),
+        Start::Warm => {
+            assert_eq!(config.entrypoint, Some(vec!["/.fold_holder".to_string()]));
+            assert_eq!(config.cmd, Some(app_binary));
+            assert_eq!(labels["io.foldclient.warm"], "prepared");
+            if isolation == Isolation::Container {
+                let init = c.state.as_ref().unwrap().pid.unwrap();
+                let children =
+                    std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+                let app = children.split_whitespace().next().expect("the app process");
+                let exe = std::fs::read_link(format!("/proc/{app}/exe")).unwrap();
+                assert!(exe.ends_with("test_app"), "{exe:?}");
+            }
+        }
+    }
     assert_eq!(config.user, Some(format!("{uid}:{uid}")));
     let env = config.env.unwrap();
     assert!(env.contains(&"FOLD_CLIENT_SOCKET_DIR=/tmp/fold_client_sockets".to_string()));
@@ -387,5 +418,18 @@ async fn check_inspect(
         let point = mount(target);
         assert_eq!(point.rw, Some(false), "{target} is read-only: {point:?}");
         assert_eq!(point.source, Some(source.display().to_string()));
+    }
+    // The only difference of a warm container: the holder, read-only, and owned by the
+    // daemon (nobody else may change what every warm container runs first).
+    let expected = 2 + usize::from(start == Start::Warm);
+    assert_eq!(points.len(), expected, "{points:?}");
+    if start == Start::Warm {
+        let point = mount("/.fold_holder");
+        assert_eq!(point.rw, Some(false), "{point:?}");
+        let source = point.source.unwrap();
+        let meta = std::fs::metadata(&source).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+        assert_eq!(meta.mode() & 0o022, 0, "{source} writable by others");
     }
 }

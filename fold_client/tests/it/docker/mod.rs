@@ -11,7 +11,7 @@ mod adoption;
 mod gvisor_tier;
 mod hardening;
 mod lifecycle;
-mod warm;
+pub mod warm;
 mod podman_engine;
 
 use fold_client::admin::protocol::{
@@ -28,6 +28,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a suite's app is started: a cold launch creates its container; a warm one takes a
+/// prepared container from the app's pool (`--warm 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Cold,
+    Warm,
+}
 
 /// The test app binary (static) and the image to run it in.
 pub struct Env {
@@ -274,4 +282,33 @@ pub async fn containers_of(label: &str) -> Vec<String> {
 pub async fn ps_row(socket: &Path, name: &str) -> Option<PsRow> {
     let rows = call(socket, PsRequest {}).await.unwrap();
     rows.apps.into_iter().find(|r| r.name == name)
+}
+
+/// Runs `cmd` in container `id` as `user` (`uid:gid`), as `docker exec` does; returns its
+/// exit code and its output (stdout and stderr together).
+pub async fn exec_in(id: &str, user: &str, cmd: &[&str]) -> (i64, String) {
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    use futures::StreamExt;
+    let docker = fold_testkit::connect_docker().await.unwrap();
+    let options = CreateExecOptions {
+        cmd: Some(cmd.to_vec()),
+        user: Some(user),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let exec = docker.create_exec(id, options).await.unwrap();
+    let mut text = String::new();
+    if let StartExecResults::Attached { mut output, .. } =
+        docker.start_exec(&exec.id, None).await.unwrap()
+    {
+        let read = async {
+            while let Some(Ok(chunk)) = output.next().await {
+                text.push_str(&chunk.to_string());
+            }
+        };
+        tokio::time::timeout(TIMEOUT, read).await.expect("exec ended");
+    }
+    let code = docker.inspect_exec(&exec.id).await.unwrap().exit_code;
+    (code.unwrap_or(-1), text)
 }

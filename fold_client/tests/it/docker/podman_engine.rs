@@ -16,7 +16,11 @@ use fold_client::sandbox::{Isolation, IsolationRequest};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_queries_through_the_mounted_socket_and_is_hardened() {
     fold_testkit::need_podman();
-    super::hardening::hardened_app_queries_through_the_mounted_socket(Isolation::Container).await;
+    super::hardening::hardened_app_queries_through_the_mounted_socket(
+        Isolation::Container,
+        super::Start::Cold,
+    )
+    .await;
 }
 
 #[ignore = "needs Podman's Docker API"]

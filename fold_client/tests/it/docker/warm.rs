@@ -7,7 +7,6 @@
 use super::{containers_of, inspect, launch, ps_row, setup, steps, wait_for_text, DockerDaemon};
 use super::{Env, TIMEOUT};
 use fold_client::admin::protocol::{InstallResponse, RestartMode, StopRequest, WarmRequest};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Installs the test app as `name` keeping `warm` prepared containers, and waits until they
@@ -22,14 +21,15 @@ pub async fn install_warm(d: &DockerDaemon, name: &str, env: &Env, warm: u32) ->
     view
 }
 
-/// Waits until `name`'s pool has `ready` prepared containers; returns their ids.
+/// Waits until `name`'s pool has `ready` prepared containers; returns their ids, as the
+/// daemon's `app ps` names them.
 pub async fn wait_ready(d: &DockerDaemon, name: &str, ready: usize) -> Vec<String> {
     let start = Instant::now();
     loop {
         let row = ps_row(&d.config.admin_socket, name).await;
         let warm = row.as_ref().and_then(|r| r.warm.clone());
-        if warm.as_ref().is_some_and(|w| w.ready == ready) {
-            return prepared_of(d).await;
+        if let Some(warm) = warm.filter(|w| w.ready == ready) {
+            return warm.containers;
         }
         assert!(
             start.elapsed() < TIMEOUT,
@@ -39,34 +39,28 @@ pub async fn wait_ready(d: &DockerDaemon, name: &str, ready: usize) -> Vec<Strin
     }
 }
 
-/// The ids of the daemon's containers still waiting in a pool (their holder has not been
-/// given a word: the container's stdin is still open).
-async fn prepared_of(d: &DockerDaemon) -> Vec<String> {
-    let mut prepared = Vec::new();
+/// The ids of the daemon's containers whose first process is still the holder (not given
+/// a word yet), as the host's /proc shows them (runc only).
+async fn holders_of(d: &DockerDaemon) -> Vec<String> {
+    let mut holding = Vec::new();
     for id in containers_of(&d.config.daemon_label).await {
         let Some(c) = inspect(&id).await else { continue };
-        let labels = c.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
-        let running = c.state.as_ref().and_then(|s| s.running) == Some(true);
-        if labels.contains_key("io.foldclient.warm") && running && !is_taken(&c) {
-            prepared.push(id);
+        if holder_pid(&c).is_some() {
+            holding.push(id);
         }
     }
-    prepared.sort();
-    prepared
+    holding.sort();
+    holding
 }
 
-/// Whether the container's first process is no longer the holder (it has exec'd the app).
-fn is_taken(c: &bollard::models::ContainerInspectResponse) -> bool {
-    let Some(pid) = c.state.as_ref().and_then(|s| s.pid).filter(|p| *p > 0) else {
-        return false;
-    };
+/// The host pid of the container's holder, while its first process is still the holder.
+fn holder_pid(c: &bollard::models::ContainerInspectResponse) -> Option<String> {
+    let pid = c.state.as_ref()?.pid.filter(|p| *p > 0)?;
     // docker-init is the container's pid 1; its child is the holder, or the app.
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default();
-    children.split_whitespace().any(|child| {
-        std::fs::read_link(format!("/proc/{child}/exe"))
-            .is_ok_and(|exe| !exe.to_string_lossy().ends_with(".fold_holder"))
-    })
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    let child = children.split_whitespace().next()?.to_string();
+    let exe = std::fs::read_link(format!("/proc/{child}/exe")).ok()?;
+    exe.to_string_lossy().ends_with(".fold_holder").then_some(child)
 }
 
 #[ignore = "needs a Docker engine"]
@@ -76,14 +70,13 @@ async fn a_warm_launch_answers_at_once_takes_a_prepared_container_once_and_the_p
     let d = DockerDaemon::start("").await;
     let view = install_warm(&d, "warmy", &env, 2).await;
     let log = view.app.log.clone();
-    let prepared = prepared_of(&d).await;
-    assert_eq!(prepared.len(), 2, "two prepared containers");
+    let mut prepared = wait_ready(&d, "warmy", 2).await;
+    prepared.sort();
+    assert_eq!(holders_of(&d).await, prepared, "two prepared containers, holding");
     // Idle prepared containers cost no CPU: the holder is blocked on its stdin.
     for id in &prepared {
         let c = inspect(id).await.unwrap();
-        let pid = c.state.unwrap().pid.unwrap();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
-        let holder = children.split_whitespace().next().unwrap();
+        let holder = holder_pid(&c).unwrap();
         let stat = std::fs::read_to_string(format!("/proc/{holder}/stat")).unwrap();
         let state = stat.rsplit(')').next().unwrap().split_whitespace().next().unwrap();
         assert_eq!(state, "S", "the holder sleeps: {stat}");
@@ -107,6 +100,7 @@ async fn a_warm_launch_answers_at_once_takes_a_prepared_container_once_and_the_p
     // The pool refills with a new container; the taken one is the app's alone.
     let refilled = wait_ready(&d, "warmy", 2).await;
     assert!(!refilled.contains(&first), "{refilled:?}");
+    assert!(holder_pid(&inspect(&first).await.unwrap()).is_none(), "the app runs");
     let row = ps_row(&d.config.admin_socket, "warmy").await.unwrap();
     assert_eq!(row.state, "running");
     assert_eq!(row.container.as_deref(), Some(&first[..12]));
@@ -180,5 +174,38 @@ async fn wait_gone(label: &str, left: usize) {
     }
 }
 
-#[allow(dead_code)]
-fn _unused(_: &Path) {}
+/// The attack: a process in a prepared container of the same app (its uid, its socket
+/// directory mounted, its credentials readable) tries the app's socket while the app runs in
+/// another container. Only the container the app runs in may connect.
+#[ignore = "needs a Docker engine"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_in_a_prepared_sibling_is_refused_while_the_app_runs_in_another() {
+    let env = setup();
+    let d = DockerDaemon::start("").await;
+    let view = install_warm(&d, "sibling", &env, 2).await;
+    let (uid, gid) = (view.app.uid, view.app.gid);
+    let r = d
+        .admin(launch("sibling", &["query", "sleep", "60"], RestartMode::Never, None))
+        .await
+        .unwrap();
+    let running = r.container.unwrap();
+    let text = wait_for_text(&view.app.log, "\"step\":\"query\"", TIMEOUT).await;
+    assert_eq!(steps(&text, "query")[0]["ok"], true, "{text}");
+    let siblings = wait_ready(&d, "sibling", 2).await;
+    let sibling = siblings.iter().find(|id| **id != running).unwrap();
+    let user = format!("{uid}:{gid}");
+    let (code, out) = super::exec_in(sibling, &user, &["/app/test_app", "query"]).await;
+    assert_ne!(code, 0, "a prepared sibling was served: {out}");
+    d.shared.audit.flush().await;
+    let audit = std::fs::read_to_string(d.config.audit_path()).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("peer_rejected")
+            && l.contains(&view.app.id)
+            && l.contains(&running[..12])),
+        "the sibling's connection is refused, naming the app's container: {audit}"
+    );
+    // The same probe from inside the app's own container is served.
+    let (code, out) = super::exec_in(&running, &user, &["/app/test_app", "query"]).await;
+    assert_eq!(code, 0, "{out}");
+    d.stop().await;
+}
