@@ -7,6 +7,7 @@
 use super::{containers_of, inspect, launch, ps_row, setup, steps, wait_for_text, DockerDaemon};
 use super::{Env, TIMEOUT};
 use fold_client::admin::protocol::{InstallResponse, RestartMode, StopRequest, WarmRequest};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Installs the test app as `name` keeping `warm` prepared containers, and waits until they
@@ -24,9 +25,14 @@ pub async fn install_warm(d: &DockerDaemon, name: &str, env: &Env, warm: u32) ->
 /// Waits until `name`'s pool has `ready` prepared containers; returns their ids, as the
 /// daemon's `app ps` names them.
 pub async fn wait_ready(d: &DockerDaemon, name: &str, ready: usize) -> Vec<String> {
+    wait_pool(&d.config.admin_socket, name, ready).await
+}
+
+/// [`wait_ready`] for the daemon at `socket`.
+async fn wait_pool(socket: &Path, name: &str, ready: usize) -> Vec<String> {
     let start = Instant::now();
     loop {
-        let row = ps_row(&d.config.admin_socket, name).await;
+        let row = ps_row(socket, name).await;
         let warm = row.as_ref().and_then(|r| r.warm.clone());
         if let Some(warm) = warm.filter(|w| w.ready == ready) {
             return warm.containers;
@@ -208,4 +214,77 @@ async fn a_process_in_a_prepared_sibling_is_refused_while_the_app_runs_in_anothe
     let (code, out) = super::exec_in(&running, &user, &["/app/test_app", "query"]).await;
     assert_eq!(code, 0, "{out}");
     d.stop().await;
+}
+
+/// A daemon killed with SIGKILL while a warm-started app runs and two containers wait: the
+/// restarted daemon adopts the app's container with its launch's options (here: never
+/// restart), removes the prepared ones (their holders saw stdin close and ended) and
+/// prepares new ones.
+#[ignore = "needs a Docker engine"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_adopts_a_warm_started_app_and_replaces_the_prepared_containers() {
+    use super::adoption::{allowed, wait_admin, ChildPlace};
+    let env = setup();
+    let place = ChildPlace::new("warmkill", 470_000);
+    let (config, socket) = (&place.config, place.config.admin_socket.clone());
+    let mut first = place.spawn();
+    wait_admin(&socket).await;
+    let mut request = super::install_request("kept", &env.app, &env.image, None);
+    request.warm = Some(2);
+    let view = super::call(&socket, request).await.unwrap();
+    let app_id = view.app.id.clone();
+    wait_pool(&socket, "kept", 2).await;
+    let r = super::call(
+        &socket,
+        launch("kept", &["serve", "200"], RestartMode::Never, None),
+    )
+    .await
+    .unwrap();
+    let taken = r.container.unwrap();
+    wait_for_text(&view.app.log, "\"n\":2,\"ok\":true", TIMEOUT).await;
+    let old = wait_pool(&socket, "kept", 2).await;
+    assert!(!old.contains(&taken));
+
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    let before = allowed(&config.audit_path(), &app_id);
+    let _second = place.spawn();
+    wait_admin(&socket).await;
+    let row = ps_row(&socket, "kept").await.expect("adopted");
+    assert_eq!(row.state, "running", "{row:?}");
+    assert_eq!(row.container.as_deref(), Some(&taken[..12]));
+    assert_eq!(row.note.as_deref(), Some("adopted after a daemon restart"));
+    for id in &old {
+        assert!(inspect(id).await.is_none(), "prepared {id} of the old daemon removed");
+    }
+    let new = wait_pool(&socket, "kept", 2).await;
+    assert!(new.iter().all(|id| !old.contains(id) && *id != taken), "{new:?}");
+    // The adopted app keeps being served.
+    let start = Instant::now();
+    while allowed(&config.audit_path(), &app_id) < before + 3 {
+        assert!(start.elapsed() < TIMEOUT, "no requests after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its launch said never restart (recorded, as labels set before the launch cannot
+    // say): killed, it stays down (the config's default would restart it).
+    let docker = fold_testkit::connect_docker().await.unwrap();
+    docker
+        .kill_container(
+            &taken,
+            Some(bollard::query_parameters::KillContainerOptionsBuilder::default().signal("SIGKILL").build()),
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let row = ps_row(&socket, "kept").await.unwrap();
+        if row.state.starts_with("exited") {
+            assert_eq!(row.restarts, 0, "{row:?}");
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "{row:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let row = ps_row(&socket, "kept").await.unwrap();
+    assert!(row.state.starts_with("exited"), "not restarted: {row:?}");
 }
