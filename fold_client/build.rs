@@ -15,7 +15,14 @@ fn main() {
     let holder = out.join("fold_holder");
     let built = Command::new(rustc)
         .args(["--edition", "2021", "--crate-name", "fold_holder"])
-        .args(["-C", "opt-level=s", "-C", "panic=abort", "-C", "strip=symbols"])
+        .args([
+            "-C",
+            "opt-level=s",
+            "-C",
+            "panic=abort",
+            "-C",
+            "strip=symbols",
+        ])
         .args(["-C", "target-feature=+crt-static", "--target", &target])
         .arg("-o")
         .arg(&holder)

@@ -14,7 +14,9 @@ use crate::rt::{admin_call, install, install_placed};
 use crate::stats::{num, ratio, Summary};
 use crate::Options;
 use anyhow::{bail, Context as _, Result};
-use fold_client::admin::protocol::{LaunchRequest, RestartMode, StopRequest, WaitRequest};
+use fold_client::admin::protocol::{
+    LaunchRequest, RestartMode, StopRequest, WaitRequest, WarmRequest,
+};
 use fold_client::config::{Config, FileConfig, Overrides};
 use fold_client::daemon::{self, Shared};
 use fold_client::sandbox::docker::spec::pids_limit;
@@ -243,12 +245,58 @@ pub(crate) fn wait_stopped(
     Ok(())
 }
 
-/// Launch samples: (`app launch` → first answer, `docker run` → first answer, `docker run`
-/// → returned), in ms.
+/// Launch samples, in ms: `app launch` → first answer, cold and warm (a prepared
+/// container); `docker run` → first answer, and → returned.
 struct LaunchSamples {
     launch: Vec<f64>,
+    warm: Vec<f64>,
     docker_answer: Vec<f64>,
     docker_total: Vec<f64>,
+}
+
+/// Which launch a sample measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contender {
+    Cold,
+    Warm,
+    Docker,
+}
+
+/// `app launch NAME --restart never -- query` until its first answer; returns the ms.
+fn launch_once(d: &LaunchDaemon, cli_bin: &Path, name: &str) -> Result<f64> {
+    let before = d.shared.metrics.requests();
+    let started = Instant::now();
+    let out = cli(
+        cli_bin,
+        d,
+        &["app", "launch", name, "--restart", "never", "--", "query"],
+    )
+    .spawn()?;
+    let answered = wait_answer(&d.shared, before, Duration::from_secs(60))?;
+    let out = out.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "app launch failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((answered - started).as_secs_f64() * 1000.0)
+}
+
+/// Waits until the app's pool has all its prepared containers (so that no preparation runs
+/// beside a measurement).
+pub(crate) fn wait_warm(shared: &Shared, app_id: &str, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let pool = shared.supervisor.warm(app_id);
+        if pool.as_ref().is_some_and(|p| p.ready == p.target) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the warm pool did not fill within {within:?}: {pool:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn measure_launch(
@@ -263,61 +311,58 @@ fn measure_launch(
         .registry
         .find("launched")
         .context("app `launched`")?;
+    let warmed = d.shared.registry.find("warmed").context("app `warmed`")?;
     let plain = d.shared.registry.find("plain").context("app `plain`")?;
     let mut s = LaunchSamples {
         launch: Vec::new(),
+        warm: Vec::new(),
         docker_answer: Vec::new(),
         docker_total: Vec::new(),
     };
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let order = [Contender::Cold, Contender::Warm, Contender::Docker];
     // One unrecorded run of each first: image and binary in the page cache.
     for i in 0..=runs {
         let record = i > 0;
-        let launch_first = i % 2 == 0;
-        for which in [launch_first, !launch_first] {
-            let before = d.shared.metrics.requests();
-            if which {
-                let started = Instant::now();
-                let out = cli(
-                    cli_bin,
-                    d,
-                    &[
-                        "app",
-                        "launch",
-                        "launched",
-                        "--restart",
-                        "never",
-                        "--",
-                        "query",
-                    ],
-                )
-                .spawn()?;
-                let answered = wait_answer(&d.shared, before, Duration::from_secs(60))?;
-                let out = out.wait_with_output()?;
-                if !out.status.success() {
-                    bail!(
-                        "app launch failed: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
+        for k in 0..order.len() {
+            match order[(i + k) % order.len()] {
+                Contender::Cold => {
+                    let took = launch_once(d, cli_bin, &launched.name)?;
+                    if record {
+                        s.launch.push(took);
+                    }
+                    wait_stopped(runtime, d, &launched.name)?;
                 }
-                if record {
-                    s.launch.push(ms(answered - started));
+                Contender::Warm => {
+                    wait_warm(&d.shared, &warmed.id, Duration::from_secs(60))?;
+                    let took = launch_once(d, cli_bin, &warmed.name)?;
+                    if record {
+                        s.warm.push(took);
+                    }
+                    wait_stopped(runtime, d, &warmed.name)?;
+                    wait_warm(&d.shared, &warmed.id, Duration::from_secs(60))?;
                 }
-                wait_stopped(runtime, d, &launched.name)?;
-            } else {
-                let started = Instant::now();
-                let child =
-                    docker_run_command(&d.shared, &plain, image, &["query"], Isolation::Container)
-                        .spawn()?;
-                let answered = wait_answer(&d.shared, before, Duration::from_secs(60))?;
-                let status = child.wait_with_output()?.status;
-                let done = Instant::now();
-                if !status.success() {
-                    bail!("docker run failed: {status}");
-                }
-                if record {
-                    s.docker_answer.push(ms(answered - started));
-                    s.docker_total.push(ms(done - started));
+                Contender::Docker => {
+                    let before = d.shared.metrics.requests();
+                    let started = Instant::now();
+                    let child = docker_run_command(
+                        &d.shared,
+                        &plain,
+                        image,
+                        &["query"],
+                        Isolation::Container,
+                    )
+                    .spawn()?;
+                    let answered = wait_answer(&d.shared, before, Duration::from_secs(60))?;
+                    let status = child.wait_with_output()?.status;
+                    let done = Instant::now();
+                    if !status.success() {
+                        bail!("docker run failed: {status}");
+                    }
+                    if record {
+                        s.docker_answer.push(ms(answered - started));
+                        s.docker_total.push(ms(done - started));
+                    }
                 }
             }
         }
@@ -456,6 +501,7 @@ fn measure_stop_sh(
 
 const JOBS_ROW: &str = "3. one-off jobs per second, sequential: `fold_client run` of the static binary (install, hardened container, remove; no warm pool yet) vs `docker run --rm` of it with the same hardening, in a loop";
 const LAUNCH_ROW: &str = "3. launch: `fold_client app launch` until the app's first request is answered vs `docker run --rm` of the same static binary with the same hardening (returned)";
+const WARM_ROW: &str = "3. warm launch: `fold_client app launch` of an app with a prepared container until its first request is answered vs `docker run --rm` of the same static binary with the same hardening (returned)";
 const LAUNCH_SIDE_ROW: &str =
     "3. launch vs `docker run --rm` until the same app's first request is answered";
 const STOP_DOCKER_ROW: &str =
@@ -471,8 +517,10 @@ pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
             let why = format!("daemon failed to start: {e:#}");
             return [
                 LAUNCH_ROW,
+                WARM_ROW,
                 LAUNCH_SIDE_ROW,
                 JOBS_ROW,
+                crate::warm::MEMORY_ROW,
                 STOP_DOCKER_ROW,
                 STOP_DIRECT_ROW,
             ]
@@ -489,9 +537,16 @@ pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
             eprintln!("fold_bench: launch: {launch_runs} runs each, alternating");
             let result = (|| {
                 let socket = &d.config.admin_socket;
-                for name in ["launched", "stopper"] {
+                for name in ["launched", "stopper", "warmed"] {
                     runtime.block_on(install(socket, name, app, &["*:post"], Some(image)))?;
                 }
+                runtime.block_on(admin_call(
+                    socket,
+                    WarmRequest {
+                        app: "warmed".into(),
+                        count: 1,
+                    },
+                ))?;
                 // The `docker run` baseline's container is not the daemon's, and the peer
                 // rule admits only the daemon's own container for a container app: its app
                 // is placed on the host, whose rule admits any process of the app's uid.
@@ -520,6 +575,15 @@ pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
                         "≤ 1.0x",
                         Verdict::goal(l.p50 / t.p50 <= 1.0),
                     ));
+                    let w = Summary::of(&s.warm);
+                    rows.push(Row::new(
+                        WARM_ROW,
+                        w.brief("ms"),
+                        format!("docker run --rm {}", t.brief("ms")),
+                        ratio(w.p50 / t.p50),
+                        "≤ 0.1x",
+                        Verdict::goal(w.p50 / t.p50 <= 0.1),
+                    ));
                     rows.push(Row::new(
                         LAUNCH_SIDE_ROW,
                         format!("p50 {} ms", num(l.p50)),
@@ -532,6 +596,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
                 Err(e) => {
                     let why = format!("{e:#}");
                     rows.push(Row::missing(LAUNCH_ROW, &why));
+                    rows.push(Row::missing(WARM_ROW, &why));
                     rows.push(Row::missing(LAUNCH_SIDE_ROW, &why));
                 }
             }
@@ -551,6 +616,8 @@ pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
                 }
                 Err(e) => rows.push(Row::missing(JOBS_ROW, format!("{e:#}"))),
             }
+            eprintln!("fold_bench: memory of idle prepared containers");
+            rows.push(crate::warm::memory_row(runtime, &d, app, image));
             eprintln!("fold_bench: stop: {stop_runs} runs per backend");
             let grace_goal = 2200.0;
             for (row, direct) in [(STOP_DOCKER_ROW, false), (STOP_DIRECT_ROW, true)] {
@@ -577,8 +644,10 @@ pub fn run(runtime: &tokio::runtime::Runtime, o: &Options) -> Vec<Row> {
                 _ => String::new(),
             };
             rows.push(Row::missing(LAUNCH_ROW, &why));
+            rows.push(Row::missing(WARM_ROW, &why));
             rows.push(Row::missing(LAUNCH_SIDE_ROW, &why));
             rows.push(Row::missing(JOBS_ROW, &why));
+            rows.push(Row::missing(crate::warm::MEMORY_ROW, &why));
             rows.push(Row::missing(STOP_DOCKER_ROW, &why));
             let sh = runtime
                 .block_on(install(

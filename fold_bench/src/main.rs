@@ -30,6 +30,7 @@ mod roundtrip;
 mod rt;
 mod stats;
 mod tiers;
+mod warm;
 mod worker;
 
 use anyhow::{bail, Context as _, Result};

@@ -447,7 +447,11 @@ pub async fn place(
 ///
 /// Unknown app, a host app asking for any, the entry could not be saved, or the backend
 /// cannot prepare them (the count is kept, and used once it can).
-pub async fn set_warm(shared: &Arc<Shared>, name: &str, count: u32) -> Result<Arc<App>, DaemonError> {
+pub async fn set_warm(
+    shared: &Arc<Shared>,
+    name: &str,
+    count: u32,
+) -> Result<Arc<App>, DaemonError> {
     crate::config::check_warm("--warm", count).map_err(|e| DaemonError::Invalid(e.to_string()))?;
     let app = shared.registry.find(name)?;
     if count > 0 && app.placement == Placement::Host {

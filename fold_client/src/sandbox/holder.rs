@@ -41,7 +41,10 @@ pub fn install(dir: &Path) -> Result<PathBuf, String> {
     let path = dir.join(FILE_NAME);
     let write = || -> std::io::Result<()> {
         let handle = crate::fsutil::private_dir(dir, 0o755)?;
-        if handle.read_file(FILE_NAME, bytes.len() as u64 + 1).is_ok_and(|now| now == bytes) {
+        if handle
+            .read_file(FILE_NAME, bytes.len() as u64 + 1)
+            .is_ok_and(|now| now == bytes)
+        {
             return Ok(());
         }
         handle.write_file(FILE_NAME, bytes, Access::private(0o755))
@@ -106,8 +109,14 @@ mod tests {
         ));
         // Installing again leaves the identical copy in place.
         assert_eq!(install(dir.path()).unwrap(), holder);
-        let args = ["-c", "printf '%s|' \"$0\" \"$@\"; read x || echo eof", "zero", "a b", ""]
-            .map(String::from);
+        let args = [
+            "-c",
+            "printf '%s|' \"$0\" \"$@\"; read x || echo eof",
+            "zero",
+            "a b",
+            "",
+        ]
+        .map(String::from);
         let out = run_holder(&holder, "/bin/sh", &word(&args).unwrap());
         assert!(out.status.success(), "{out:?}");
         // Every argument arrives whole (spaces, empty ones); stdin is /dev/null afterwards.

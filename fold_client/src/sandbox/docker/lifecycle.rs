@@ -235,7 +235,12 @@ async fn start(
     for w in started.warnings {
         warn(entry, warnings, w);
     }
-    let pump = logs::spawn_pump(&inner.tasks, started.attached.output, entry.log.clone(), None);
+    let pump = logs::spawn_pump(
+        &inner.tasks,
+        started.attached.output,
+        entry.log.clone(),
+        None,
+    );
     *lock(&entry.pump) = Some(pump);
     entry.state.send_if_modified(|s| {
         let starting = *s == AppState::Starting;

@@ -451,14 +451,20 @@ mod tests {
         assert_eq!(holder.target.as_deref(), Some(HOLDER_MOUNT));
         assert_eq!(holder.read_only, Some(true));
         // Everything else is the cold container's: the same hardening, limits and user.
-        let mut back = warm.clone();
+        let mut back = warm;
         back.entrypoint.clone_from(&cold.entrypoint);
         back.cmd.clone_from(&cold.cmd);
         back.open_stdin = cold.open_stdin;
         back.stdin_once = cold.stdin_once;
         back.attach_stdin = cold.attach_stdin;
         back.labels.as_mut().unwrap().remove(LABEL_WARM);
-        back.host_config.as_mut().unwrap().mounts.as_mut().unwrap().pop();
+        back.host_config
+            .as_mut()
+            .unwrap()
+            .mounts
+            .as_mut()
+            .unwrap()
+            .pop();
         assert_eq!(back, cold);
     }
 

@@ -393,7 +393,10 @@ pub(super) fn on_died(inner: &Arc<Inner>, app_id: &str, id: &str) {
         let Some(at) = pool.ready.iter().position(|p| p.id == id) else {
             return;
         };
-        pool.problem = Some(format!("prepared container {} died while waiting", short(id)));
+        pool.problem = Some(format!(
+            "prepared container {} died while waiting",
+            short(id)
+        ));
         pool.ready.remove(at)
     };
     if let Some(prepared) = gone {

@@ -11,8 +11,8 @@ mod adoption;
 mod gvisor_tier;
 mod hardening;
 mod lifecycle;
-pub mod warm;
 mod podman_engine;
+pub mod warm;
 
 use fold_client::admin::protocol::{
     InstallRequest, InstallResponse, LaunchRequest, PsRequest, PsRow, RestartMode,
@@ -307,7 +307,9 @@ pub async fn exec_in(id: &str, user: &str, cmd: &[&str]) -> (i64, String) {
                 text.push_str(&chunk.to_string());
             }
         };
-        tokio::time::timeout(TIMEOUT, read).await.expect("exec ended");
+        tokio::time::timeout(TIMEOUT, read)
+            .await
+            .expect("exec ended");
     }
     let code = docker.inspect_exec(&exec.id).await.unwrap().exit_code;
     (code.unwrap_or(-1), text)

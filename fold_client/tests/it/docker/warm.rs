@@ -50,7 +50,9 @@ async fn wait_pool(socket: &Path, name: &str, ready: usize) -> Vec<String> {
 async fn holders_of(d: &DockerDaemon) -> Vec<String> {
     let mut holding = Vec::new();
     for id in containers_of(&d.config.daemon_label).await {
-        let Some(c) = inspect(&id).await else { continue };
+        let Some(c) = inspect(&id).await else {
+            continue;
+        };
         if holder_pid(&c).is_some() {
             holding.push(id);
         }
@@ -66,7 +68,9 @@ fn holder_pid(c: &bollard::models::ContainerInspectResponse) -> Option<String> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
     let child = children.split_whitespace().next()?.to_string();
     let exe = std::fs::read_link(format!("/proc/{child}/exe")).ok()?;
-    exe.to_string_lossy().ends_with(".fold_holder").then_some(child)
+    exe.to_string_lossy()
+        .ends_with(".fold_holder")
+        .then_some(child)
 }
 
 #[ignore = "needs a Docker engine"]
@@ -78,13 +82,23 @@ async fn a_warm_launch_answers_at_once_takes_a_prepared_container_once_and_the_p
     let log = view.app.log.clone();
     let mut prepared = wait_ready(&d, "warmy", 2).await;
     prepared.sort();
-    assert_eq!(holders_of(&d).await, prepared, "two prepared containers, holding");
+    assert_eq!(
+        holders_of(&d).await,
+        prepared,
+        "two prepared containers, holding"
+    );
     // Idle prepared containers cost no CPU: the holder is blocked on its stdin.
     for id in &prepared {
         let c = inspect(id).await.unwrap();
         let holder = holder_pid(&c).unwrap();
         let stat = std::fs::read_to_string(format!("/proc/{holder}/stat")).unwrap();
-        let state = stat.rsplit(')').next().unwrap().split_whitespace().next().unwrap();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
         assert_eq!(state, "S", "the holder sleeps: {stat}");
         let row = ps_row(&d.config.admin_socket, "warmy").await.unwrap();
         assert_eq!(row.state, "warm");
@@ -92,11 +106,19 @@ async fn a_warm_launch_answers_at_once_takes_a_prepared_container_once_and_the_p
 
     let started = Instant::now();
     let r = d
-        .admin(launch("warmy", &["query", "sleep", "60"], RestartMode::Never, None))
+        .admin(launch(
+            "warmy",
+            &["query", "sleep", "60"],
+            RestartMode::Never,
+            None,
+        ))
         .await
         .unwrap();
     let first = r.container.clone().unwrap();
-    assert!(prepared.contains(&first), "took a prepared container: {first} of {prepared:?}");
+    assert!(
+        prepared.contains(&first),
+        "took a prepared container: {first} of {prepared:?}"
+    );
     let text = wait_for_text(&log, "\"step\":\"query\"", TIMEOUT).await;
     let answered = started.elapsed();
     assert_eq!(steps(&text, "query")[0]["ok"], true, "{text}");
@@ -106,7 +128,10 @@ async fn a_warm_launch_answers_at_once_takes_a_prepared_container_once_and_the_p
     // The pool refills with a new container; the taken one is the app's alone.
     let refilled = wait_ready(&d, "warmy", 2).await;
     assert!(!refilled.contains(&first), "{refilled:?}");
-    assert!(holder_pid(&inspect(&first).await.unwrap()).is_none(), "the app runs");
+    assert!(
+        holder_pid(&inspect(&first).await.unwrap()).is_none(),
+        "the app runs"
+    );
     let row = ps_row(&d.config.admin_socket, "warmy").await.unwrap();
     assert_eq!(row.state, "running");
     assert_eq!(row.container.as_deref(), Some(&first[..12]));
@@ -118,7 +143,10 @@ async fn a_warm_launch_answers_at_once_takes_a_prepared_container_once_and_the_p
     })
     .await
     .unwrap();
-    assert!(inspect(&first).await.is_none(), "a used container is removed");
+    assert!(
+        inspect(&first).await.is_none(),
+        "a used container is removed"
+    );
     let r = d
         .admin(launch("warmy", &["query"], RestartMode::Never, None))
         .await
@@ -191,7 +219,12 @@ async fn a_process_in_a_prepared_sibling_is_refused_while_the_app_runs_in_anothe
     let view = install_warm(&d, "sibling", &env, 2).await;
     let (uid, gid) = (view.app.uid, view.app.gid);
     let r = d
-        .admin(launch("sibling", &["query", "sleep", "60"], RestartMode::Never, None))
+        .admin(launch(
+            "sibling",
+            &["query", "sleep", "60"],
+            RestartMode::Never,
+            None,
+        ))
         .await
         .unwrap();
     let running = r.container.unwrap();
@@ -254,10 +287,16 @@ async fn a_restarted_daemon_adopts_a_warm_started_app_and_replaces_the_prepared_
     assert_eq!(row.container.as_deref(), Some(&taken[..12]));
     assert_eq!(row.note.as_deref(), Some("adopted after a daemon restart"));
     for id in &old {
-        assert!(inspect(id).await.is_none(), "prepared {id} of the old daemon removed");
+        assert!(
+            inspect(id).await.is_none(),
+            "prepared {id} of the old daemon removed"
+        );
     }
     let new = wait_pool(&socket, "kept", 2).await;
-    assert!(new.iter().all(|id| !old.contains(id) && *id != taken), "{new:?}");
+    assert!(
+        new.iter().all(|id| !old.contains(id) && *id != taken),
+        "{new:?}"
+    );
     // The adopted app keeps being served.
     let start = Instant::now();
     while allowed(&config.audit_path(), &app_id) < before + 3 {
@@ -270,7 +309,11 @@ async fn a_restarted_daemon_adopts_a_warm_started_app_and_replaces_the_prepared_
     docker
         .kill_container(
             &taken,
-            Some(bollard::query_parameters::KillContainerOptionsBuilder::default().signal("SIGKILL").build()),
+            Some(
+                bollard::query_parameters::KillContainerOptionsBuilder::default()
+                    .signal("SIGKILL")
+                    .build(),
+            ),
         )
         .await
         .unwrap();
