@@ -344,6 +344,11 @@ const SERDE_OUTSIDE_FOLD_IPC: &[(&str, &str, &str)] = &[
         "`doctor --json`, admin socket",
     ),
     (
+        "fold_client/src/sandbox/docker/warm.rs",
+        "TakenRecord",
+        "the record of a taken warm container (<state>/warm/runs, 0600)",
+    ),
+    (
         "fold_client/src/uids.rs",
         "Holder",
         "a uid reservation file",
