@@ -588,12 +588,7 @@ fn victim_row(runtime: &Runtime, sizes: &Sizes) -> Result<Row> {
 
 /// VmHWM (peak resident set) of `pid`, KiB.
 fn peak_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+    crate::procfs::kib(&format!("/proc/{pid}/status"), "VmHWM")
         .context("no VmHWM in /proc/PID/status")
 }
 

@@ -25,6 +25,7 @@ mod alloc_count;
 mod fairness;
 mod lifecycle;
 mod memory;
+mod procfs;
 mod report;
 mod roundtrip;
 mod rt;

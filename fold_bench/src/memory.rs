@@ -126,14 +126,8 @@ impl DaemonProcess {
         std::thread::sleep(Duration::from_millis(500));
         let mut total = 0.0;
         for _ in 0..5 {
-            let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-            let kib: f64 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .context("no VmRSS")?;
-            total += kib;
+            let status = format!("/proc/{}/status", self.child.id());
+            total += crate::procfs::kib(&status, "VmRSS").context("no VmRSS")? as f64;
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(total / 5.0)

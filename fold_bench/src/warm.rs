@@ -20,17 +20,6 @@ const COUNT: usize = 8;
 
 pub(crate) const MEMORY_ROW: &str = "3. memory per idle prepared container (8 at once): engine and container processes (Pss), and the daemon, vs per running app container (8 idle apps, started cold)";
 
-fn pss_kib(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Pss (KiB) of the engine's processes and of every process in a container cgroup.
 fn engine_kib() -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -51,28 +40,17 @@ fn engine_kib() -> u64 {
         let engine =
             comm == "dockerd" || comm == "containerd" || comm.starts_with("containerd-shim");
         if engine || cgroup.contains("/docker/") || cgroup.contains("docker-") {
-            total += pss_kib(pid);
+            total += crate::procfs::kib(&format!("/proc/{pid}/smaps_rollup"), "Pss").unwrap_or(0);
         }
     }
     total
 }
 
-/// This process's resident set (KiB).
-fn own_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// (engine KiB, daemon KiB), after the engine has settled.
 fn sample() -> (u64, u64) {
     std::thread::sleep(Duration::from_secs(2));
-    (engine_kib(), own_kib())
+    let own = crate::procfs::kib("/proc/self/status", "VmRSS").unwrap_or(0);
+    (engine_kib(), own)
 }
 
 fn per(after: (u64, u64), before: (u64, u64)) -> (f64, f64) {
