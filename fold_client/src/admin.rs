@@ -8,7 +8,8 @@
 //! (which is the app-facing contract).
 
 mod apps;
-pub(crate) use apps::remove_leftover_jobs;
+mod jobs;
+pub(crate) use jobs::remove_leftover_jobs;
 pub mod protocol;
 
 pub use protocol::{AdminCall, AdminReply, AdminRequest};

@@ -2,11 +2,10 @@
 //! its request's response type ([`AdminCall::Response`]).
 
 use super::protocol::{
-    AdminCall, AdminReply, AdminRequest, AppView, ForgetJobResponse, GrantRequest, InstallRequest,
-    InstallResponse, JobRequest, JobStream, LaunchRequest, LaunchResponse, LimitsRequest,
-    ListResponse, NodeLimitsView, PsResponse, PsRow, RemoveResponse, ResourceLimitsView,
-    RunRequest, RunResponse, ShowResponse, StateResponse, StatusResponse, StopRequest,
-    UngrantRequest, UsageView, WaitRequest, WarmView,
+    AdminCall, AdminReply, AdminRequest, AppView, GrantRequest, InstallRequest, InstallResponse,
+    JobStream, LaunchRequest, LaunchResponse, LimitsRequest, ListResponse, NodeLimitsView,
+    PsResponse, PsRow, RemoveResponse, ResourceLimitsView, RunRequest, RunResponse, ShowResponse,
+    StateResponse, StatusResponse, StopRequest, UngrantRequest, UsageView, WaitRequest, WarmView,
 };
 use super::{binary_name, check_cpus, encode};
 use crate::apps::{self, DaemonError, Shared};
@@ -213,7 +212,7 @@ async fn install(
     install_app(shared, request).await
 }
 
-async fn install_app(
+pub(super) async fn install_app(
     shared: &Arc<Shared>,
     request: InstallRequest,
 ) -> Result<InstallResponse, DaemonError> {
@@ -337,7 +336,7 @@ async fn launch(
 
 /// A run id a client may choose: 8 to 32 lowercase hex digits (a directory name, nothing
 /// more).
-fn valid_run_id(id: &str) -> bool {
+pub(super) fn valid_run_id(id: &str) -> bool {
     (8..=32).contains(&id.len()) && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
@@ -367,121 +366,15 @@ async fn run(shared: &Arc<Shared>, request: RunRequest) -> Result<RunResponse, D
 /// run removes its container) whatever the run's outcome. The output stays for the client,
 /// which deletes it with [`forget_job`]. At most `max_concurrent_jobs` run at once; the
 /// rest wait here, in order.
-async fn job(shared: &Arc<Shared>, request: JobRequest) -> Result<RunResponse, DaemonError> {
-    let _turn = shared
-        .jobs
-        .acquire()
-        .await
-        .map_err(|_| DaemonError::Invalid("the daemon is shutting down".into()))?;
-    let run_id = run_id_or_new(request.run_id);
-    let name = format!("{JOB_PREFIX}{run_id}");
-    let install = InstallRequest {
-        image: request.image.clone(),
-        grants: request.grants,
-        memory_bytes: request.memory_bytes,
-        cpus: request.cpus,
-        pids: request.pids,
-        direct: request.direct,
-        isolation: request.isolation,
-        ..InstallRequest::new(name.clone(), request.binary)
-    };
-    let installed = install_app(shared, install).await?;
-    // Marks the app as this job's, so that a daemon stopped during the job removes it at
-    // its next start (the name alone could be an app installed before names were kept).
-    let marker = job_marker(shared, &run_id);
-    if let Err(e) = write_job_marker(&marker, &installed.app.id) {
-        let _ = apps::remove(shared, &name).await;
-        return Err(apps::setup(format!(
-            "cannot mark the job in {}",
-            marker.display()
-        ))(e));
-    }
-    let run = RunRequest {
-        app: name.clone(),
-        timeout: request.timeout,
-        direct: request.direct,
-        image: request.image,
-        output_cap: request.output_cap,
-        run_id: Some(run_id.clone()),
-        args: request.args,
-    };
-    let result = run_into(shared, run, &shared.one_off_output_dir(&run_id)).await;
-    match apps::remove(shared, &name).await {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&marker);
-        }
-        Err(e) => tracing::error!(app = %name, "cannot remove a one-off job's app: {e}"),
-    }
-    result
-}
-
-/// The file naming the app of a running one-off job: `<jobs dir>/<run id>.app`.
-fn job_marker(shared: &Shared, run_id: &str) -> PathBuf {
-    shared.paths.jobs_dir().join(format!("{run_id}.app"))
-}
-
-fn write_job_marker(marker: &std::path::Path, app_id: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = marker.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(marker)?;
-    std::io::Write::write_all(&mut file, app_id.as_bytes())
-}
-
-/// Deletes a one-off job's output, once its client has read it.
-fn forget_job(shared: &Shared, run_id: &str) -> Result<ForgetJobResponse, DaemonError> {
-    if !valid_run_id(run_id) {
-        return Err(DaemonError::Invalid(format!("{run_id:?} is not a run id")));
-    }
-    let dir = shared.one_off_output_dir(run_id);
-    let removed = std::fs::remove_dir_all(&dir).is_ok();
-    Ok(ForgetJobResponse { removed })
-}
-
-/// What a daemon that died during one-off jobs left: their apps (removed, with their uid,
-/// socket and container) and their output.
-pub(crate) async fn remove_leftover_jobs(shared: &Arc<Shared>) {
-    let jobs = shared.paths.jobs_dir();
-    let markers = std::fs::read_dir(&jobs).into_iter().flatten().flatten();
-    for marker in markers {
-        let file_name = marker.file_name();
-        let Some(run_id) = file_name.to_str().and_then(|n| n.strip_suffix(".app")) else {
-            continue;
-        };
-        let Ok(app_id) = std::fs::read_to_string(marker.path()) else {
-            continue;
-        };
-        // Only the app the marker names, and only if it is still that job's.
-        let name = format!("{JOB_PREFIX}{run_id}");
-        match shared.registry.find(app_id.trim()) {
-            Ok(app) if app.name == name => {
-                if let Err(e) = apps::remove(shared, &app.name).await {
-                    tracing::error!(app = %app.name, "cannot remove a leftover one-off job: {e}");
-                }
-            }
-            _ => {}
-        }
-    }
-    let _ = std::fs::remove_dir_all(&jobs);
-}
-
 /// The client's run id when it is a valid one, else a fresh one.
-fn run_id_or_new(asked: Option<String>) -> String {
+pub(super) fn run_id_or_new(asked: Option<String>) -> String {
     asked
         .filter(|id| valid_run_id(id))
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
 }
 
 /// Runs the app of `request` once, its output kept in `output_dir`.
-async fn run_into(
+pub(super) async fn run_into(
     shared: &Arc<Shared>,
     request: RunRequest,
     output_dir: &std::path::Path,
@@ -671,8 +564,10 @@ pub(super) async fn execute(shared: &Arc<Shared>, request: AdminRequest) -> Vec<
         }
         AdminRequest::Launch(r) => reply::<p::LaunchRequest>(launch(shared, r).await),
         AdminRequest::Run(r) => reply::<p::RunRequest>(run(shared, r).await),
-        AdminRequest::Job(r) => reply::<p::JobRequest>(job(shared, r).await),
-        AdminRequest::ForgetJob(r) => reply::<p::ForgetJobRequest>(forget_job(shared, &r.run_id)),
+        AdminRequest::Job(r) => reply::<p::JobRequest>(super::jobs::job(shared, r).await),
+        AdminRequest::ForgetJob(r) => {
+            reply::<p::ForgetJobRequest>(super::jobs::forget_job(shared, &r.run_id))
+        }
         AdminRequest::Stop(r) => reply::<p::StopRequest>(stop(shared, r).await),
         AdminRequest::Wait(r) => reply::<p::WaitRequest>(wait(shared, r).await),
         AdminRequest::Ps(_) => reply::<p::PsRequest>(Ok(ps(shared).await)),
