@@ -6,10 +6,11 @@
 //! container's cgroup (docker-init, the holder or the app), summed over the host before and
 //! after; the daemon's share is this process's resident set (the daemon runs in it).
 
-use crate::lifecycle::{wait_stopped, wait_warm, LaunchDaemon};
+use crate::lifecycle::LaunchDaemon;
+use crate::lifecycle::{cli, docker_run_command, wait_stopped, wait_warm};
 use crate::report::{Row, Verdict};
 use crate::rt::{admin_call, install};
-use crate::stats::{num, ratio};
+use crate::stats::{num, ratio, Summary};
 use anyhow::Result;
 use fold_client::admin::protocol::{LaunchRequest, RestartMode, WarmRequest};
 use std::path::Path;
@@ -136,5 +137,143 @@ pub(crate) fn memory_row(
             )
         }
         Err(e) => Row::missing(MEMORY_ROW, format!("{e:#}")),
+    }
+}
+
+/// Prepared job slots of the jobs daemon.
+const SLOTS: usize = 4;
+
+pub(crate) const JOBS_ROW: &str = "3. one-off jobs per second, sequential, with prepared slots (`warm_jobs = 4`): `fold_client run` of the static binary back to back vs `docker run --rm` of it with the same hardening, in a loop";
+
+/// Waits until the daemon has `SLOTS` job slots with a prepared container.
+fn wait_slots(d: &LaunchDaemon) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let ready = d
+            .shared
+            .registry
+            .list()
+            .iter()
+            .filter(|a| a.name.starts_with("job-"))
+            .filter(|a| d.shared.supervisor.warm(&a.id).is_some_and(|w| w.ready > 0))
+            .count();
+        if ready >= SLOTS {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{ready} of {SLOTS} job slots prepared after 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Each job's time (ms): `runs` pooled jobs back to back (the first `SLOTS` find a
+/// prepared slot each), then `runs` of `docker run --rm`.
+fn measure_jobs(
+    runtime: &tokio::runtime::Runtime,
+    (cli_bin, app, image): (&Path, &Path, &str),
+    runs: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let extra = format!("default_image = \"{image}\"\nwarm_jobs = {SLOTS}\n");
+    let d = runtime.block_on(LaunchDaemon::start_with("jobs", &extra))?;
+    let socket = &d.config.admin_socket;
+    let (plain, _) = runtime.block_on(crate::rt::install_placed(
+        socket,
+        "plain",
+        app,
+        &[],
+        Some(image),
+        true,
+    ))?;
+    let plain = d.shared.registry.find(&plain.name)?;
+    let binary = app
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("binary path not UTF-8"))?;
+    let job = || -> Result<()> {
+        let out = cli(
+            cli_bin,
+            &d,
+            &["run", "--timeout", "60s", binary, "--", "probe"],
+        )
+        .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "fold_client run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    // One unrecorded job, then a full set of slots.
+    job()?;
+    wait_slots(&d)?;
+    let ms = |since: std::time::Instant| since.elapsed().as_secs_f64() * 1000.0;
+    let mut ours = Vec::new();
+    for _ in 0..runs {
+        let started = std::time::Instant::now();
+        job()?;
+        ours.push(ms(started));
+    }
+    let mut docker = Vec::new();
+    for _ in 0..runs {
+        let started = std::time::Instant::now();
+        let status = docker_run_command(
+            &d.shared,
+            &plain,
+            image,
+            &["probe"],
+            fold_client::sandbox::Isolation::Container,
+        )
+        .stdout(std::process::Stdio::null())
+        .status()?;
+        anyhow::ensure!(status.success(), "docker run failed: {status}");
+        docker.push(ms(started));
+    }
+    runtime.block_on(fold_client::daemon::stop(&d.shared));
+    Ok((ours, docker))
+}
+
+pub(crate) const JOB_LATENCY_ROW: &str = "3. one pooled job end to end (`fold_client run` started to exited), while prepared slots last (the first 4 of the loop) vs one `docker run --rm`";
+
+/// The pooled jobs rows: throughput, and one job's time while slots last.
+pub(crate) fn jobs_rows(
+    runtime: &tokio::runtime::Runtime,
+    binaries: (&Path, &Path, &str),
+    runs: usize,
+) -> Vec<Row> {
+    match measure_jobs(runtime, binaries, runs) {
+        Ok((ours, docker)) => {
+            let rate = |ms: &[f64]| ms.len() as f64 * 1000.0 / ms.iter().sum::<f64>();
+            let (ours_rate, docker_rate) = (rate(&ours), rate(&docker));
+            let (burst, one) = (
+                Summary::of(&ours[..SLOTS.min(ours.len())]),
+                Summary::of(&docker),
+            );
+            vec![
+                Row::new(
+                    JOBS_ROW,
+                    format!("{} jobs/s", num(ours_rate)),
+                    format!("docker run --rm {} jobs/s", num(docker_rate)),
+                    ratio(ours_rate / docker_rate),
+                    "≥ 10x",
+                    Verdict::goal(ours_rate / docker_rate >= 10.0),
+                ),
+                Row::new(
+                    JOB_LATENCY_ROW,
+                    burst.brief("ms"),
+                    format!("docker run --rm {}", one.brief("ms")),
+                    ratio(burst.p50 / one.p50),
+                    "",
+                    Verdict::Context,
+                ),
+            ]
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            vec![
+                Row::missing(JOBS_ROW, &why),
+                Row::missing(JOB_LATENCY_ROW, &why),
+            ]
+        }
     }
 }

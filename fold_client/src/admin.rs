@@ -9,7 +9,7 @@
 
 mod apps;
 mod jobs;
-pub(crate) use jobs::remove_leftover_jobs;
+pub(crate) use jobs::{fill_job_slots, remove_leftover_jobs};
 pub mod protocol;
 
 pub use protocol::{AdminCall, AdminReply, AdminRequest};

@@ -54,6 +54,8 @@ pub struct Shared {
     pub(crate) socket_root: fsutil::Dir,
     /// Turns of one-off jobs (`config.max_concurrent_jobs`).
     pub(crate) jobs: tokio::sync::Semaphore,
+    /// Names of the one-off job slots installed ahead (`config.warm_jobs`), oldest first.
+    pub(crate) job_slots: Mutex<std::collections::VecDeque<String>>,
 }
 
 /// Why the daemon or an admin action failed.
@@ -257,7 +259,7 @@ fn write_credentials(
         .map_err(setup("cannot write the credentials file"))
 }
 
-fn copy_binary(shared: &Shared, app: &App, source: &Path) -> Result<(), DaemonError> {
+pub(crate) fn copy_binary(shared: &Shared, app: &App, source: &Path) -> Result<(), DaemonError> {
     let dir = fsutil::Dir::open(&shared.config.apps_dir())
         .and_then(|apps| apps.child_dir(&app.id, Access::private(0o755)))
         .map_err(setup("cannot create the app directory"))?;

@@ -196,6 +196,9 @@ pub struct Config {
     pub max_concurrent_jobs: usize,
     /// Prepared (warm) containers an app installed without `--warm` keeps.
     pub warm_pool: u32,
+    /// Prepared slots for one-off jobs (`fold_client run` with the default image, tier
+    /// and limits): throwaway apps installed ahead, each with a prepared container.
+    pub warm_jobs: u32,
     /// Size at which the audit log is rotated (`audit.jsonl` becomes `audit.jsonl.1`).
     pub audit_max_bytes: u64,
     /// Rotated audit files kept; the oldest beyond this is deleted at each rotation.
@@ -393,6 +396,8 @@ pub struct FileConfig {
     pub max_concurrent_jobs: Option<usize>,
     /// See [`Config::warm_pool`].
     pub warm_pool: Option<u32>,
+    /// See [`Config::warm_jobs`].
+    pub warm_jobs: Option<u32>,
     /// See [`Config::audit_max_bytes`].
     pub audit_max_bytes: Option<u64>,
     /// See [`Config::audit_keep`].
@@ -766,6 +771,7 @@ impl Config {
             )?,
             max_concurrent_jobs: file.max_concurrent_jobs.unwrap_or(4).max(1),
             warm_pool: check_warm("warm_pool", file.warm_pool.unwrap_or(0))?,
+            warm_jobs: check_warm("warm_jobs", file.warm_jobs.unwrap_or(0))?,
             audit_max_bytes: positive(
                 "audit_max_bytes",
                 file.audit_max_bytes,

@@ -162,6 +162,7 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
     let jobs = tokio::sync::Semaphore::new(config.max_concurrent_jobs);
     let shared = Arc::new(Shared {
         jobs,
+        job_slots: Mutex::new(std::collections::VecDeque::new()),
         supervisor,
         metrics,
         config,
@@ -196,6 +197,7 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
             tracing::warn!(app = %app.name, "no prepared containers: {e}");
         }
     }
+    crate::admin::fill_job_slots(&shared, shared.config.warm_jobs as usize);
     admin::spawn(&shared, admin_socket);
     let weak = Arc::downgrade(&shared);
     shared.tasks.spawn(crate::nonce_journal::maintain(

@@ -332,6 +332,7 @@ impl Supervisor {
             app_dir: paths.app_dir(&app.id),
             binary: app.binary.clone(),
             args: options.args.clone(),
+            interpreter: options.interpreter.clone(),
             socket_dir: paths.socket_dir(&app.id),
             credentials_file: CREDENTIALS_FILE.to_string(),
             uid: app.uid,
@@ -577,8 +578,27 @@ impl Supervisor {
     /// The backend cannot prepare them (no holder in this build, the tier is not offered,
     /// the engine is down); the pool is then empty.
     pub async fn keep_warm(self: &Arc<Self>, app: &App) -> Result<(), SandboxError> {
+        self.set_warm(app, app.warm as usize, true).await
+    }
+
+    /// Prepares one container for the app's next launch, not replaced once taken (a
+    /// one-off job's slot).
+    ///
+    /// # Errors
+    ///
+    /// As [`Supervisor::keep_warm`].
+    pub async fn prepare_once(self: &Arc<Self>, app: &App) -> Result<(), SandboxError> {
+        self.set_warm(app, 1, false).await
+    }
+
+    async fn set_warm(
+        self: &Arc<Self>,
+        app: &App,
+        count: usize,
+        refill: bool,
+    ) -> Result<(), SandboxError> {
         let mut count = match app.placement {
-            crate::registry::Placement::Container => app.warm as usize,
+            crate::registry::Placement::Container => count,
             crate::registry::Placement::Host => 0,
         };
         if count > 0 {
@@ -594,13 +614,14 @@ impl Supervisor {
         let options = LaunchOptions {
             direct: false,
             args: Vec::new(),
+            interpreter: None,
             image: None,
             restart: RestartPolicy::Never,
             max_lifetime: None,
             capture: None,
         };
         let spec = self.spec(app, &options);
-        backend.sandbox.keep_warm(&spec, count).await
+        backend.sandbox.keep_warm(&spec, (count, refill)).await
     }
 
     /// The app's warm pool, if it keeps one.

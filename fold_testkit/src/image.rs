@@ -82,7 +82,8 @@ pub fn ensure_base_image() -> Result<String> {
         }
         let busybox = find_static_busybox()?;
         let tar = base_rootfs_tar(&busybox)?;
-        import(&docker, tar).await?;
+        let change = format!("LABEL {BASE_IMAGE_LABEL}={BASE_LAYOUT_VERSION}");
+        import(&docker, tar, (BASE_REPO, BASE_TAG), &change).await?;
         if !base_image_is_current(&docker).await? {
             bail!("imported {BASE_IMAGE}, but the engine does not list it with label {BASE_IMAGE_LABEL}={BASE_LAYOUT_VERSION}");
         }
@@ -95,40 +96,54 @@ pub fn ensure_base_image() -> Result<String> {
 }
 
 async fn base_image_is_current(docker: &Docker) -> Result<bool> {
-    let inspected = tokio::time::timeout(ENGINE_TIMEOUT, docker.inspect_image(BASE_IMAGE))
+    image_is_current(docker, BASE_IMAGE, (BASE_IMAGE_LABEL, BASE_LAYOUT_VERSION)).await
+}
+
+/// Whether the engine has `image` with label `key` = `value`.
+pub(crate) async fn image_is_current(
+    docker: &Docker,
+    image: &str,
+    (key, value): (&str, &str),
+) -> Result<bool> {
+    let inspected = tokio::time::timeout(ENGINE_TIMEOUT, docker.inspect_image(image))
         .await
-        .map_err(|_| anyhow!("inspecting {BASE_IMAGE}: no answer within 20 s"))?;
+        .map_err(|_| anyhow!("inspecting {image}: no answer within 20 s"))?;
     match inspected {
-        Ok(image) => Ok(image
+        Ok(found) => Ok(found
             .config
             .and_then(|config| config.labels)
-            .and_then(|labels| labels.get(BASE_IMAGE_LABEL).cloned())
-            .is_some_and(|v| v == BASE_LAYOUT_VERSION)),
+            .and_then(|labels| labels.get(key).cloned())
+            .is_some_and(|v| v == value)),
         Err(BollardError::DockerResponseServerError {
             status_code: 404, ..
         }) => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("inspecting {BASE_IMAGE}")),
+        Err(e) => Err(e).with_context(|| format!("inspecting {image}")),
     }
 }
 
-async fn import(docker: &Docker, tar: Vec<u8>) -> Result<()> {
+/// Imports the rootfs `tar` as `repo:tag` with one Dockerfile `change` (its label).
+pub(crate) async fn import(
+    docker: &Docker,
+    tar: Vec<u8>,
+    (repo, tag): (&str, &str),
+    change: &str,
+) -> Result<()> {
+    let image = format!("{repo}:{tag}");
     let options = CreateImageOptionsBuilder::default()
         .from_src("-")
-        .repo(BASE_REPO)
-        .tag(BASE_TAG)
-        .message("fold_testkit base image (busybox-static)")
+        .repo(repo)
+        .tag(tag)
+        .message("fold_testkit image")
         // One change only: bollard sends the changes as one newline-joined value, which
         // Docker splits and Podman reads as a single instruction (a LABEL whose value
         // swallowed the rest). The engines' default PATH and working directory serve.
-        .changes(vec![format!(
-            "LABEL {BASE_IMAGE_LABEL}={BASE_LAYOUT_VERSION}"
-        )])
+        .changes(vec![change.to_string()])
         .build();
     let mut progress =
         docker.create_image(Some(options), Some(bollard::body_full(tar.into())), None);
     let drain = async {
         while let Some(item) = progress.next().await {
-            item.with_context(|| format!("importing {BASE_IMAGE}"))?;
+            item.with_context(|| format!("importing {image}"))?;
         }
         Ok::<(), anyhow::Error>(())
     };
@@ -136,7 +151,7 @@ async fn import(docker: &Docker, tar: Vec<u8>) -> Result<()> {
         .await
         .map_err(|_| {
             anyhow!(
-                "importing {BASE_IMAGE}: not done within {} s",
+                "importing {image}: not done within {} s",
                 IMPORT_TIMEOUT.as_secs()
             )
         })?
@@ -144,7 +159,7 @@ async fn import(docker: &Docker, tar: Vec<u8>) -> Result<()> {
 
 /// Finds a statically linked busybox: `FOLD_BUSYBOX`, else `/bin/busybox` or `/usr/bin/busybox`
 /// (Debian's `busybox-static` package).
-fn find_static_busybox() -> Result<PathBuf> {
+pub(crate) fn find_static_busybox() -> Result<PathBuf> {
     if let Ok(path) = std::env::var("FOLD_BUSYBOX") {
         let path = PathBuf::from(path);
         if !is_static_elf(&path)? {
@@ -178,9 +193,15 @@ fn find_static_busybox() -> Result<PathBuf> {
 ///
 /// When `busybox` cannot be read.
 pub fn base_rootfs_tar(busybox: &Path) -> Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    append_base(&mut builder, busybox)?;
+    builder.into_inner().context("finishing the rootfs tar")
+}
+
+/// Appends the base image's entries (see [`base_rootfs_tar`]) to `builder`.
+pub(crate) fn append_base(builder: &mut tar::Builder<Vec<u8>>, busybox: &Path) -> Result<()> {
     let binary =
         std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
-    let mut builder = tar::Builder::new(Vec::new());
     for (dir, mode) in [
         ("bin", 0o755),
         ("usr", 0o755),
@@ -208,7 +229,7 @@ pub fn base_rootfs_tar(busybox: &Path) -> Result<Vec<u8>> {
         let mut header = entry_header(tar::EntryType::Regular, 0o644, content.len() as u64);
         builder.append_data(&mut header, path, content.as_bytes())?;
     }
-    builder.into_inner().context("finishing the rootfs tar")
+    Ok(())
 }
 
 fn entry_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {

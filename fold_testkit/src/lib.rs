@@ -27,6 +27,7 @@ mod docker;
 mod elf;
 mod image;
 pub mod probe;
+mod python_image;
 mod static_bin;
 mod util;
 
@@ -37,4 +38,5 @@ pub use docker::{
 };
 pub use elf::is_static_elf;
 pub use image::{base_rootfs_tar, ensure_base_image, BASE_IMAGE, BASE_IMAGE_LABEL};
+pub use python_image::{ensure_python_image, PYTHON_IMAGE};
 pub use static_bin::{build_static_binary, static_target_triple, workspace_root};

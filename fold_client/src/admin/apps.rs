@@ -391,6 +391,10 @@ pub(super) async fn run_into(
     };
     let app = launch.app.clone();
     let mut options = launch_options(shared, launch);
+    if let Some(interpreter) = &request.interpreter {
+        crate::sandbox::check_interpreter(interpreter).map_err(DaemonError::Invalid)?;
+    }
+    options.interpreter = request.interpreter;
     let app = apps::place(shared, &app, placement_of(options.direct)).await?;
     let grace = shared.config.stop_grace;
     let cap = request

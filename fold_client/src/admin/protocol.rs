@@ -496,6 +496,11 @@ pub struct RunRequest {
     #[arg(long)]
     #[serde(default)]
     pub image: Option<String>,
+    /// Run the app's binary as a script of this program (`python3` runs `python3
+    /// /app/BINARY ARGS`), looked up in the image's PATH or given as an absolute path.
+    #[arg(long)]
+    #[serde(default)]
+    pub interpreter: Option<String>,
     /// Bytes of stdout, and of stderr, kept whole; output past them is dropped and counted
     /// (default: the daemon's `job_output_cap_bytes`, 8 MiB).
     #[arg(long, value_name = "BYTES")]
@@ -526,6 +531,11 @@ pub struct JobRequest {
     #[arg(long)]
     #[serde(default)]
     pub image: Option<String>,
+    /// Run the file as a script of this program (`--interpreter python3`: `python3
+    /// /app/FILE ARGS`); by default a script's `#!` line names it.
+    #[arg(long)]
+    #[serde(default)]
+    pub interpreter: Option<String>,
     /// Isolation tier: container, gvisor or auto (default: the daemon's).
     #[arg(long, conflicts_with = "direct")]
     #[serde(default)]
@@ -1131,6 +1141,7 @@ mod tests {
                 timeout: Duration::from_secs(30),
                 direct: false,
                 image: None,
+                interpreter: Some("python3".into()),
                 output_cap: Some(4096),
                 run_id: Some("00ff00ff".into()),
                 args: vec!["exit".into(), "5".into()],

@@ -242,8 +242,12 @@ fn spawn(spec: &LaunchSpec) -> Result<(Child, LogFile), SandboxError> {
         spec.app_name
     ))?;
 
-    let mut cmd = Command::new(&binary);
-    cmd.args(&spec.args)
+    if let Some(interpreter) = &spec.interpreter {
+        crate::sandbox::check_interpreter(interpreter).map_err(SandboxError::Backend)?;
+    }
+    let (program, args) = spec.command(binary.display().to_string());
+    let mut cmd = Command::new(&program);
+    cmd.args(&args)
         .env_clear()
         .env("PATH", SAFE_PATH)
         .env("HOME", &spec.app_dir)

@@ -24,6 +24,7 @@ fn app(script: &str) -> (tempfile::TempDir, LaunchSpec) {
         app_dir: dir,
         binary: "run.sh".into(),
         args: vec!["a1".into()],
+        interpreter: None,
         socket_dir: PathBuf::from("/run/fold/app1"),
         credentials_file: "creds".into(),
         uid: 65534,

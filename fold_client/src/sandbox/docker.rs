@@ -258,9 +258,9 @@ impl Sandbox for DockerSandbox {
     fn keep_warm<'a>(
         &'a self,
         spec: &'a LaunchSpec,
-        count: usize,
+        target: (usize, bool),
     ) -> BoxFuture<'a, Result<(), SandboxError>> {
-        warm::keep(&self.inner, spec, count).boxed()
+        warm::keep(&self.inner, spec, target).boxed()
     }
 
     fn warm(&self, app_id: &str) -> Option<WarmPool> {
@@ -372,13 +372,13 @@ impl Sandbox for LazyDocker {
     fn keep_warm<'a>(
         &'a self,
         spec: &'a LaunchSpec,
-        count: usize,
+        target: (usize, bool),
     ) -> BoxFuture<'a, Result<(), SandboxError>> {
         async move {
-            match (self.engine.get(), count) {
+            match (self.engine.get(), target.0) {
                 (None, 0) => Ok(()),
-                (Some(docker), _) => docker.keep_warm(spec, count).await,
-                (None, _) => self.connected().await?.keep_warm(spec, count).await,
+                (Some(docker), _) => docker.keep_warm(spec, target).await,
+                (None, _) => self.connected().await?.keep_warm(spec, target).await,
             }
         }
         .boxed()

@@ -316,6 +316,7 @@ mod tests {
             app_dir: PathBuf::from("/apps/demo"),
             binary: "demo".into(),
             args: Vec::new(),
+            interpreter: None,
             socket_dir: PathBuf::from("/run/fold/demo"),
             credentials_file: "credentials.json".into(),
             uid: 200_001,

@@ -123,6 +123,10 @@ pub struct LaunchSpec {
     pub binary: String,
     /// Arguments passed to the binary.
     pub args: Vec<String>,
+    /// Runs the binary as a script of this program (`INTERPRETER /app/BINARY ARGS...`), a
+    /// command name looked up in the image's `PATH` or an absolute path; `None` runs the
+    /// binary itself (a script's `#!` line then names its interpreter).
+    pub interpreter: Option<String>,
     /// Host directory holding the app's socket and credentials file.
     pub socket_dir: PathBuf,
     /// File name of the credentials file inside `socket_dir`.
@@ -157,6 +161,41 @@ pub struct LaunchSpec {
     pub labels: HashMap<String, String>,
 }
 
+impl LaunchSpec {
+    /// The program a run starts and its arguments, with the binary at `binary` (its path
+    /// where the run sees it: `/app/BINARY` in a container): the binary and the launch's
+    /// arguments, or the interpreter with the binary first.
+    pub fn command(&self, binary: String) -> (String, Vec<String>) {
+        match &self.interpreter {
+            Some(interpreter) => {
+                let args = std::iter::once(binary).chain(self.args.iter().cloned());
+                (interpreter.clone(), args.collect())
+            }
+            None => (binary, self.args.clone()),
+        }
+    }
+}
+
+/// Whether `interpreter` may be given as one: a command name or an absolute path, without
+/// spaces or control characters.
+///
+/// # Errors
+///
+/// Why not.
+pub fn check_interpreter(interpreter: &str) -> Result<(), String> {
+    let plain = interpreter
+        .chars()
+        .all(|c| !c.is_whitespace() && !c.is_control());
+    let name_or_path = interpreter.starts_with('/') || !interpreter.contains('/');
+    if interpreter.is_empty() || interpreter.len() > 255 || !plain || !name_or_path {
+        return Err(format!(
+            "interpreter {interpreter:?} must be a command name (python3) or an absolute path \
+             (/usr/bin/python3)"
+        ));
+    }
+    Ok(())
+}
+
 impl fmt::Debug for LaunchSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LaunchSpec")
@@ -165,6 +204,7 @@ impl fmt::Debug for LaunchSpec {
             .field("app_dir", &self.app_dir)
             .field("binary", &self.binary)
             .field("args", &self.args)
+            .field("interpreter", &self.interpreter)
             .field("socket_dir", &self.socket_dir)
             .field("uid", &self.uid)
             .field("gid", &self.gid)
@@ -430,12 +470,14 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
 
     /// Keeps `count` prepared runs of the app `spec` describes (its launch defaults), which
     /// a launch of the same app, whose run would be identical, takes instead of starting
-    /// one; 0 removes them. A backend without warm starts refuses any other count.
+    /// one; with `refill`, a taken one is replaced. 0 removes them. A backend without warm
+    /// starts refuses any other count.
     fn keep_warm<'a>(
         &'a self,
         spec: &'a LaunchSpec,
-        count: usize,
+        (count, refill): (usize, bool),
     ) -> BoxFuture<'a, Result<(), SandboxError>> {
+        let _ = refill;
         let result = match count {
             0 => Ok(()),
             _ => Err(SandboxError::Backend(format!(

@@ -22,6 +22,8 @@ pub struct LaunchOptions {
     pub direct: bool,
     /// Arguments for the binary.
     pub args: Vec<String>,
+    /// The program that runs the binary as its script (`LaunchSpec::interpreter`).
+    pub interpreter: Option<String>,
     /// Image for this launch instead of the app's.
     pub image: Option<String>,
     /// Restart policy.
@@ -38,6 +40,7 @@ impl LaunchOptions {
         LaunchOptions {
             direct,
             args,
+            interpreter: None,
             image: None,
             restart: config.restart,
             max_lifetime: config.max_lifetime,
@@ -83,6 +86,7 @@ impl LaunchOptions {
         let options = LaunchOptions {
             direct: false,
             args,
+            interpreter: None,
             image: (!image.is_empty()).then_some(image),
             restart,
             max_lifetime: None,
@@ -108,6 +112,7 @@ mod tests {
         let options = LaunchOptions {
             direct: false,
             args: vec!["a".into()],
+            interpreter: None,
             image: Some("img:1".into()),
             restart: RestartPolicy::OnFailure { max_restarts: 7 },
             max_lifetime: Some(Duration::from_secs(9)),

@@ -97,6 +97,7 @@ fn options(restart: RestartPolicy) -> LaunchOptions {
     LaunchOptions {
         direct: false,
         args: vec!["serve".into()],
+        interpreter: None,
         image: None,
         restart,
         max_lifetime: None,

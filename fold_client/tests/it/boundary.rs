@@ -203,6 +203,7 @@ async fn launching_on_the_host_places_the_app_there_and_the_record_says_so() {
             run_id: None,
             args: vec![],
             image: None,
+            interpreter: None,
             timeout: Duration::from_secs(10),
         })
         .await

@@ -90,6 +90,9 @@ fn check(spec: &LaunchSpec) -> Result<(), SandboxError> {
             spec.binary
         )));
     }
+    if let Some(interpreter) = &spec.interpreter {
+        super::super::check_interpreter(interpreter).map_err(refuse)?;
+    }
     Ok(())
 }
 
@@ -163,10 +166,11 @@ pub fn create_body(plan: &Plan<'_>) -> Result<ContainerCreateBody, SandboxError>
             .map(|bytes| HashMap::from([("size".to_string(), bytes.to_string())])),
         ..Default::default()
     };
+    let (program, args) = command(spec);
     Ok(ContainerCreateBody {
         image: Some(spec.image.clone()),
-        entrypoint: Some(vec![format!("{APP_MOUNT}/{}", spec.binary)]),
-        cmd: Some(spec.args.clone()),
+        entrypoint: Some(vec![program]),
+        cmd: Some(args),
         env: Some(vec![
             format!("FOLD_CLIENT_APP_ID={}", spec.app_id),
             format!("FOLD_CLIENT_SOCKET_DIR={SOCKET_MOUNT}"),
@@ -189,6 +193,12 @@ pub fn create_body(plan: &Plan<'_>) -> Result<ContainerCreateBody, SandboxError>
     })
 }
 
+/// What the container runs: its program and arguments (the holder of a warm container
+/// runs the same program with the same arguments, given in its word).
+pub fn command(spec: &LaunchSpec) -> (String, Vec<String>) {
+    spec.command(format!("{APP_MOUNT}/{}", spec.binary))
+}
+
 /// The create request for a warm container of the app: [`create_body`] exactly, except that
 /// the holder (mounted read-only from `holder` at [`HOLDER_MOUNT`]) runs first, with the
 /// app's binary as its one argument, and waits on stdin, which only the daemon's attach
@@ -200,9 +210,9 @@ pub fn create_body(plan: &Plan<'_>) -> Result<ContainerCreateBody, SandboxError>
 /// As [`create_body`].
 pub fn warm_body(plan: &Plan<'_>, holder: &Path) -> Result<ContainerCreateBody, SandboxError> {
     let mut body = create_body(plan)?;
-    let app_binary = format!("{APP_MOUNT}/{}", plan.spec.binary);
+    let (program, _) = command(plan.spec);
     body.entrypoint = Some(vec![HOLDER_MOUNT.to_string()]);
-    body.cmd = Some(vec![app_binary]);
+    body.cmd = Some(vec![program]);
     body.open_stdin = Some(true);
     body.stdin_once = Some(true);
     body.attach_stdin = Some(true);
@@ -319,6 +329,7 @@ mod tests {
             app_dir: PathBuf::from("/state/apps/app_0123456789ab"),
             binary: "demo_bin".into(),
             args: vec!["serve".into()],
+            interpreter: None,
             socket_dir: PathBuf::from("/state/sockets/app_0123456789ab"),
             credentials_file: "credentials.json".into(),
             uid: 200_001,
@@ -466,6 +477,26 @@ mod tests {
             .unwrap()
             .pop();
         assert_eq!(back, cold);
+    }
+
+    #[test]
+    fn an_interpreter_runs_the_binary_as_its_script() {
+        let mut spec = spec();
+        spec.interpreter = Some("python3".into());
+        let extra = HashMap::new();
+        let cold = create_body(&plan(&spec, &extra)).unwrap();
+        assert_eq!(cold.entrypoint, Some(vec!["python3".to_string()]));
+        assert_eq!(cold.cmd, Some(vec!["/app/demo_bin".into(), "serve".into()]));
+        // A warm container's holder runs the same program, given the same arguments.
+        let warm = warm_body(&plan(&spec, &extra), Path::new("/h")).unwrap();
+        assert_eq!(warm.cmd, Some(vec!["python3".to_string()]));
+        assert_eq!(command(&spec).1, ["/app/demo_bin", "serve"]);
+        for bad in ["", "sh -c", "../python", "py\nthon", "a/b"] {
+            spec.interpreter = Some(bad.into());
+            assert!(create_body(&plan(&spec, &extra)).is_err(), "{bad:?}");
+        }
+        spec.interpreter = Some("/usr/bin/python3".into());
+        assert!(create_body(&plan(&spec, &extra)).is_ok());
     }
 
     #[test]

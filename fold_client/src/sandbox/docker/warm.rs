@@ -31,6 +31,8 @@ use tokio::io::AsyncWriteExt;
 pub(super) struct Pool {
     /// How many prepared containers the app keeps.
     target: usize,
+    /// Whether a taken container is replaced (not for a pool meant for one launch).
+    refill: bool,
     /// What its containers are prepared from: the app's launch defaults.
     spec: LaunchSpec,
     /// The tier they run under, and its runtime.
@@ -100,7 +102,8 @@ fn pool_body(
 /// Keeps `target` prepared containers for the app `spec` describes (its launch defaults):
 /// prepares what is missing, and removes prepared containers that no longer match its
 /// container (its image, limits, tier or binary changed) or are beyond the target. 0
-/// removes the pool.
+/// removes the pool. With `refill`, a taken container is replaced; without, the pool
+/// serves `target` launches and then stays empty.
 ///
 /// # Errors
 ///
@@ -109,7 +112,7 @@ fn pool_body(
 pub(super) async fn keep(
     inner: &Arc<Inner>,
     spec: &LaunchSpec,
-    target: usize,
+    (target, replace): (usize, bool),
 ) -> Result<(), SandboxError> {
     if target == 0 {
         let pool = lock(&inner.pools).remove(&spec.app_id);
@@ -127,6 +130,7 @@ pub(super) async fn keep(
     let app_id = spec.app_id.clone();
     let mut spec = spec.clone();
     spec.args.clear();
+    spec.interpreter = None;
     spec.capture = None;
     spec.labels.clear();
     spec.legacy_token = None;
@@ -134,6 +138,7 @@ pub(super) async fn keep(
         let mut pools = lock(&inner.pools);
         let pool = pools.entry(spec.app_id.clone()).or_insert_with(|| Pool {
             target,
+            refill: replace,
             spec: spec.clone(),
             tier: tier.clone(),
             body: body.clone(),
@@ -151,6 +156,7 @@ pub(super) async fn keep(
         }
         pool.spec = spec;
         pool.target = target;
+        pool.refill = replace;
         while pool.ready.len() > target {
             stale.extend(pool.ready.pop_back());
         }
@@ -258,7 +264,8 @@ pub(super) fn take(
     spec: &LaunchSpec,
     tier: &(Isolation, Option<String>),
 ) -> Option<Prepared> {
-    if !lock(&inner.pools).contains_key(&spec.app_id) || holder::word(&spec.args).is_err() {
+    let args = super::spec::command(spec).1;
+    if !lock(&inner.pools).contains_key(&spec.app_id) || holder::word(&args).is_err() {
         return None;
     }
     let body = pool_body(inner, spec, tier).ok()?;
@@ -268,7 +275,11 @@ pub(super) fn take(
         if pool.body != body {
             return None;
         }
-        pool.ready.pop_front()
+        let taken = pool.ready.pop_front();
+        if !pool.refill && taken.is_some() {
+            pool.target = pool.target.saturating_sub(1);
+        }
+        taken
     };
     refill(inner, &spec.app_id);
     taken
@@ -287,7 +298,7 @@ pub(super) async fn give_word(
     input: &mut std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
     spec: &LaunchSpec,
 ) -> Result<(), SandboxError> {
-    let word = holder::word(&spec.args).map_err(SandboxError::Backend)?;
+    let word = holder::word(&super::spec::command(spec).1).map_err(SandboxError::Backend)?;
     let sent = tokio::time::timeout(inner.settings.engine_timeout, async {
         input.write_all(&word).await?;
         input.shutdown().await

@@ -153,6 +153,7 @@ pub async fn hardened_app_queries_through_the_mounted_socket(isolation: Isolatio
             run_id: None,
             args: vec!["query".into()],
             image: None,
+            interpreter: None,
             timeout: Duration::from_secs(30),
         })
         .await

@@ -24,6 +24,7 @@ async fn memory_hog_is_reported_oom_killed() {
             run_id: None,
             args: vec!["hog".into()],
             image: None,
+            interpreter: None,
             timeout: Duration::from_millis(60_000),
         })
         .await
@@ -69,6 +70,7 @@ async fn a_child_oom_kill_is_noted_but_not_reported_as_the_apps() {
             run_id: None,
             args: Vec::new(),
             image: None,
+            interpreter: None,
             timeout: Duration::from_millis(60_000),
         })
         .await
@@ -279,7 +281,7 @@ async fn one_shot_runs_stream_output_and_are_killed_at_their_timeout() {
 }
 
 /// Runs the `fold_client` CLI against the daemon `d`.
-async fn cli_async(d: &DockerDaemon, args: &[&str]) -> Output {
+pub(super) async fn cli_async(d: &DockerDaemon, args: &[&str]) -> Output {
     let state = d.config.state_dir.clone();
     let args: Vec<String> = args.iter().map(ToString::to_string).collect();
     tokio::task::spawn_blocking(move || {
@@ -337,6 +339,7 @@ async fn missing_image_is_a_clear_error_and_glibc_binary_warns() {
             run_id: None,
             args: vec![],
             image: None,
+            interpreter: None,
             timeout: Duration::from_millis(30_000),
         })
         .await
@@ -526,5 +529,83 @@ async fn a_one_off_container_job_runs_hardened_and_leaves_nothing_behind() {
             .is_empty(),
         "no container left"
     );
+    d.stop().await;
+}
+
+/// The code-execution case: a Python script in a Python image built offline from the
+/// host's own Python, run by `--interpreter python3` (`python3 /app/FILE ARGS`) and by its
+/// `#!/usr/bin/env python3` line; and a shell script without a `#!` line, by
+/// `--interpreter sh` in the base image. An interpreter that is not a command is refused.
+#[ignore = "needs a Docker engine"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_run_by_their_interpreter_in_a_python_image_built_offline() {
+    let env = setup();
+    let python = tokio::task::spawn_blocking(fold_testkit::ensure_python_image)
+        .await
+        .unwrap()
+        .expect("python image");
+    let d = DockerDaemon::start("").await;
+    let run = |name: &str, text: &str, flags: Vec<String>| {
+        let path = d.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let mut args = vec![
+            "--json".to_string(),
+            "run".into(),
+            "--timeout".into(),
+            "60s".into(),
+        ];
+        args.extend(flags);
+        args.push(path.display().to_string());
+        args.extend(["--".to_string(), "x y".into(), "z".into()]);
+        let d = &d;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = cli_async(d, &args).await;
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+            r
+        }
+    };
+    let script = "import sys\nprint(sys.argv[0], sys.argv[1:], sum(range(10)))\n";
+    let flags = vec![
+        "--image".to_string(),
+        python.clone(),
+        "--interpreter".into(),
+        "python3".into(),
+    ];
+    let r = run("calc.py", script, flags).await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_eq!(
+        r["output"]["stdout"], "/app/calc.py ['x y', 'z'] 45\n",
+        "{r}"
+    );
+    let shebang = format!("#!/usr/bin/env python3\n{script}");
+    let r = run(
+        "shebang.py",
+        &shebang,
+        vec!["--image".into(), python.clone()],
+    )
+    .await;
+    assert_eq!(
+        r["output"]["stdout"], "/app/shebang.py ['x y', 'z'] 45\n",
+        "{r}"
+    );
+    let flags = vec![
+        "--image".to_string(),
+        env.image.clone(),
+        "--interpreter".into(),
+        "sh".into(),
+    ];
+    let r = run("plain.sh", "echo \"$0:$1:$2\"\n", flags).await;
+    assert_eq!(r["output"]["stdout"], "/app/plain.sh:x y:z\n", "{r}");
+    let path = d.dir.path().join("plain.sh");
+    let out = cli_async(
+        &d,
+        &["run", "--interpreter", "sh -c", path.to_str().unwrap()],
+    )
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("must be a command name"), "{stderr}");
     d.stop().await;
 }

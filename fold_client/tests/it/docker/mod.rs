@@ -10,7 +10,7 @@
 mod adoption;
 mod gvisor_tier;
 mod hardening;
-mod lifecycle;
+pub mod lifecycle;
 mod podman_engine;
 pub mod warm;
 
