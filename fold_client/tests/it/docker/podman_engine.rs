@@ -23,6 +23,19 @@ async fn an_app_queries_through_the_mounted_socket_and_is_hardened() {
     .await;
 }
 
+/// A warm start on Podman: the holder waits on the stdin Podman's attach holds, and becomes
+/// the app in a container hardened exactly as a cold one.
+#[ignore = "needs Podman's Docker API"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_started_app_is_hardened_exactly_like_a_cold_one() {
+    fold_testkit::need_podman();
+    super::hardening::hardened_app_queries_through_the_mounted_socket(
+        Isolation::Container,
+        super::Start::Warm,
+    )
+    .await;
+}
+
 #[ignore = "needs Podman's Docker API"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_names_podman_and_why_it_offers_no_gvisor() {
