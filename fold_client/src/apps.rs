@@ -246,6 +246,7 @@ fn write_credentials(
         token: secrets.token.clone(),
         signing_key: secrets.signing_key.clone(),
         version: fold_ipc::version::CURRENT,
+        session: app.auth_mode == crate::registry::AuthMode::Session,
     };
     shared
         .socket_dir_handle(app)
@@ -440,6 +441,38 @@ pub async fn place(
     if let Err(e) = shared.supervisor.keep_warm(&app).await {
         tracing::warn!(app = %app.name, "warm pool: {e}");
     }
+    Ok(app)
+}
+
+/// Changes how the app authenticates, and rewrites its credentials file to say whether it
+/// may open sessions. Its open sessions end when it may no longer open them (the handler
+/// checks the mode on every request).
+///
+/// # Errors
+///
+/// Unknown app, or its entry or credentials file could not be written.
+pub async fn set_auth(
+    shared: &Arc<Shared>,
+    name: &str,
+    mode: crate::registry::AuthMode,
+) -> Result<Arc<App>, DaemonError> {
+    let app = shared.registry.update(name, |a| a.auth_mode = mode)?;
+    let socket_dir = shared.socket_dir(&app.id);
+    let current = ipc::read_credentials(&socket_dir).map_err(|e| {
+        DaemonError::Invalid(format!(
+            "cannot read the credentials of app {}: {e}",
+            app.name
+        ))
+    })?;
+    let secrets = IssuedSecrets {
+        token: current.token,
+        signing_key: current.signing_key,
+    };
+    write_credentials(shared, &app, &secrets)?;
+    shared
+        .audit
+        .event(&app.id, Some(&app.name), "auth", mode.as_str())
+        .await;
     Ok(app)
 }
 

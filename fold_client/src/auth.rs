@@ -26,6 +26,9 @@ pub enum Authenticated {
     Signed,
     /// Token only: a reference-era request from an app installed with `auth = "token"`.
     Unsigned,
+    /// On a session: the connection's hello was checked (token, signature, window, the
+    /// connection's own challenge), and the app's record has not changed since.
+    Session,
 }
 
 /// Why a request was refused.
@@ -78,6 +81,19 @@ pub enum AuthError {
     /// Too many failures recently.
     #[error("too many failed authentication attempts; try again later")]
     RateLimited,
+    /// An unsigned request on a connection without a session.
+    #[error("no session on this connection: send the hello first (protocol v2, docs/protocol.md section 6.8), or sign the request")]
+    NoSession,
+    /// A hello from an app that may not open sessions, or a second hello.
+    #[error("{0}")]
+    SessionRefused(&'static str),
+    /// The hello names another connection's challenge.
+    #[error("the hello signs another connection's challenge: a replayed hello")]
+    WrongChallenge,
+    /// The app's record changed since the session opened (credentials rotated, grants or
+    /// auth mode changed): the session ended.
+    #[error("the session ended: the app's credentials, grants or auth mode changed; open a new connection and send a new hello")]
+    SessionEnded,
 }
 
 impl AuthError {
@@ -93,6 +109,10 @@ impl AuthError {
                 ErrorCode::Replay
             }
             AuthError::NonceCacheFull | AuthError::RateLimited => ErrorCode::RateLimited,
+            AuthError::NoSession | AuthError::SessionRefused(_) | AuthError::SessionEnded => {
+                ErrorCode::Unauthenticated
+            }
+            AuthError::WrongChallenge => ErrorCode::Replay,
         }
     }
 
@@ -110,6 +130,10 @@ impl AuthError {
             AuthError::Replayed => "replayed_nonce",
             AuthError::NonceCacheFull => "nonce_cache_full",
             AuthError::RateLimited => "rate_limited",
+            AuthError::NoSession => "no_session",
+            AuthError::SessionRefused(_) => "session_refused",
+            AuthError::WrongChallenge => "replayed_hello",
+            AuthError::SessionEnded => "session_ended",
         }
     }
 
@@ -148,7 +172,7 @@ pub fn check(request: &Request, app: &App) -> Result<Check, AuthError> {
         check_app_and_token(request, app)?;
         return match app.auth_mode {
             AuthMode::Token => Ok(Check::Unsigned),
-            AuthMode::Signed => Err(AuthError::SignatureRequired),
+            AuthMode::Signed | AuthMode::Session => Err(AuthError::SignatureRequired),
         };
     };
     if !version::is_supported(v) {
@@ -158,7 +182,7 @@ pub fn check(request: &Request, app: &App) -> Result<Check, AuthError> {
     let Some(signature) = request.signature.as_deref() else {
         return match app.auth_mode {
             AuthMode::Token => Ok(Check::Unsigned),
-            AuthMode::Signed => Err(AuthError::SignatureRequired),
+            AuthMode::Signed | AuthMode::Session => Err(AuthError::SignatureRequired),
         };
     };
     let fields = SignedFields::of(request).map_err(AuthError::Missing)?;
@@ -167,6 +191,71 @@ pub fn check(request: &Request, app: &App) -> Result<Check, AuthError> {
         message: signing::canonical_bytes(&fields),
         signature,
     })
+}
+
+/// Checks a hello (`fold_ipc::session`) on a connection whose challenge is `challenge`:
+/// version 2, the app may open sessions, app id, token, the challenge, the timestamp window
+/// and floor, and the signature (`verify_strict`). Pure: the caller records the session.
+///
+/// # Errors
+///
+/// The first check that fails.
+pub fn check_hello(
+    request: &Request,
+    app: &App,
+    challenge: &str,
+    (now_ms, rules): (u64, Freshness),
+) -> Result<(), AuthError> {
+    if request.v != Some(fold_ipc::session::VERSION) {
+        return Err(AuthError::SessionRefused(
+            "a hello must be protocol version 2",
+        ));
+    }
+    if app.auth_mode != AuthMode::Session {
+        return Err(AuthError::SessionRefused(
+            "this app may not open sessions: install it with --auth session (or `fold_client app auth NAME session`), or sign each request",
+        ));
+    }
+    check_app_and_token(request, app)?;
+    let params: fold_ipc::session::HelloParams = request
+        .params
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p.get()).ok())
+        .ok_or(AuthError::SessionRefused(
+            "a hello's params are {\"server_nonce\": the challenge's nonce}",
+        ))?;
+    let (Some(timestamp), Some(client_nonce), Some(signature)) = (
+        request.timestamp,
+        request.nonce.as_deref(),
+        request.signature.as_deref(),
+    ) else {
+        return Err(AuthError::Missing(signing::MissingField(
+            "timestamp, nonce or signature",
+        )));
+    };
+    // Constant time is not needed: the challenge is public to the connection's peer.
+    if params.server_nonce != challenge {
+        return Err(AuthError::WrongChallenge);
+    }
+    let fields = fold_ipc::session::HelloFields {
+        app_id: &app.id,
+        server_nonce: challenge,
+        client_nonce,
+        timestamp,
+    };
+    fold_ipc::session::verify(&app.public_key, &fields, signature)
+        .map_err(AuthError::BadSignature)?;
+    let window_ms = u64::try_from(rules.window.as_millis()).unwrap_or(u64::MAX);
+    let skew_ms = now_ms.abs_diff(timestamp);
+    if skew_ms > window_ms {
+        return Err(AuthError::Stale { skew_ms, window_ms });
+    }
+    if timestamp < rules.not_before_ms {
+        return Err(AuthError::SignedBeforeStart {
+            before_ms: rules.not_before_ms - timestamp,
+        });
+    }
+    Ok(())
 }
 
 fn check_app_and_token(request: &Request, app: &App) -> Result<(), AuthError> {

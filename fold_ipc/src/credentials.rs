@@ -26,6 +26,9 @@ pub struct Credentials {
     pub signing_key: SigningKey,
     /// The protocol version the daemon speaks.
     pub version: u32,
+    /// Whether the app may open a session (protocol v2, [`crate::session`]) instead of
+    /// signing every request: the daemon writes `"auth": "session"` for such apps.
+    pub session: bool,
 }
 
 impl fmt::Debug for Credentials {
@@ -35,6 +38,7 @@ impl fmt::Debug for Credentials {
             .field("token", &"<redacted>")
             .field("signing_key", &"<redacted>")
             .field("version", &self.version)
+            .field("session", &self.session)
             .finish()
     }
 }
@@ -46,6 +50,9 @@ struct CredentialsFile {
     app_id: String,
     token: String,
     private_key: String,
+    /// `"session"` when the app may open sessions; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth: Option<String>,
 }
 
 /// Why credentials could not be read.
@@ -88,6 +95,7 @@ impl Credentials {
             token: file.token,
             signing_key: SigningKey::from_bytes(&seed),
             version: file.v,
+            session: file.auth.as_deref() == Some("session"),
         })
     }
 
@@ -123,6 +131,7 @@ impl Credentials {
             app_id: self.app_id.clone(),
             token: self.token.clone(),
             private_key: hex::encode(self.signing_key.to_bytes()),
+            auth: self.session.then(|| "session".to_string()),
         };
         serde_json::to_string(&file).unwrap_or_default()
     }
@@ -155,11 +164,14 @@ mod tests {
             token: "ab".repeat(32),
             signing_key: SigningKey::from_bytes(&[7u8; 32]),
             version: 1,
+            session: true,
         };
         let back = Credentials::from_json(creds.to_json().as_bytes()).unwrap();
         assert_eq!(back.app_id, "app_1");
         assert_eq!(back.token, creds.token);
         assert_eq!(back.signing_key.to_bytes(), [7u8; 32]);
+        assert!(back.session);
+        assert!(creds.to_json().contains(r#""auth":"session""#));
         let dbg = format!("{back:?}");
         assert!(
             !dbg.contains(&creds.token) && !dbg.contains("0707"),

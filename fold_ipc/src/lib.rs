@@ -13,6 +13,8 @@
 //! - [`schema`] and [`query`]: schema definitions, the filter tree and query parameters.
 //! - [`signing`]: the canonical bytes a request signature covers; sign and verify.
 //!   Pure functions, no I/O.
+//! - [`session`]: protocol v2 sessions, signed once per connection: the challenge, the
+//!   hello and its canonical bytes. Pure functions, no I/O.
 //! - [`mux`]: the client side of a connection: many requests in flight, matched by `request_id`.
 //! - [`server`]: the server side of a connection (shared by the node and the daemon).
 //! - [`credentials`]: the credentials file the daemon hands each app.
@@ -37,6 +39,7 @@ pub mod params;
 pub mod query;
 pub mod schema;
 pub mod server;
+pub mod session;
 pub mod signing;
 
 pub use client::{Client, ClientBuilder};
@@ -59,10 +62,13 @@ pub use operation::{Operation, OperationKind};
 pub mod version {
     /// Protocol version 1: length-prefixed JSON, ed25519-signed requests with replay protection.
     pub const V1: u32 = 1;
-    /// The version this crate speaks and sends.
+    /// Protocol version 2: v1's framing and envelopes, plus sessions (`crate::session`):
+    /// one signed hello per connection, then requests authenticated by the connection.
+    pub const V2: u32 = 2;
+    /// The version this crate sends on signed requests.
     pub const CURRENT: u32 = V1;
     /// Every version a server built from this crate accepts.
-    pub const SUPPORTED: &[u32] = &[V1];
+    pub const SUPPORTED: &[u32] = &[V1, V2];
 
     /// Whether a server built from this crate accepts requests of version `v`.
     pub fn is_supported(v: u32) -> bool {

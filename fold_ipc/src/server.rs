@@ -53,6 +53,13 @@ pub trait Handler: Send + Sync + 'static {
     fn byte_budget(&self) -> Option<Arc<ByteBudget>> {
         None
     }
+
+    /// A frame sent before anything is read (a session's challenge,
+    /// [`crate::session::Challenge`]); `None` (the default) sends nothing first. Asked once
+    /// per connection.
+    fn greeting(&self) -> Option<Response> {
+        None
+    }
 }
 
 /// What the connection had seen when it handed a request to the handler.
@@ -317,6 +324,12 @@ where
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
+    if let Some(greeting) = handler.greeting() {
+        // The channel is empty: this cannot wait.
+        let _ = tx
+            .send(Outgoing::untimed(&greeting, limits.max_frame))
+            .await;
+    }
 
     let end = loop {
         // Reap finished tasks so the set does not grow with the connection's lifetime.

@@ -547,6 +547,11 @@ pub(super) async fn execute(shared: &Arc<Shared>, request: AdminRequest) -> Vec<
         AdminRequest::Show(r) => reply::<p::ShowRequest>(show(shared, &r.app).await),
         AdminRequest::Grant(r) => reply::<p::GrantRequest>(grant(shared, r).await),
         AdminRequest::Ungrant(r) => reply::<p::UngrantRequest>(ungrant(shared, r).await),
+        AdminRequest::Auth(r) => reply::<p::AuthRequest>(
+            apps::set_auth(shared, &r.app, r.mode)
+                .await
+                .map(|app| app_view(shared, &app)),
+        ),
         AdminRequest::Warm(r) => reply::<p::WarmRequest>(
             apps::set_warm(shared, &r.app, r.count)
                 .await

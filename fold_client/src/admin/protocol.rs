@@ -70,6 +70,8 @@ admin_requests! {
     Ungrant(UngrantRequest) -> AppView;
     /// Set how many prepared containers an app keeps.
     Warm(WarmRequest) -> AppView;
+    /// Change how an app authenticates.
+    Auth(AuthRequest) -> AppView;
     /// New token and key.
     Rotate(RotateRequest) -> AppView;
     /// Uninstall.
@@ -212,7 +214,8 @@ pub struct InstallRequest {
     #[arg(long = "grant")]
     #[serde(default)]
     pub grants: Vec<Grant>,
-    /// `signed` (default) or `token` (accept unsigned reference-era requests; audited).
+    /// `signed` (default), `session` (signed, and it may open sessions: one signed hello per
+    /// connection, protocol v2) or `token` (accept unsigned reference-era requests; audited).
     #[arg(long)]
     #[serde(default)]
     pub auth: Option<AuthMode>,
@@ -359,6 +362,18 @@ pub struct WarmRequest {
     pub app: String,
     /// How many (0 removes them).
     pub count: u32,
+}
+
+/// Changes how an app authenticates: `signed` (every request signed), `session` (as
+/// signed, and it may open sessions: one signed hello per connection) or `token`. Open
+/// sessions end when the app may no longer open them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct AuthRequest {
+    /// Name or id.
+    pub app: String,
+    /// `signed`, `session` or `token`.
+    pub mode: AuthMode,
 }
 
 /// Issues a new token and key.

@@ -3,9 +3,9 @@
 use super::{cell, table, text, Context};
 use anyhow::Result;
 use fold_client::admin::protocol::{
-    AdminCall, AppView, GrantRequest, InstallRequest, LaunchRequest, LimitsRequest, ListRequest,
-    PsRequest, RemoveRequest, RotateRequest, RunRequest, ShowRequest, StopRequest, UngrantRequest,
-    WarmRequest,
+    AdminCall, AppView, AuthRequest, GrantRequest, InstallRequest, LaunchRequest, LimitsRequest,
+    ListRequest, PsRequest, RemoveRequest, RotateRequest, RunRequest, ShowRequest, StopRequest,
+    UngrantRequest, WarmRequest,
 };
 use fold_client::app_limits::LimitSettings;
 use fold_ipc::limits::HistoryPolicy;
@@ -49,6 +49,9 @@ pub enum AppCommand {
     /// Keep COUNT prepared containers of the app (0 for none), so that a launch or run
     /// starts in milliseconds; each is used once, and the pool refills.
     Warm(WarmRequest),
+    /// Change how the app authenticates: signed, session (signed, and it may open
+    /// sessions) or token; its credentials file says which.
+    Auth(AuthRequest),
     /// Issue a new token and key; the old ones stop working at once.
     Rotate(RotateRequest),
     /// Uninstall (stops it first).
@@ -126,6 +129,7 @@ pub async fn app(ctx: &Context, cmd: AppCommand) -> Result<i32> {
         AppCommand::Grant(request) => print(ctx, &call(ctx, request).await?)?,
         AppCommand::Ungrant(request) => print(ctx, &call(ctx, request).await?)?,
         AppCommand::Warm(request) => print(ctx, &call(ctx, request).await?)?,
+        AppCommand::Auth(request) => print(ctx, &call(ctx, request).await?)?,
         AppCommand::Rotate(request) => print(ctx, &call(ctx, request).await?)?,
         AppCommand::Remove(request) => print(ctx, &call(ctx, request).await?)?,
         AppCommand::Launch { request, wait } => {

@@ -133,6 +133,19 @@ impl Handler for AppHandler {
     }
 
     async fn handle_arrived(&self, request: Request, arrival: Arrival) -> Response {
+        self.answer(request, arrival, None).await
+    }
+}
+
+impl AppHandler {
+    /// Answers one request that arrived as `arrival` says, on a connection with `session`
+    /// state (the socket of an app that may open sessions) or without.
+    pub(super) async fn answer(
+        &self,
+        request: Request,
+        arrival: Arrival,
+        session: Option<&super::session::SessionState>,
+    ) -> Response {
         let started = Instant::now();
         let _answering = self.runtime.verifier.arrive();
         let app = self.shared.registry.get(&self.app_id);
@@ -146,7 +159,7 @@ impl Handler for AppHandler {
             )),
             Some(app) => {
                 let seen = Seen { started, arrival };
-                self.process(&request, app, seen, &mut auth_kind, &mut schema)
+                self.process(&request, (app, session), seen, &mut auth_kind, &mut schema)
                     .await
             }
         };
@@ -191,6 +204,7 @@ impl Handler for AppHandler {
                 auth: auth_kind.map(|k| match k {
                     Authenticated::Signed => "signed",
                     Authenticated::Unsigned => "unsigned",
+                    Authenticated::Session => "session",
                 }),
                 latency_us: started.elapsed().as_micros() as u64,
             })
@@ -199,28 +213,107 @@ impl Handler for AppHandler {
         self.shared.metrics.answered();
         response
     }
-}
 
-impl AppHandler {
     /// `Err` is a daemon refusal; `Ok(Err)` is the node's own error (an allowed request).
     /// Stage times are counted from `seen.started`.
     async fn process(
         &self,
         request: &Request,
-        app: &crate::registry::App,
+        (app, session): (&crate::registry::App, Option<&super::session::SessionState>),
         seen: Seen,
         auth_kind: &mut Option<Authenticated>,
         schema: &mut Option<String>,
     ) -> Result<Result<Box<RawValue>, WireError>, Denial> {
         let now = now_ms();
-        let config = &self.shared.config;
         if !lock(&self.runtime.failures).allows(now) {
-            let e = auth::AuthError::RateLimited;
-            return Err(Denial {
-                error: e.to_wire(),
-                reason: e.reason(),
-            });
+            return Err(denial(&auth::AuthError::RateLimited));
         }
+        let kind = match session.map(|s| s.route(request)) {
+            Some(super::session::Route::Hello(state)) => {
+                let opened = self.hello(request, app, state, now).await;
+                if opened.is_err() {
+                    lock(&self.runtime.failures).record_failure(now);
+                } else {
+                    *auth_kind = Some(Authenticated::Signed);
+                }
+                return opened.map(Ok);
+            }
+            Some(super::session::Route::Session(opened)) => {
+                // The record changes with every rotation, grant change and auth change.
+                if opened != app.generation || app.auth_mode != crate::registry::AuthMode::Session {
+                    return Err(denial(&auth::AuthError::SessionEnded));
+                }
+                Authenticated::Session
+            }
+            Some(super::session::Route::Closed)
+                if request.signature.is_none() && request.v.is_some() =>
+            {
+                lock(&self.runtime.failures).record_failure(now);
+                return Err(denial(&auth::AuthError::NoSession));
+            }
+            Some(super::session::Route::Closed) | None => {
+                self.authenticate(request, app, seen, now).await?
+            }
+        };
+        *auth_kind = Some(kind);
+        let authenticated = self.shared.metrics.add(Stage::Auth, seen.started);
+        self.authorize_and_call(request, app, authenticated, schema)
+            .await
+    }
+
+    /// Opens the session of the connection whose state is `state`, if the hello holds.
+    async fn hello(
+        &self,
+        request: &Request,
+        app: &crate::registry::App,
+        state: &super::session::SessionState,
+        now: u64,
+    ) -> Result<Box<RawValue>, Denial> {
+        let rules = Freshness {
+            window: self.shared.config.auth_window,
+            not_before_ms: self.shared.journal.floor_ms(),
+        };
+        // One signature, verified at once: a hello is one per connection, never batched.
+        let checked = auth::check_hello(request, app, state.challenge(), (now, rules));
+        let opened = checked.and_then(|()| {
+            state
+                .open(app.generation)
+                .then_some(())
+                .ok_or(auth::AuthError::SessionRefused(
+                    "this connection already has a session",
+                ))
+        });
+        let detail = format!(
+            "challenge {}…, generation {}",
+            &state.challenge()[..12],
+            app.generation
+        );
+        match opened {
+            Ok(()) => {
+                self.shared
+                    .audit
+                    .event(&app.id, Some(&app.name), "session_open", &detail)
+                    .await;
+                let result = fold_ipc::session::SessionOpened {
+                    v: fold_ipc::session::VERSION,
+                };
+                serde_json::value::to_raw_value(&result)
+                    .map_err(|e| Denial::new(ErrorCode::Internal, e.to_string(), "internal"))
+            }
+            Err(e) => Err(denial(&e)),
+        }
+    }
+
+    /// Checks a request's own credentials (v1: token, signature, window, nonce; or a
+    /// token-only app's token), journals its nonce, and says how it was authenticated.
+    async fn authenticate(
+        &self,
+        request: &Request,
+        app: &crate::registry::App,
+        seen: Seen,
+        now: u64,
+    ) -> Result<Authenticated, Denial> {
+        let config = &self.shared.config;
         // A large request is bulk work (`fold_ipc::heavy`): its canonical bytes, its
         // signature and its params are worked on off the async worker, at low priority.
         let params_len = request.params.as_ref().map_or(0, |p| p.get().len());
@@ -263,7 +356,7 @@ impl AppHandler {
                     rules,
                     &mut lock(&self.runtime.nonces),
                 )?),
-                Authenticated::Unsigned => None,
+                Authenticated::Unsigned | Authenticated::Session => None,
             };
             Ok((kind, fresh))
         });
@@ -290,19 +383,26 @@ impl AppHandler {
             Ok((kind, None)) => Ok(kind),
             Err(e) => Err(e),
         };
-        let kind = match checked {
-            Ok(kind) => kind,
+        match checked {
+            Ok(kind) => Ok(kind),
             Err(e) => {
                 lock(&self.runtime.failures).record_failure(now);
-                return Err(Denial {
-                    error: e.to_wire(),
-                    reason: e.reason(),
-                });
+                Err(denial(&e))
             }
-        };
-        *auth_kind = Some(kind);
+        }
+    }
+
+    /// Checks the grant, limits and params of an authenticated request, and passes it on.
+    async fn authorize_and_call(
+        &self,
+        request: &Request,
+        app: &crate::registry::App,
+        authenticated: Instant,
+        schema: &mut Option<String>,
+    ) -> Result<Result<Box<RawValue>, WireError>, Denial> {
+        let config = &self.shared.config;
+        let params_len = request.params.as_ref().map_or(0, |p| p.get().len());
         let metrics = &self.shared.metrics;
-        let authenticated = metrics.add(Stage::Auth, seen.started);
         let bad = |error| Denial {
             error,
             reason: "bad_request",
@@ -380,6 +480,13 @@ impl AppHandler {
         } else {
             result
         })
+    }
+}
+
+fn denial(e: &auth::AuthError) -> Denial {
+    Denial {
+        error: e.to_wire(),
+        reason: e.reason(),
     }
 }
 

@@ -161,7 +161,22 @@ pub async fn serve_socket(
                 reject(&checking, &app, &detail).await;
                 return;
             }
-            let end = serve_connection(stream, handler, limits, shutdown.cancelled_owned()).await;
+            // An app that may open sessions is greeted with a challenge of its own per
+            // connection; the mode is read when the connection starts (a change of it
+            // ends open sessions, see `handler`).
+            let session = checking
+                .registry
+                .get(&app)
+                .is_some_and(|a| a.auth_mode == crate::registry::AuthMode::Session);
+            let end = if session {
+                let connection = Arc::new(super::session::SessionConnection {
+                    app: handler,
+                    state: super::session::SessionState::new(),
+                });
+                serve_connection(stream, connection, limits, shutdown.cancelled_owned()).await
+            } else {
+                serve_connection(stream, handler, limits, shutdown.cancelled_owned()).await
+            };
             tracing::debug!(?end, "app connection ended");
             drop(permit);
         };

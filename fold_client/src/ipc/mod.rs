@@ -11,6 +11,7 @@ pub mod handler;
 pub mod lane;
 pub mod listener;
 pub mod peer;
+pub mod session;
 
 pub use handler::{AppHandler, AppRuntime};
 pub use listener::{bind_socket, serve_socket, AppSocket, SocketError};

@@ -31,6 +31,10 @@ pub enum AuthMode {
     /// Token only, as clients built for the reference implementation do. Set explicitly at
     /// install; every such request is marked `unsigned` in the audit.
     Token,
+    /// As `Signed`, and the app may also open a session (protocol v2,
+    /// `fold_ipc::session`): one signed hello per connection, then requests authenticated
+    /// by the connection. Every request is marked `session` or `signed` in the audit.
+    Session,
 }
 
 impl AuthMode {
@@ -39,6 +43,7 @@ impl AuthMode {
         match self {
             AuthMode::Signed => "signed",
             AuthMode::Token => "token",
+            AuthMode::Session => "session",
         }
     }
     /// Parses `signed` or `token`.
@@ -46,6 +51,7 @@ impl AuthMode {
         match text {
             "signed" => Some(AuthMode::Signed),
             "token" => Some(AuthMode::Token),
+            "session" => Some(AuthMode::Session),
             _ => None,
         }
     }
@@ -56,7 +62,7 @@ impl std::str::FromStr for AuthMode {
     type Err = String;
 
     fn from_str(text: &str) -> Result<AuthMode, String> {
-        AuthMode::parse(text).ok_or_else(|| format!("{text:?}: expected signed or token"))
+        AuthMode::parse(text).ok_or_else(|| format!("{text:?}: expected signed, session or token"))
     }
 }
 

@@ -793,7 +793,7 @@ async fn wrong_types_in_every_envelope_field_name_the_field() {
     }
     // A supported type with an unsupported value is the next check's business.
     let r = c
-        .call(br#"{"v":2,"request_id":"r2","operation":"ping"}"#)
+        .call(br#"{"v":3,"request_id":"r2","operation":"ping"}"#)
         .await;
     assert_eq!(error_of(&r).code, ErrorCode::UnsupportedVersion);
     assert!(

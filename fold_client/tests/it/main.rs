@@ -18,6 +18,7 @@ mod peer;
 mod replay;
 mod sdk;
 mod secrets;
+mod sessions;
 mod support;
 mod terminal;
 mod tidy;

@@ -51,6 +51,14 @@ impl Auth {
         matches!(self, Auth::Signed(_))
     }
 
+    /// The credentials to open a session with, when the app may (protocol v2).
+    pub(crate) fn session(&self) -> Option<&Credentials> {
+        match self {
+            Auth::Signed(creds) if creds.session => Some(creds),
+            _ => None,
+        }
+    }
+
     /// Whether `other` holds different secrets (after the credentials file was rewritten).
     pub(crate) fn differs_from(&self, other: &Auth) -> bool {
         match (self, other) {
@@ -71,7 +79,42 @@ impl Auth {
         operation: &str,
         params: Option<Box<RawValue>>,
     ) -> Request {
-        let mut request = Request {
+        let mut request = self.stamped(request_id, operation, params);
+        if let Auth::Signed(creds) = self {
+            // Every signed field was just set, so signing cannot miss one.
+            let _ = sign_request(&mut request, &creds.signing_key);
+        }
+        request
+    }
+
+    /// A request on a session (protocol v2): the version, the id, the operation and its
+    /// params; the connection stands for the rest.
+    pub(crate) fn session_request(
+        request_id: String,
+        operation: &str,
+        params: Option<Box<RawValue>>,
+    ) -> Request {
+        Request {
+            v: Some(crate::session::VERSION),
+            request_id,
+            app_id: None,
+            token: None,
+            operation: operation.to_string(),
+            params,
+            timestamp: None,
+            nonce: None,
+            signature: None,
+            limits: None,
+        }
+    }
+
+    fn stamped(
+        &self,
+        request_id: String,
+        operation: &str,
+        params: Option<Box<RawValue>>,
+    ) -> Request {
+        Request {
             v: Some(crate::version::CURRENT),
             request_id,
             app_id: Some(self.app_id().to_string()),
@@ -85,12 +128,35 @@ impl Auth {
             nonce: Some(nonce()),
             signature: None,
             limits: None,
-        };
-        if let Auth::Signed(creds) = self {
-            // Every signed field was just set, so signing cannot miss one.
-            let _ = sign_request(&mut request, &creds.signing_key);
         }
-        request
+    }
+}
+
+/// The hello that opens a session on a connection whose challenge is `server_nonce`.
+pub(crate) fn hello(creds: &Credentials, server_nonce: &str) -> Request {
+    let client_nonce = nonce();
+    let timestamp = now_ms();
+    let fields = crate::session::HelloFields {
+        app_id: &creds.app_id,
+        server_nonce,
+        client_nonce: &client_nonce,
+        timestamp,
+    };
+    let signature = crate::session::sign(&creds.signing_key, &fields);
+    let params = crate::session::HelloParams {
+        server_nonce: server_nonce.to_string(),
+    };
+    Request {
+        v: Some(crate::session::VERSION),
+        request_id: crate::session::HELLO.to_string(),
+        app_id: Some(creds.app_id.clone()),
+        token: Some(creds.token.clone()),
+        operation: crate::session::HELLO.to_string(),
+        params: serde_json::value::to_raw_value(&params).ok(),
+        timestamp: Some(timestamp),
+        nonce: Some(client_nonce),
+        signature: Some(signature),
+        limits: None,
     }
 }
 
@@ -145,6 +211,7 @@ mod tests {
             token: "tok".repeat(10),
             signing_key: SigningKey::from_bytes(&[3u8; 32]),
             version: 1,
+            session: false,
         }
     }
 

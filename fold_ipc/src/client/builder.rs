@@ -335,6 +335,7 @@ mod tests {
             token: "t".repeat(64),
             signing_key: SigningKey::from_bytes(&[1; 32]),
             version: 1,
+            session: false,
         };
         let path = dir.path().join("creds.json");
         std::fs::write(&path, creds.to_json()).unwrap();
@@ -358,6 +359,7 @@ mod tests {
             token: "f00d".repeat(16),
             signing_key: SigningKey::from_bytes(&[1; 32]),
             version: 1,
+            session: false,
         };
         let path = dir.path().join("creds.json");
         std::fs::write(&path, creds.to_json()).unwrap();

@@ -2,6 +2,7 @@
 //! daemon restarts, never used to resend a request that may already have arrived.
 
 use super::error::{Error, Result};
+use crate::credentials::Credentials;
 use crate::message::{Request, Response};
 use crate::mux::{CallError, MuxConnection};
 use nix::errno::Errno;
@@ -59,13 +60,18 @@ impl Link {
         self.open_connection().is_some()
     }
 
-    fn open_connection(&self) -> Option<Arc<MuxConnection>> {
+    fn open_connection(&self) -> Option<(Arc<MuxConnection>, bool)> {
         self.current
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .filter(|open| open.is_alive())
-            .map(|open| Arc::clone(&open.mux))
+            .map(|open| (Arc::clone(&open.mux), open.session))
+    }
+
+    /// Drops the open connection, so the next call opens a new one (with a new session).
+    pub(crate) fn reset(&self) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Sends the request `make` builds and waits for its response until `deadline`.
@@ -82,17 +88,20 @@ impl Link {
     ///
     /// [`Error::Disconnected`] (with `sent` saying whether it may have arrived),
     /// [`Error::Timeout`], or [`Error::Protocol`] for a request over the frame cap.
+    /// With `session` credentials a new connection opens a session first (protocol v2);
+    /// `make` is told whether the connection it stamps for is one.
     pub(crate) async fn call(
         &self,
-        make: impl Fn() -> Request,
+        make: impl Fn(bool) -> Request,
         deadline: Instant,
+        session: Option<&Credentials>,
     ) -> Result<Response> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let conn = self.connection(deadline).await?;
+            let (conn, in_session) = self.connect_as(deadline, session).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let request = make();
+            let request = make(in_session);
             match conn.call(&request, remaining).await {
                 Err(CallError::Disconnected { sent: false })
                     if attempts < NOT_SENT_ATTEMPTS && Instant::now() < deadline => {}
@@ -101,15 +110,21 @@ impl Link {
         }
     }
 
-    /// The open connection, or a new one made with backoff until `deadline`.
+    /// The open connection, or a new one made with backoff until `deadline`, opening a
+    /// session on a new connection with `session` credentials; also says whether the
+    /// connection is a session.
     ///
     /// # Errors
     ///
     /// [`Error::Disconnected`] with `sent: false`, naming the socket and the last failure,
-    /// when no connection could be made in time.
-    pub(crate) async fn connection(&self, deadline: Instant) -> Result<Arc<MuxConnection>> {
-        if let Some(conn) = self.open_connection() {
-            return Ok(conn);
+    /// when no connection could be made in time; the daemon's refusal of a hello.
+    pub(crate) async fn connect_as(
+        &self,
+        deadline: Instant,
+        session: Option<&Credentials>,
+    ) -> Result<(Arc<MuxConnection>, bool)> {
+        if let Some(open) = self.open_connection() {
+            return Ok(open);
         }
         let Ok(_guard) = tokio::time::timeout_at(deadline, self.connecting.lock()).await else {
             return Err(Error::not_connected(format!(
@@ -119,8 +134,8 @@ impl Link {
             )));
         };
         // Someone else may have reconnected while this call waited for the lock.
-        if let Some(conn) = self.open_connection() {
-            return Ok(conn);
+        if let Some(open) = self.open_connection() {
+            return Ok(open);
         }
         let mut wait = self.backoff.initial;
         let mut attempts = 0;
@@ -128,14 +143,19 @@ impl Link {
             attempts += 1;
             let failure =
                 match tokio::time::timeout_at(deadline, UnixStream::connect(&self.path)).await {
-                    Ok(Ok(stream)) => {
+                    Ok(Ok(mut stream)) => {
+                        if let Some(creds) = session {
+                            // A refused hello is the app's to see, not a reason to retry.
+                            open_session(&mut stream, creds, self.max_frame, deadline).await?;
+                        }
                         let probe = stream.as_fd().try_clone_to_owned().ok();
                         let mux = Arc::new(MuxConnection::new(stream, self.max_frame));
                         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Open {
                             mux: Arc::clone(&mux),
                             probe,
+                            session: session.is_some(),
                         });
-                        return Ok(mux);
+                        return Ok((mux, session.is_some()));
                     }
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "connecting took too long".to_string(),
@@ -163,6 +183,70 @@ struct Open {
     mux: Arc<MuxConnection>,
     /// Dropped with the connection, so it never keeps a replaced socket open.
     probe: Option<OwnedFd>,
+    /// Whether its hello opened a session (its requests then go unsigned).
+    session: bool,
+}
+
+/// Opens a session on a new connection: reads the daemon's challenge, sends the hello
+/// (`crate::session`), and reads its answer, all before `deadline`.
+///
+/// # Errors
+///
+/// [`Error::Disconnected`] (`sent: false`) when the daemon sends no challenge or closes;
+/// the daemon's refusal of the hello as its error; [`Error::Protocol`] for anything else.
+async fn open_session(
+    stream: &mut UnixStream,
+    creds: &Credentials,
+    max_frame: usize,
+    deadline: Instant,
+) -> Result<()> {
+    use crate::frame::{read_frame, write_frame};
+    use crate::session::{Challenge, CHALLENGE_ID, HELLO};
+    let handshake = async {
+        let challenge = read_response(stream, max_frame).await?;
+        if challenge.request_id.as_deref() != Some(CHALLENGE_ID) || !challenge.success {
+            return Err(Error::protocol(
+                "the daemon sent no session challenge: is the app installed with --auth session?",
+            ));
+        }
+        let challenge: Challenge = challenge
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r.get()).ok())
+            .ok_or_else(|| Error::protocol("the session challenge is malformed"))?;
+        let hello = super::auth::hello(creds, &challenge.nonce);
+        write_frame(stream, &hello.encode(), max_frame)
+            .await
+            .map_err(|e| Error::not_connected(format!("cannot send the hello: {e}")))?;
+        let answer = read_response(stream, max_frame).await?;
+        match (
+            answer.request_id.as_deref() == Some(HELLO),
+            answer.success,
+            answer.error,
+        ) {
+            (true, true, _) => Ok(()),
+            (_, _, Some(error)) => Err(Error::from(error)),
+            _ => Err(Error::protocol("unexpected answer to the hello")),
+        }
+    };
+    async fn read_response(stream: &mut UnixStream, max_frame: usize) -> Result<Response> {
+        let body = read_frame(stream, max_frame)
+            .await
+            .map_err(|e| Error::not_connected(format!("session handshake: {e}")))?
+            .ok_or_else(|| {
+                Error::not_connected(
+                    "the daemon closed the connection during the session handshake",
+                )
+            })?;
+        Response::decode(&body).map_err(|e| Error::protocol(format!("session handshake: {e}")))
+    }
+    tokio::time::timeout_at(deadline, handshake)
+        .await
+        .map_err(|_| {
+            Error::not_connected(
+                "the session handshake did not finish in time; the request was not sent",
+            )
+        })?
 }
 
 impl Open {

@@ -209,7 +209,9 @@ impl Client {
     /// Opens the connection now (with backoff) if none is open.
     pub(crate) async fn ensure_connected(&self) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
-        self.inner.link.connection(deadline).await.map(|_| ())
+        let auth = self.current_auth();
+        let connected = self.inner.link.connect_as(deadline, auth.session()).await;
+        connected.map(|_| ())
     }
 
     fn current_auth(&self) -> Arc<Auth> {
@@ -232,9 +234,14 @@ impl Client {
         let mut reloaded = false;
         loop {
             let auth = self.current_auth();
-            // Stamped and signed once the connection is open (again on each attempt).
-            let make = || auth.request(self.inner.ids.next(), operation, params.clone());
-            let response = match self.inner.link.call(make, deadline).await {
+            // Stamped and signed once the connection is open (again on each attempt); on a
+            // session the connection stands for the signature.
+            let make = |session: bool| match session {
+                true => Auth::session_request(self.inner.ids.next(), operation, params.clone()),
+                false => auth.request(self.inner.ids.next(), operation, params.clone()),
+            };
+            let session = auth.session();
+            let response = match self.inner.link.call(make, deadline, session).await {
                 Err(Error::Timeout { .. }) => {
                     return Err(Error::Timeout {
                         message: format!(
@@ -256,6 +263,14 @@ impl Client {
             };
             // Refused before anything was applied: after a rotation the new credentials
             // make it go through, so one retry with them is safe.
+            if error.code == ErrorCode::Unauthenticated && !reloaded && session.is_some() {
+                // A session ends when the app's record changes (rotation, grants): a new
+                // connection opens a new one, with the credentials the file holds now.
+                self.reload(&auth);
+                self.inner.link.reset();
+                reloaded = true;
+                continue;
+            }
             if error.code == ErrorCode::Unauthenticated && !reloaded && self.reload(&auth) {
                 reloaded = true;
                 continue;

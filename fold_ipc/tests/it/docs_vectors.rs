@@ -518,3 +518,47 @@ fn example_responses_are_well_formed() {
     }
     assert!(seen >= 4, "{seen}");
 }
+
+/// The session vector of section 10.4: recomputed from its seed and fields, and the one
+/// `src/session.rs` unit-tests.
+#[test]
+fn the_session_vector_is_the_crates_and_holds() {
+    const SESSION_RS: &str = include_str!("../../src/session.rs");
+    let blocks = fenced_blocks(DOC, "foldclient-session-vector");
+    assert_eq!(blocks.len(), 1, "one session vector");
+    let v: BTreeMap<_, _> = key_values(&blocks[0]).into_iter().collect();
+    let keys: Vec<_> = key_values(&blocks[0]).iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        keys,
+        [
+            "vector",
+            "seed",
+            "public_key",
+            "app_id",
+            "server_nonce",
+            "client_nonce",
+            "timestamp",
+            "canonical",
+            "signature"
+        ]
+    );
+    let key = signing_key(v["seed"]);
+    assert_eq!(hex::encode(key.verifying_key().as_bytes()), v["public_key"]);
+    let fields = fold_ipc::session::HelloFields {
+        app_id: v["app_id"],
+        server_nonce: v["server_nonce"],
+        client_nonce: v["client_nonce"],
+        timestamp: v["timestamp"].parse().unwrap(),
+    };
+    assert_eq!(
+        hex::encode(fold_ipc::session::canonical_bytes(&fields)),
+        v["canonical"]
+    );
+    assert_eq!(fold_ipc::session::sign(&key, &fields), v["signature"]);
+    for value in ["seed", "app_id", "server_nonce", "client_nonce", "canonical", "signature"] {
+        assert!(
+            SESSION_RS.contains(&format!("\"{}\"", v[value])),
+            "src/session.rs unit-tests the doc's {value}"
+        );
+    }
+}

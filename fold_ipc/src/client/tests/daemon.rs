@@ -34,6 +34,7 @@ pub(super) fn credentials(seed: u8) -> Credentials {
         token: format!("{seed:02x}").repeat(32),
         signing_key: SigningKey::from_bytes(&[seed; 32]),
         version: 1,
+        session: false,
     }
 }
 
