@@ -212,7 +212,7 @@ impl Counters {
                 add_transport(&mut self.floor, &now.floor.since(&before.floor));
                 self.floor_verify_ns += now.floor_verify_ns - before.floor_verify_ns;
             }
-            Variant::Unbatched | Variant::Direct => {}
+            Variant::Unbatched | Variant::Direct | Variant::Session => {}
         }
     }
 }
@@ -240,14 +240,17 @@ enum Variant {
     Floor,
     /// The node's own socket.
     Direct,
+    /// Sessions (protocol v2) through the same daemon as `Proxied`.
+    Session,
 }
 
 impl Variant {
-    const ALL: [Variant; 4] = [
+    const ALL: [Variant; 5] = [
         Variant::Proxied,
         Variant::Floor,
         Variant::Unbatched,
         Variant::Direct,
+        Variant::Session,
     ];
 
     fn target(self) -> Target {
@@ -256,6 +259,7 @@ impl Variant {
             Variant::Unbatched => Target::Unbatched,
             Variant::Floor => Target::Floor,
             Variant::Direct => Target::Direct,
+            Variant::Session => Target::Session,
         }
     }
 }
@@ -536,8 +540,75 @@ fn rows(
         "p50 not worse; more requests/s",
         Verdict::Context,
     ));
+    rows.extend(session_rows(m, &shape, (&seq, &rps)));
     rows.extend(stage_rows(m, &proxied));
     rows
+}
+
+/// Part 1's session rows: protocol v2 beside signed requests and the node's own socket.
+fn session_rows(
+    m: &Measured,
+    shape: &str,
+    (seq, rps): (&dyn Fn(Variant) -> Summary, &dyn Fn(Variant) -> (f64, Summary)),
+) -> Vec<Row> {
+    let (session, proxied, direct) = (
+        seq(Variant::Session),
+        seq(Variant::Proxied),
+        seq(Variant::Direct),
+    );
+    let per_round = |a: Variant, b: Variant| -> Summary {
+        let (x, y) = (&m.seq_round_p50[&a], &m.seq_round_p50[&b]);
+        Summary::of(&x.iter().zip(y).map(|(x, y)| x / y).collect::<Vec<_>>())
+    };
+    let sd = session.p50 / direct.p50;
+    let rounds = per_round(Variant::Session, Variant::Direct);
+    let (s_rps, s_rounds) = rps(Variant::Session);
+    let (d_rps, _) = rps(Variant::Direct);
+    let (p_rps, _) = rps(Variant::Proxied);
+    vec![
+        Row::new(
+            "1. point read by id, 1 app sequential: on a session (protocol v2, one signed hello per connection), through the daemon vs sent straight to the node's socket (unsigned)",
+            session.latency(),
+            format!("direct {}", direct.latency()),
+            format!(
+                "{} (per round {}–{})",
+                ratio(sd),
+                ratio(rounds.min),
+                ratio(rounds.max)
+            ),
+            "≤ 1.3x",
+            Verdict::goal(sd <= 1.3),
+        ),
+        Row::new(
+            "1. the same read on a session vs signed (v1), through the same daemon",
+            format!("p50 {} µs", num(session.p50)),
+            format!("signed p50 {} µs", num(proxied.p50)),
+            ratio(session.p50 / proxied.p50),
+            "",
+            Verdict::Context,
+        ),
+        Row::new(
+            "1. the same read on a session vs unauthenticated gRPC unary (tonic) over a Unix socket",
+            "",
+            "",
+            "",
+            "≤ 1.0x",
+            Verdict::NotMeasured("the tonic peer stack is not built yet".into()),
+        ),
+        Row::new(
+            format!("1. {shape}: session requests per second through the daemon vs straight to the node (unsigned)"),
+            format!(
+                "{}/s (rounds {}–{})",
+                thousands(s_rps.round() as i64),
+                thousands(s_rounds.min.round() as i64),
+                thousands(s_rounds.max.round() as i64)
+            ),
+            format!("direct {}/s; signed {}/s", thousands(d_rps.round() as i64), thousands(p_rps.round() as i64)),
+            ratio(s_rps / d_rps),
+            "≥ 0.8x",
+            Verdict::goal(s_rps / d_rps >= 0.8),
+        ),
+    ]
 }
 
 fn stage_rows(m: &Measured, proxied: &Summary) -> Vec<Row> {

@@ -160,11 +160,12 @@ pub async fn install_placed(
 /// Any part fails to start.
 pub async fn start(apps: usize, records: usize) -> Result<Servers> {
     let dir = tempfile::Builder::new().prefix("fb").tempdir_in("/tmp")?;
-    let (shared, proxied) = start_daemon(&dir.path().join("state"), "", apps, records).await?;
+    let (shared, proxied) =
+        start_daemon(&dir.path().join("state"), "", (apps, true), records).await?;
     let (unbatched, unbatched_setup) = start_daemon(
         &dir.path().join("unbatched"),
         "batch_signatures = false\n",
-        apps,
+        (apps, false),
         records,
     )
     .await?;
@@ -247,7 +248,7 @@ async fn accept_loop(listener: UnixListener, handler: Arc<FloorHandler>, stop: C
 async fn start_daemon(
     state_dir: &Path,
     extra: &str,
-    apps: usize,
+    (apps, sessions): (usize, bool),
     records: usize,
 ) -> Result<(Arc<Shared>, DaemonSetup)> {
     let config = daemon_config(state_dir, extra)?;
@@ -256,7 +257,34 @@ async fn start_daemon(
         sockets: Vec::new(),
         apps: Vec::new(),
         ids: Vec::new(),
+        session_sockets: Vec::new(),
+        session_apps: Vec::new(),
     };
+    // As many apps again with `--auth session`, the same grants, on the same node.
+    for i in 0..apps * usize::from(sessions) {
+        let (view, creds) = install(
+            &config.admin_socket,
+            &format!("session{i:02}"),
+            Path::new("/bin/true"),
+            &["query:item"],
+            None,
+        )
+        .await?;
+        admin_call(
+            &config.admin_socket,
+            fold_client::admin::protocol::AuthRequest {
+                app: view.name.clone(),
+                mode: fold_client::registry::AuthMode::Session,
+            },
+        )
+        .await?;
+        setup.session_sockets.push(shared.socket_path(&creds.app_id));
+        setup.session_apps.push(AppKey {
+            app_id: creds.app_id.clone(),
+            token: creds.token.clone(),
+            seed_hex: hex::encode(creds.signing_key.to_bytes()),
+        });
+    }
     for i in 0..apps {
         let (_, creds) = install(
             &config.admin_socket,

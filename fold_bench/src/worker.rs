@@ -60,6 +60,13 @@ pub struct DaemonSetup {
     pub apps: Vec<AppKey>,
     /// Ids of records that exist in its node; point reads pick among them.
     pub ids: Vec<String>,
+    /// Apps of the same daemon installed with `--auth session` (the proxied daemon only),
+    /// with the same grants: their sockets and keys.
+    #[serde(default)]
+    pub session_sockets: Vec<PathBuf>,
+    /// See `session_sockets`.
+    #[serde(default)]
+    pub session_apps: Vec<AppKey>,
 }
 
 /// Which server a batch talks to.
@@ -73,15 +80,19 @@ pub enum Target {
     Unbatched,
     /// Unsigned requests straight to the node's socket.
     Direct,
+    /// Requests on protocol v2 sessions through the daemon (one signed hello per
+    /// connection, then no signature).
+    Session,
 }
 
 impl Target {
     /// All targets, in table order.
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::Proxied,
         Target::Floor,
         Target::Unbatched,
         Target::Direct,
+        Target::Session,
     ];
 }
 
@@ -166,44 +177,101 @@ impl App {
     }
 }
 
+/// What a connection's requests carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Token, timestamp, nonce, signature (v1).
+    Signed,
+    /// Nothing: the node's own socket.
+    Unsigned,
+    /// Nothing but `v: 2`: the connection's session stands for the rest.
+    Session,
+}
+
 struct Conn {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     app: Arc<App>,
-    signed: bool,
+    mode: Mode,
     next: u64,
 }
 
 impl Conn {
-    async fn open(path: &PathBuf, app: Arc<App>, signed: bool) -> Result<Conn> {
+    async fn open(path: &PathBuf, app: Arc<App>, mode: Mode) -> Result<Conn> {
         let stream = UnixStream::connect(path)
             .await
             .with_context(|| format!("cannot connect to {}", path.display()))?;
         let (read, writer) = stream.into_split();
-        Ok(Conn {
+        let mut conn = Conn {
             reader: BufReader::with_capacity(64 * 1024, read),
             writer,
             app,
-            signed,
+            mode,
             next: 0,
-        })
+        };
+        if mode == Mode::Session {
+            conn.hello().await?;
+        }
+        Ok(conn)
+    }
+
+    /// Reads the daemon's challenge and opens the session (`fold_ipc::session`).
+    async fn hello(&mut self) -> Result<()> {
+        use fold_ipc::session::{self, Challenge, HelloFields, HelloParams, HELLO};
+        let challenge = Response::decode(&self.recv().await?)?;
+        let challenge: Challenge = serde_json::from_str(
+            challenge
+                .result
+                .as_deref()
+                .context("no session challenge")?
+                .get(),
+        )?;
+        let client_nonce = format!("{:032x}", rand::random::<u128>());
+        let timestamp = now_ms();
+        let fields = HelloFields {
+            app_id: &self.app.app_id,
+            server_nonce: &challenge.nonce,
+            client_nonce: &client_nonce,
+            timestamp,
+        };
+        let params = HelloParams {
+            server_nonce: challenge.nonce.clone(),
+        };
+        let hello = Request {
+            v: Some(session::VERSION),
+            request_id: HELLO.into(),
+            app_id: Some(self.app.app_id.clone()),
+            token: Some(self.app.token.clone()),
+            operation: HELLO.into(),
+            params: Some(serde_json::value::to_raw_value(&params)?),
+            timestamp: Some(timestamp),
+            nonce: Some(client_nonce.clone()),
+            signature: Some(session::sign(&self.app.key, &fields)),
+            limits: None,
+        };
+        let frame = encode_frame(&hello.encode(), DEFAULT_MAX_FRAME)?;
+        self.writer.write_all(&frame).await?;
+        let answer = self.recv().await?;
+        ensure!(succeeded(&answer), "hello refused: {}", String::from_utf8_lossy(&answer));
+        Ok(())
     }
 
     /// A complete frame for a point read of `id`: signed (fresh timestamp and nonce) for
     /// the floor and the daemon, unsigned for the node.
     fn frame(&mut self, id: &str) -> Vec<u8> {
         self.next += 1;
-        let mut request = Request::unsigned(
-            format!("b{}", self.next),
-            Some(self.app.app_id.clone()),
-            &point_read(id),
-        );
-        if self.signed {
-            request.token = Some(self.app.token.clone());
-            request.timestamp = Some(now_ms());
-            request.nonce = Some(format!("{:032x}", rand::random::<u128>()));
-            // Every signed field is set just above.
-            let _ = sign_request(&mut request, &self.app.key);
+        let app_id = (self.mode != Mode::Session).then(|| self.app.app_id.clone());
+        let mut request = Request::unsigned(format!("b{}", self.next), app_id, &point_read(id));
+        match self.mode {
+            Mode::Signed => {
+                request.token = Some(self.app.token.clone());
+                request.timestamp = Some(now_ms());
+                request.nonce = Some(format!("{:032x}", rand::random::<u128>()));
+                // Every signed field is set just above.
+                let _ = sign_request(&mut request, &self.app.key);
+            }
+            Mode::Session => request.v = Some(fold_ipc::session::VERSION),
+            Mode::Unsigned => {}
         }
         encode_frame(&request.encode(), DEFAULT_MAX_FRAME).unwrap_or_default()
     }
@@ -261,22 +329,25 @@ impl Worker {
             .build()?;
         let proxied = App::all(&setup.proxied.apps)?;
         let unbatched = App::all(&setup.unbatched.apps)?;
+        let sessions = App::all(&setup.proxied.session_apps)?;
         let conns = runtime.block_on(async {
             let mut all = Vec::new();
             for target in Target::ALL {
                 let apps = match target {
                     Target::Unbatched => &unbatched,
+                    Target::Session => &sessions,
                     _ => &proxied,
                 };
                 let mut conns = Vec::new();
                 for (i, app) in apps.iter().enumerate() {
-                    let (path, signed) = match target {
-                        Target::Floor => (&setup.floor_socket, true),
-                        Target::Direct => (&setup.direct_socket, false),
-                        Target::Proxied => (&setup.proxied.sockets[i], true),
-                        Target::Unbatched => (&setup.unbatched.sockets[i], true),
+                    let (path, mode) = match target {
+                        Target::Floor => (&setup.floor_socket, Mode::Signed),
+                        Target::Direct => (&setup.direct_socket, Mode::Unsigned),
+                        Target::Proxied => (&setup.proxied.sockets[i], Mode::Signed),
+                        Target::Unbatched => (&setup.unbatched.sockets[i], Mode::Signed),
+                        Target::Session => (&setup.proxied.session_sockets[i], Mode::Session),
                     };
-                    conns.push(Conn::open(path, Arc::clone(app), signed).await?);
+                    conns.push(Conn::open(path, Arc::clone(app), mode).await?);
                 }
                 all.push((target, conns));
             }
