@@ -23,6 +23,7 @@
 
 mod alloc_count;
 mod fairness;
+mod grpc;
 mod lifecycle;
 mod memory;
 mod procfs;

@@ -105,7 +105,7 @@ impl Link {
                 Link::Thread { tx, rx }
             }
         };
-        match link.call(&Command::Setup(setup.clone()))? {
+        match link.call(&Command::Setup(Box::new(setup.clone())))? {
             Reply::Ready => Ok(link),
             other => bail!("worker setup: {other:?}"),
         }
@@ -212,7 +212,7 @@ impl Counters {
                 add_transport(&mut self.floor, &now.floor.since(&before.floor));
                 self.floor_verify_ns += now.floor_verify_ns - before.floor_verify_ns;
             }
-            Variant::Unbatched | Variant::Direct | Variant::Session => {}
+            Variant::Unbatched | Variant::Direct | Variant::Session | Variant::Grpc => {}
         }
     }
 }
@@ -242,15 +242,18 @@ enum Variant {
     Direct,
     /// Sessions (protocol v2) through the same daemon as `Proxied`.
     Session,
+    /// Unauthenticated gRPC unary echo (tonic), sequential only.
+    Grpc,
 }
 
 impl Variant {
-    const ALL: [Variant; 5] = [
+    const ALL: [Variant; 6] = [
         Variant::Proxied,
         Variant::Floor,
         Variant::Unbatched,
         Variant::Direct,
         Variant::Session,
+        Variant::Grpc,
     ];
 
     fn target(self) -> Target {
@@ -260,6 +263,7 @@ impl Variant {
             Variant::Floor => Target::Floor,
             Variant::Direct => Target::Direct,
             Variant::Session => Target::Session,
+            Variant::Grpc => Target::Grpc,
         }
     }
 }
@@ -290,7 +294,7 @@ fn measure(
     // Warm-up: connections, caches, the node's read connections, the allocator.
     for target in Target::ALL {
         link.seq(target, sizes.seq.min(100))?;
-        if concurrent {
+        if concurrent && target != Target::Grpc {
             link.conc(target, sizes)?;
         }
     }
@@ -309,7 +313,7 @@ fn measure(
             m.seq.entry(variant).or_default().extend(times);
         }
         if concurrent {
-            for &variant in &order {
+            for &variant in order.iter().filter(|v| **v != Variant::Grpc) {
                 let before = Counters::read(servers);
                 let (requests, ns) = link.conc(variant.target(), sizes)?;
                 let after = Counters::read(servers);
@@ -545,12 +549,13 @@ fn rows(
     rows
 }
 
+/// A variant's sequential latencies.
+type SeqOf<'a> = &'a dyn Fn(Variant) -> Summary;
+/// A variant's concurrent requests per second, and their spread over rounds.
+type RpsOf<'a> = &'a dyn Fn(Variant) -> (f64, Summary);
+
 /// Part 1's session rows: protocol v2 beside signed requests and the node's own socket.
-fn session_rows(
-    m: &Measured,
-    shape: &str,
-    (seq, rps): (&dyn Fn(Variant) -> Summary, &dyn Fn(Variant) -> (f64, Summary)),
-) -> Vec<Row> {
+fn session_rows(m: &Measured, shape: &str, (seq, rps): (SeqOf<'_>, RpsOf<'_>)) -> Vec<Row> {
     let (session, proxied, direct) = (
         seq(Variant::Session),
         seq(Variant::Proxied),
@@ -560,6 +565,8 @@ fn session_rows(
         let (x, y) = (&m.seq_round_p50[&a], &m.seq_round_p50[&b]);
         Summary::of(&x.iter().zip(y).map(|(x, y)| x / y).collect::<Vec<_>>())
     };
+    let grpc = seq(Variant::Grpc);
+    let grpc_rounds = per_round(Variant::Session, Variant::Grpc);
     let sd = session.p50 / direct.p50;
     let rounds = per_round(Variant::Session, Variant::Direct);
     let (s_rps, s_rounds) = rps(Variant::Session);
@@ -588,12 +595,17 @@ fn session_rows(
             Verdict::Context,
         ),
         Row::new(
-            "1. the same read on a session vs unauthenticated gRPC unary (tonic) over a Unix socket",
-            "",
-            "",
-            "",
+            "1. the same read on a session vs an unauthenticated gRPC unary echo (tonic, HTTP/2) over a Unix socket, carrying the point read's request bytes",
+            format!("p50 {} µs", num(session.p50)),
+            format!("gRPC {}", grpc.latency()),
+            format!(
+                "{} (per round {}–{})",
+                ratio(session.p50 / grpc.p50),
+                ratio(grpc_rounds.min),
+                ratio(grpc_rounds.max)
+            ),
             "≤ 1.0x",
-            Verdict::NotMeasured("the tonic peer stack is not built yet".into()),
+            Verdict::goal(session.p50 / grpc.p50 <= 1.0),
         ),
         Row::new(
             format!("1. {shape}: session requests per second through the daemon vs straight to the node (unsigned)"),

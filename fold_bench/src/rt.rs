@@ -185,6 +185,8 @@ pub async fn start(apps: usize, records: usize) -> Result<Servers> {
         stats: Arc::default(),
         verify_ns: AtomicU64::new(0),
     });
+    let grpc_socket = dir.path().join("grpc.sock");
+    crate::grpc::serve(&grpc_socket)?;
     let floor_socket = dir.path().join("floor.sock");
     let listener = UnixListener::bind(&floor_socket)?;
     tokio::spawn(accept_loop(listener, Arc::clone(&floor), stop.clone()));
@@ -207,6 +209,7 @@ pub async fn start(apps: usize, records: usize) -> Result<Servers> {
         unbatched,
         setup: Setup {
             floor_socket,
+            grpc_socket,
             direct_socket,
             proxied,
             unbatched: unbatched_setup,
@@ -278,7 +281,9 @@ async fn start_daemon(
             },
         )
         .await?;
-        setup.session_sockets.push(shared.socket_path(&creds.app_id));
+        setup
+            .session_sockets
+            .push(shared.socket_path(&creds.app_id));
         setup.session_apps.push(AppKey {
             app_id: creds.app_id.clone(),
             token: creds.token.clone(),

@@ -49,6 +49,8 @@ pub struct Setup {
     pub proxied: DaemonSetup,
     /// The same daemon configured with batch verification off.
     pub unbatched: DaemonSetup,
+    /// The gRPC echo (`crate::grpc`), unauthenticated.
+    pub grpc_socket: PathBuf,
 }
 
 /// One daemon's apps and records.
@@ -83,16 +85,20 @@ pub enum Target {
     /// Requests on protocol v2 sessions through the daemon (one signed hello per
     /// connection, then no signature).
     Session,
+    /// Unauthenticated gRPC unary calls to an echo (tonic), carrying a point read's bytes;
+    /// sequential batches only.
+    Grpc,
 }
 
 impl Target {
     /// All targets, in table order.
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 6] = [
         Target::Proxied,
         Target::Floor,
         Target::Unbatched,
         Target::Direct,
         Target::Session,
+        Target::Grpc,
     ];
 }
 
@@ -100,7 +106,7 @@ impl Target {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
     /// The first message.
-    Setup(Setup),
+    Setup(Box<Setup>),
     /// `n` requests one after another on the first app's connection; each timed from
     /// building (and signing) the request to the decoded response.
     Seq {
@@ -252,7 +258,11 @@ impl Conn {
         let frame = encode_frame(&hello.encode(), DEFAULT_MAX_FRAME)?;
         self.writer.write_all(&frame).await?;
         let answer = self.recv().await?;
-        ensure!(succeeded(&answer), "hello refused: {}", String::from_utf8_lossy(&answer));
+        ensure!(
+            succeeded(&answer),
+            "hello refused: {}",
+            String::from_utf8_lossy(&answer)
+        );
         Ok(())
     }
 
@@ -303,6 +313,8 @@ fn succeeded(body: &[u8]) -> bool {
 pub struct Worker {
     runtime: tokio::runtime::Runtime,
     conns: Vec<(Target, Vec<Conn>)>,
+    /// The gRPC echo's client.
+    grpc: crate::grpc::EchoClient,
     /// Record ids of the proxied daemon's node (also the direct target's).
     ids: Vec<String>,
     /// Record ids of the unbatched daemon's node.
@@ -339,6 +351,11 @@ impl Worker {
                     _ => &proxied,
                 };
                 let mut conns = Vec::new();
+                if target == Target::Grpc {
+                    // Not a frame connection: `grpc` below.
+                    all.push((target, conns));
+                    continue;
+                }
                 for (i, app) in apps.iter().enumerate() {
                     let (path, mode) = match target {
                         Target::Floor => (&setup.floor_socket, Mode::Signed),
@@ -346,6 +363,7 @@ impl Worker {
                         Target::Proxied => (&setup.proxied.sockets[i], Mode::Signed),
                         Target::Unbatched => (&setup.unbatched.sockets[i], Mode::Signed),
                         Target::Session => (&setup.proxied.session_sockets[i], Mode::Session),
+                        Target::Grpc => unreachable!("skipped above"),
                     };
                     conns.push(Conn::open(path, Arc::clone(app), mode).await?);
                 }
@@ -353,9 +371,11 @@ impl Worker {
             }
             anyhow::Ok(all)
         })?;
+        let grpc = runtime.block_on(crate::grpc::EchoClient::connect(setup.grpc_socket.clone()))?;
         Ok(Worker {
             runtime,
             conns,
+            grpc,
             ids: setup.proxied.ids.clone(),
             unbatched_ids: setup.unbatched.ids.clone(),
         })
@@ -401,6 +421,9 @@ impl Worker {
     }
 
     fn seq(&mut self, target: Target, n: usize) -> Result<Reply> {
+        if target == Target::Grpc {
+            return self.grpc_seq(n);
+        }
         let ids: Vec<String> = (0..n).map(|_| self.pick(target).to_string()).collect();
         let mut conns = self.take(target);
         let result = self.runtime.block_on(async {
@@ -419,6 +442,30 @@ impl Worker {
         });
         self.put(target, conns);
         Ok(Reply::Latencies(result?))
+    }
+
+    /// `n` gRPC echoes one after another, each carrying a point read's request bytes.
+    fn grpc_seq(&mut self, n: usize) -> Result<Reply> {
+        let id = self.pick(Target::Proxied).to_string();
+        let message = bytes::Bytes::from(
+            Request::unsigned("b1", Some("app_0123456789ab".to_string()), &point_read(&id))
+                .encode(),
+        );
+        let mut client = self.grpc.clone();
+        let times = self.runtime.block_on(async {
+            let mut times = Vec::with_capacity(n);
+            for _ in 0..n {
+                let started = Instant::now();
+                let echoed = client.echo(message.clone()).await?;
+                ensure!(
+                    echoed.len() == message.len(),
+                    "the echo changed the message"
+                );
+                times.push(started.elapsed().as_nanos() as u64);
+            }
+            anyhow::Ok(times)
+        })?;
+        Ok(Reply::Latencies(times))
     }
 
     fn conc(

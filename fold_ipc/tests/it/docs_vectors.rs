@@ -555,7 +555,14 @@ fn the_session_vector_is_the_crates_and_holds() {
         v["canonical"]
     );
     assert_eq!(fold_ipc::session::sign(&key, &fields), v["signature"]);
-    for value in ["seed", "app_id", "server_nonce", "client_nonce", "canonical", "signature"] {
+    for value in [
+        "seed",
+        "app_id",
+        "server_nonce",
+        "client_nonce",
+        "canonical",
+        "signature",
+    ] {
         assert!(
             SESSION_RS.contains(&format!("\"{}\"", v[value])),
             "src/session.rs unit-tests the doc's {value}"
