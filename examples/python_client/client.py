@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """hello_app in Python: a FoldClient app written from docs/protocol.md alone.
 
-Connects to the app's socket, sends a signed `ping` and a signed `list_schemas` (pipelined:
-both are written before either answer is read; answers are matched by request_id), prints
-the results, exits 0. Any failure prints what went wrong and exits 1.
+Connects to the app's socket, sends a `ping` and a `list_schemas` (pipelined: both are
+written before either answer is read; answers are matched by request_id), prints the
+results, exits 0. Any failure prints what went wrong and exits 1. Each request is signed,
+unless the credentials file says `"auth": "session"`: then the client opens a session
+(section 6.8: the daemon's challenge, one signed hello) and sends the requests unsigned.
 
 Needs Python 3.8+ and the `cryptography` package (Ed25519), nothing else.
 
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 MAX_FRAME = 4 * 1024 * 1024  # section 3: 4 MiB body cap, both directions
 TIMEOUT_S = 10.0  # every socket read and write
 DOMAIN_TAG = b"foldclient-request\x00"  # section 6.2
+SESSION_TAG = b"foldclient-session\x00"  # section 6.8
 
 
 class ProtocolError(Exception):
@@ -50,6 +53,18 @@ def canonical_bytes(v, app_id, request_id, timestamp, nonce, operation, params_t
     )
 
 
+def session_bytes(app_id, server_nonce, client_nonce, timestamp):
+    """The bytes a hello's signature covers (section 6.8)."""
+    return (
+        SESSION_TAG
+        + struct.pack(">I", 2)
+        + lp(app_id.encode("utf-8"))
+        + lp(server_nonce.encode("utf-8"))
+        + lp(client_nonce.encode("utf-8"))
+        + struct.pack(">Q", timestamp)
+    )
+
+
 def sign(key, canonical: bytes) -> str:
     """Pure Ed25519 (RFC 8032) over the canonical bytes, as 128 lowercase hex digits."""
     return key.sign(canonical).hex()
@@ -72,7 +87,18 @@ def self_test():
         got = sign(key, canonical_bytes(1, "app_7f3a", rid, ts, nonce, op, params))
         if got != expected:
             raise ProtocolError(f"vector {rid}: signature {got} != {expected}")
-    print("self-test: both signature vectors match")
+    # Section 10.4: the session vector.
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(
+        "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"))
+    got = sign(key, session_bytes(
+        "app_0123456789ab",
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        "00112233445566778899aabbccddeeff", 1700000000000))
+    expected = ("446d7b761ed4eda2f0ebde48a501815b57517d4c42efbe93c0abbea0b858fb80"
+                "29ff8556237ece4cf2818779102a6b357e834e54c7262e7193baa139fa418300")
+    if got != expected:
+        raise ProtocolError(f"session vector: signature {got} != {expected}")
+    print("self-test: both signature vectors and the session vector match")
 
 
 class Identity:
@@ -84,6 +110,7 @@ class Identity:
         socket_dir = env.get("FOLD_CLIENT_SOCKET_DIR") or fail("FOLD_CLIENT_SOCKET_DIR is not set")
         self.socket_path = os.path.join(socket_dir, self.app_id + ".sock")
         self.v = 1
+        self.session = False  # the credentials file says whether the app may open sessions
         self.key = None  # None: unsigned requests (dev-mode token-only apps, section 6.7)
         creds_path = env.get("FOLD_CLIENT_CREDENTIALS")
         if creds_path:
@@ -98,6 +125,7 @@ class Identity:
                 fail(f"credentials file is for {creds['app_id']!r}, "
                      f"FOLD_CLIENT_APP_ID is {self.app_id!r}")
             self.v = creds["v"]
+            self.session = creds.get("auth") == "session"
             self.token = creds["token"]
             self.key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(creds["private_key"]))
         else:
@@ -118,6 +146,30 @@ class Connection:
             self.sock.connect(ident.socket_path)
         except OSError as e:
             fail(f"cannot connect to {ident.socket_path}: {e}")
+        self.in_session = False
+        if ident.session:
+            self.open_session()
+
+    def open_session(self):
+        """Section 6.8: read the challenge, send the signed hello, read its answer."""
+        ident = self.ident
+        challenge = self._read_response()
+        if challenge.get("request_id") != "session-challenge" or not challenge.get("success"):
+            raise ProtocolError("the daemon sent no session challenge")
+        server_nonce = challenge["result"]["nonce"]
+        timestamp = int(time.time() * 1000)
+        client_nonce = secrets.token_hex(16)
+        params_text = json.dumps({"server_nonce": server_nonce}, separators=(",", ":"))
+        envelope = {"v": 2, "request_id": "hello", "app_id": ident.app_id, "token": ident.token,
+                    "operation": "hello", "timestamp": timestamp, "nonce": client_nonce,
+                    "signature": sign(ident.key, session_bytes(
+                        ident.app_id, server_nonce, client_nonce, timestamp))}
+        body = json.dumps(envelope, separators=(",", ":"))[:-1] + ',"params":' + params_text + "}"
+        data = body.encode("utf-8")
+        self.sock.sendall(struct.pack(">I", len(data)) + data)
+        self.answers["hello"] = self._read_response()
+        self.result("hello")
+        self.in_session = True
 
     def send(self, operation, params=None) -> str:
         """Writes one request; returns its request_id. params: a dict, or None for none."""
@@ -127,7 +179,9 @@ class Connection:
         params_text = None if params is None else json.dumps(params, separators=(",", ":"))
         envelope = {"v": ident.v, "request_id": request_id, "app_id": ident.app_id,
                     "token": ident.token, "operation": operation}
-        if ident.key is not None:
+        if self.in_session:  # section 6.8: the connection stands for token and signature
+            envelope = {"v": 2, "request_id": request_id, "operation": operation}
+        elif ident.key is not None:
             envelope["timestamp"] = int(time.time() * 1000)
             envelope["nonce"] = secrets.token_hex(16)
             envelope["signature"] = sign(ident.key, canonical_bytes(
@@ -151,13 +205,16 @@ class Connection:
             buf += chunk
         return buf
 
+    def _read_response(self):
+        (length,) = struct.unpack(">I", self._read_exact(4))
+        if length > MAX_FRAME:
+            raise ProtocolError(f"response frame of {length} bytes is over the cap")
+        return json.loads(self._read_exact(length).decode("utf-8"))
+
     def result(self, request_id: str):
         """Reads answers until the one for request_id; returns its result or raises."""
         while request_id not in self.answers:
-            (length,) = struct.unpack(">I", self._read_exact(4))
-            if length > MAX_FRAME:
-                raise ProtocolError(f"response frame of {length} bytes is over the cap")
-            response = json.loads(self._read_exact(length).decode("utf-8"))
+            response = self._read_response()
             rid = response.get("request_id")
             if rid is None:  # section 4.3: an unreadable request, or too_large (closing)
                 err = response.get("error") or {}
@@ -186,7 +243,8 @@ def main() -> int:
         list_id = conn.send("list_schemas")  # pipelined: sent before the ping is answered
         pong = conn.result(ping_id)
         schemas = conn.result(list_id)["schemas"]
-        print(f"hello from {ident.app_id} (python): protocol v{pong['version']}")
+        how = "session" if conn.in_session else "signed"
+        print(f"hello from {ident.app_id} (python, {how}): protocol v{pong['version']}")
         print(f"{len(schemas)} schema(s) visible: {json.dumps(schemas)}")
         conn.sock.close()
         return 0

@@ -367,7 +367,7 @@ async fn python_client_from_the_spec_talks_to_the_daemon() {
     }
     let (ok, out, err) = run_python(&["--self-test"], &[]).await;
     assert!(
-        ok && out.contains("both signature vectors match"),
+        ok && out.contains("both signature vectors and the session vector match"),
         "{out}{err}"
     );
 
@@ -399,7 +399,7 @@ async fn python_client_from_the_spec_talks_to_the_daemon() {
     assert_eq!(
         out,
         format!(
-            "hello from {} (python): protocol v1\n1 schema(s) visible: [\"post\"]\n",
+            "hello from {} (python, signed): protocol v1\n1 schema(s) visible: [\"post\"]\n",
             creds.app_id
         ),
         "{err}"
@@ -452,6 +452,51 @@ async fn python_client_from_the_spec_talks_to_the_daemon() {
             .iter()
             .filter(|r| r["kind"] == "request")
             .all(|r| r["verdict"] == "allow" && r["auth"] == "unsigned"),
+        "{records:?}"
+    );
+
+    // A session app: the client opens a session (challenge, one signed hello) and sends
+    // its requests unsigned (protocol v2, section 6.8).
+    let session_app = d
+        .install("pysession", &["query:post"], Some("session"))
+        .await;
+    let socket_dir = d
+        .socket(&session_app.app_id)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let env = [
+        ("FOLD_CLIENT_APP_ID", session_app.app_id.clone()),
+        ("FOLD_CLIENT_SOCKET_DIR", socket_dir.display().to_string()),
+        (
+            "FOLD_CLIENT_CREDENTIALS",
+            socket_dir.join("credentials.json").display().to_string(),
+        ),
+    ];
+    let (ok, out, err) = run_python(&[], &env).await;
+    assert!(ok, "session python client failed:\n{out}{err}");
+    assert!(
+        out.contains("(python, session)") && out.contains("[\"post\"]"),
+        "{out}"
+    );
+    let records = audit_of(&d, &session_app.app_id).await;
+    let auths: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r["kind"] == "request")
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap(),
+                r["auth"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        auths,
+        [
+            ("hello", "signed"),
+            ("ping", "session"),
+            ("list_schemas", "session")
+        ],
         "{records:?}"
     );
     d.stop().await;
