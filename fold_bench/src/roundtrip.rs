@@ -336,7 +336,13 @@ fn measure(
     if placement == Placement::Process {
         // Allocations per request, counted apart from the timed batches.
         let n = sizes.seq.clamp(10, 200);
-        for variant in [Variant::Proxied, Variant::Floor, Variant::Direct] {
+        let counted = [
+            Variant::Proxied,
+            Variant::Floor,
+            Variant::Direct,
+            Variant::Session,
+        ];
+        for variant in counted {
             let (a0, b0) = crate::alloc_count::read();
             crate::alloc_count::enable(true);
             let run = link.seq(variant.target(), n);
@@ -710,14 +716,21 @@ fn stage_rows(m: &Measured, proxied: &Summary) -> Vec<Row> {
         Verdict::Context,
     ));
     let allocs = |v: Variant| m.allocs.get(&v).copied().unwrap_or((f64::NAN, f64::NAN));
-    let ((pa, pb), (fa, fb), (da, db)) = (
+    let ((pa, pb), (fa, fb), (da, db), (sa, sb)) = (
         allocs(Variant::Proxied),
         allocs(Variant::Floor),
         allocs(Variant::Direct),
+        allocs(Variant::Session),
     );
     rows.push(Row::new(
         "2. heap allocations per request in the server process (sequential; daemon, node and transport)",
-        format!("{} ({} bytes)", num(pa), thousands(pb.round() as i64)),
+        format!(
+            "{} ({} bytes); on a session {} ({} bytes)",
+            num(pa),
+            thousands(pb.round() as i64),
+            num(sa),
+            thousands(sb.round() as i64)
+        ),
         format!(
             "floor {} ({} bytes); direct to the node {} ({} bytes)",
             num(fa),
