@@ -430,10 +430,7 @@ fn rows(
         seq(Variant::Floor),
         seq(Variant::Direct),
     );
-    let round_ratios = |a: Variant, b: Variant| -> Summary {
-        let (x, y) = (&m.seq_round_p50[&a], &m.seq_round_p50[&b]);
-        Summary::of(&x.iter().zip(y).map(|(x, y)| x / y).collect::<Vec<_>>())
-    };
+    let round_ratios = |a, b| round_ratios(m, a, b);
     let pf = proxied.p50 / floor.p50;
     let rr = round_ratios(Variant::Proxied, Variant::Floor);
     rows.push(Row::new(
@@ -555,6 +552,12 @@ fn rows(
     rows
 }
 
+/// The ratio of `a`'s sequential p50 to `b`'s, round by round.
+fn round_ratios(m: &Measured, a: Variant, b: Variant) -> Summary {
+    let (x, y) = (&m.seq_round_p50[&a], &m.seq_round_p50[&b]);
+    Summary::of(&x.iter().zip(y).map(|(x, y)| x / y).collect::<Vec<_>>())
+}
+
 /// A variant's sequential latencies.
 type SeqOf<'a> = &'a dyn Fn(Variant) -> Summary;
 /// A variant's concurrent requests per second, and their spread over rounds.
@@ -567,10 +570,7 @@ fn session_rows(m: &Measured, shape: &str, (seq, rps): (SeqOf<'_>, RpsOf<'_>)) -
         seq(Variant::Proxied),
         seq(Variant::Direct),
     );
-    let per_round = |a: Variant, b: Variant| -> Summary {
-        let (x, y) = (&m.seq_round_p50[&a], &m.seq_round_p50[&b]);
-        Summary::of(&x.iter().zip(y).map(|(x, y)| x / y).collect::<Vec<_>>())
-    };
+    let per_round = |a, b| round_ratios(m, a, b);
     let grpc = seq(Variant::Grpc);
     let grpc_rounds = per_round(Variant::Session, Variant::Grpc);
     let sd = session.p50 / direct.p50;

@@ -245,6 +245,12 @@ pub fn check_hello(
     };
     fold_ipc::session::verify(&app.public_key, &fields, signature)
         .map_err(AuthError::BadSignature)?;
+    check_window(timestamp, now_ms, rules).map(drop)
+}
+
+/// Checks `timestamp` against the window around `now_ms` and the floor; returns the
+/// window in ms.
+fn check_window(timestamp: u64, now_ms: u64, rules: Freshness) -> Result<u64, AuthError> {
     let window_ms = u64::try_from(rules.window.as_millis()).unwrap_or(u64::MAX);
     let skew_ms = now_ms.abs_diff(timestamp);
     if skew_ms > window_ms {
@@ -255,7 +261,7 @@ pub fn check_hello(
             before_ms: rules.not_before_ms - timestamp,
         });
     }
-    Ok(())
+    Ok(window_ms)
 }
 
 fn check_app_and_token(request: &Request, app: &App) -> Result<(), AuthError> {
@@ -299,19 +305,10 @@ pub fn check_freshness(
     rules: Freshness,
     nonces: &mut NonceCache,
 ) -> Result<Fresh, AuthError> {
-    let window_ms = u64::try_from(rules.window.as_millis()).unwrap_or(u64::MAX);
     let (Some(timestamp), Some(nonce)) = (request.timestamp, request.nonce.as_deref()) else {
         return Err(AuthError::Missing(signing::MissingField("timestamp")));
     };
-    let skew_ms = now_ms.abs_diff(timestamp);
-    if skew_ms > window_ms {
-        return Err(AuthError::Stale { skew_ms, window_ms });
-    }
-    if timestamp < rules.not_before_ms {
-        return Err(AuthError::SignedBeforeStart {
-            before_ms: rules.not_before_ms - timestamp,
-        });
-    }
+    let window_ms = check_window(timestamp, now_ms, rules)?;
     // The nonce must be remembered until the window would reject its timestamp anyway.
     let expires_ms = timestamp.saturating_add(window_ms);
     nonces.insert(nonce, expires_ms, now_ms)?;
