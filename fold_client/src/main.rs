@@ -53,6 +53,16 @@ enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// Print a shell completion script for `fold_client` (bash, zsh, fish, elvish or
+    /// powershell), generated from these very commands: e.g. `fold_client completions
+    /// bash > /etc/bash_completion.d/fold_client`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), generated from these very commands: e.g.
+    /// `fold_client man | man -l -`.
+    Man,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -67,9 +77,32 @@ fn default_state_dir() -> PathBuf {
     }
 }
 
+/// Writes what `completions` and `man` print, from the clap definitions; `None` for the
+/// other commands.
+fn generated(command: &Command) -> Option<Result<()>> {
+    use clap::CommandFactory;
+    let mut cli = Args::command();
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cli, "fold_client", &mut out);
+            Some(Ok(()))
+        }
+        Command::Man => Some(
+            clap_mangen::Man::new(cli)
+                .render(&mut out)
+                .context("cannot write the manual page"),
+        ),
+        _ => None,
+    }
+}
+
 fn main() -> Result<()> {
     fold_client::return_large_buffers_to_the_system();
     let args = Args::parse();
+    if let Some(done) = generated(&args.command) {
+        return done;
+    }
     let runtime = fold_ipc::heavy::serving_runtime().context("cannot start the async runtime")?;
     let state_dir = match args.state_dir.clone() {
         Some(dir) => std::path::absolute(dir).context("cannot resolve --state-dir")?,
@@ -87,6 +120,7 @@ fn main() -> Result<()> {
             Command::Audit(cmd) => cli::audit(&ctx, cmd).await.map(|()| 0),
             Command::Doctor => cli::doctor(&ctx).await,
             Command::Run { request, raw } => cli::job(&ctx, request, raw).await,
+            Command::Completions { .. } | Command::Man => Ok(0),
         }
     })?;
     std::process::exit(code);

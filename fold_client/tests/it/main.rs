@@ -14,6 +14,7 @@ mod jobs;
 mod lifecycle;
 mod node;
 mod operations;
+mod packaging;
 mod peer;
 mod replay;
 mod sdk;
