@@ -8,6 +8,7 @@
 //! (which is the app-facing contract).
 
 mod apps;
+mod events;
 mod jobs;
 pub(crate) use jobs::{fill_job_slots, remove_leftover_jobs};
 pub mod protocol;
@@ -97,19 +98,26 @@ async fn serve_admin(mut stream: UnixStream, shared: Arc<Shared>) {
             },
         };
         let body = match serde_json::from_slice::<AdminRequest>(&body) {
+            Ok(AdminRequest::Events(request)) => {
+                events::stream(&mut stream, &shared, request).await;
+                return;
+            }
             Ok(request) => apps::execute(&shared, request).await,
             Err(e) => encode(&AdminReply::<()>::failed(format!("bad admin request: {e}"))),
         };
-        if tokio::time::timeout(
-            Duration::from_secs(10),
-            write_frame(&mut stream, &body, MAX_ADMIN_FRAME),
-        )
-        .await
-        .is_err()
-        {
+        if !send(&mut stream, &body).await {
             return;
         }
     }
+}
+
+/// Writes one admin frame, within a deadline; false when the client is gone or too slow.
+async fn send(stream: &mut UnixStream, body: &[u8]) -> bool {
+    let written = write_frame(stream, body, MAX_ADMIN_FRAME);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), written).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Parses a size such as `256m`, `1g`, `512k` or a plain byte count.
@@ -256,6 +264,38 @@ pub enum AdminError {
     Refused(String),
 }
 
+/// The answers of a streaming request, in order (see [`AdminClient::follow`]).
+#[derive(Debug)]
+pub struct AdminStream<T> {
+    stream: UnixStream,
+    answers: std::marker::PhantomData<T>,
+}
+
+impl<T: serde::de::DeserializeOwned> AdminStream<T> {
+    /// The next answer; `None` once the daemon has closed the stream.
+    pub async fn next(&mut self) -> Option<Result<T, AdminError>> {
+        let body = match read_frame(&mut self.stream, 16 * MAX_ADMIN_FRAME).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(AdminError::Exchange(std::io::Error::other(e)))),
+        };
+        let reply: AdminReply<T> = match serde_json::from_slice(&body) {
+            Ok(reply) => reply,
+            Err(e) => return Some(Err(AdminError::BadReply(e))),
+        };
+        Some(match reply {
+            AdminReply {
+                ok: true,
+                result: Some(result),
+                ..
+            } => Ok(result),
+            AdminReply { error, .. } => Err(AdminError::Refused(
+                error.unwrap_or_else(|| "the daemon refused the request".into()),
+            )),
+        })
+    }
+}
+
 /// The client side of the admin socket: one typed request, one typed answer.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
@@ -285,6 +325,38 @@ impl AdminClient {
     /// The admin socket this client talks to.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// Sends a streaming `request` (`events`) on a connection of its own; its answers come
+    /// one by one from [`AdminStream::next`], without a deadline, until the daemon stops.
+    ///
+    /// # Errors
+    ///
+    /// The daemon is not reachable, or the request could not be sent.
+    pub async fn follow<R: AdminCall>(
+        &self,
+        request: R,
+    ) -> Result<AdminStream<R::Response>, AdminError> {
+        let request: AdminRequest = request.into();
+        let body = serde_json::to_vec(&request).map_err(AdminError::Encode)?;
+        let mut stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| AdminError::Unreachable {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        tokio::time::timeout(
+            self.timeout,
+            write_frame(&mut stream, &body, MAX_ADMIN_FRAME),
+        )
+        .await
+        .map_err(|_| AdminError::TimedOut(self.timeout))?
+        .map_err(|e| AdminError::Exchange(std::io::Error::other(e)))?;
+        Ok(AdminStream {
+            stream,
+            answers: std::marker::PhantomData,
+        })
     }
 
     /// Sends `request` on a connection of its own and returns the daemon's result.

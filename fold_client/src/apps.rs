@@ -540,13 +540,29 @@ pub async fn set_grants(
     name: &str,
     change: impl FnOnce(&mut Vec<crate::policy::Grant>),
 ) -> Result<Arc<App>, DaemonError> {
-    let app = shared
-        .registry
-        .update(name, |app| change(&mut app.grants))?;
-    let grants: Vec<_> = app.grants.iter().map(ToString::to_string).collect();
-    shared
-        .audit
-        .event(&app.id, Some(&app.name), "grants", &grants.join(", "))
-        .await;
+    let mut before = Vec::new();
+    let app = shared.registry.update(name, |app| {
+        before.clone_from(&app.grants);
+        change(&mut app.grants);
+    })?;
+    let show = |grants: &[&crate::policy::Grant]| {
+        grants
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let added: Vec<_> = app.grants.iter().filter(|g| !before.contains(g)).collect();
+    let removed: Vec<_> = before.iter().filter(|g| !app.grants.contains(g)).collect();
+    let all: Vec<_> = app.grants.iter().collect();
+    for (event, changed) in [("grant", &added), ("revoke", &removed)] {
+        if !changed.is_empty() {
+            let detail = format!("{}; now [{}]", show(changed), show(&all));
+            shared
+                .audit
+                .event(&app.id, Some(&app.name), event, &detail)
+                .await;
+        }
+    }
     Ok(app)
 }

@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
@@ -201,10 +202,16 @@ struct RequestLine<'a> {
     verdict: &'static str,
 }
 
+/// Lines a live follower may be behind before it misses some.
+pub const LIVE_BACKLOG: usize = 4096;
+
 /// Handle to the audit writer. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Audit {
     tx: mpsc::Sender<Message>,
+    /// Every line as it is queued, for live followers (`fold_client events`); nothing is
+    /// built for it while nobody follows.
+    live: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -264,10 +271,20 @@ impl Audit {
                 }
             }
         });
-        Ok((Audit { tx }, task))
+        let (live, _) = tokio::sync::broadcast::channel(LIVE_BACKLOG);
+        Ok((Audit { tx, live }, task))
+    }
+
+    /// Every audit line from now on, as written (without its newline). A follower that
+    /// falls more than [`LIVE_BACKLOG`] lines behind is told how many it missed.
+    pub fn follow(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.live.subscribe()
     }
 
     async fn write(&self, mut line: String) {
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(Arc::from(line.as_str()));
+        }
         line.push('\n');
         // Back-pressure rather than loss: a full queue slows requests down.
         let _ = self.tx.send(Message::Line(line)).await;

@@ -53,6 +53,10 @@ enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// Follow lifecycle and decision events as they happen (launch, exit, restart, oom,
+    /// grant, revoke, rotate, deny, ...), like `docker events`; one line each, or one JSON
+    /// object per line with --json. Runs until interrupted.
+    Events(fold_client::admin::protocol::EventsRequest),
     /// Print a shell completion script for `fold_client` (bash, zsh, fish, elvish or
     /// powershell), generated from these very commands: e.g. `fold_client completions
     /// bash > /etc/bash_completion.d/fold_client`.
@@ -120,6 +124,7 @@ fn main() -> Result<()> {
             Command::Audit(cmd) => cli::audit(&ctx, cmd).await.map(|()| 0),
             Command::Doctor => cli::doctor(&ctx).await,
             Command::Run { request, raw } => cli::job(&ctx, request, raw).await,
+            Command::Events(request) => cli::events(&ctx, request).await.map(|()| 0),
             Command::Completions { .. } | Command::Man => Ok(0),
         }
     })?;

@@ -580,5 +580,9 @@ pub(super) async fn execute(shared: &Arc<Shared>, request: AdminRequest) -> Vec<
         AdminRequest::Stop(r) => reply::<p::StopRequest>(stop(shared, r).await),
         AdminRequest::Wait(r) => reply::<p::WaitRequest>(wait(shared, r).await),
         AdminRequest::Ps(_) => reply::<p::PsRequest>(Ok(ps(shared).await)),
+        // A stream, not one answer: the connection's loop serves it (`events::stream`).
+        AdminRequest::Events(_) => reply::<p::EventsRequest>(Err(DaemonError::Invalid(
+            "events are streamed on a connection of their own".into(),
+        ))),
     }
 }

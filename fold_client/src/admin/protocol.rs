@@ -90,6 +90,8 @@ admin_requests! {
     Wait(WaitRequest) -> StateResponse;
     /// States of launched apps.
     Ps(PsRequest) -> PsResponse;
+    /// Follow events as they happen: one answer per event, until the client leaves.
+    Events(EventsRequest) -> EventView;
 }
 
 /// The daemon's answer to one request: `result` when `ok`, else `error`.
@@ -695,6 +697,34 @@ pub struct StateResponse {
     /// Its state as `app ps` shows it (`exited(3)`, `stopped`, ...; `not running` when it
     /// was never launched).
     pub state: String,
+}
+
+/// Follows lifecycle and decision events (launch, exit, restart, oom, grant, revoke,
+/// rotate, deny, ...) as they happen, like `docker events`: the daemon answers with one
+/// frame per event until the client closes the connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct EventsRequest {
+    /// Only this app's events (name or id).
+    #[arg(long)]
+    #[serde(default)]
+    pub app: Option<String>,
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    /// When, ms since the epoch.
+    pub ts: u64,
+    /// The app's id (`-` for the daemon's own).
+    pub app_id: String,
+    /// The app's name, when known.
+    pub app: Option<String>,
+    /// What happened: `launch`, `exit`, `restart`, `oom`, `grant`, `revoke`, `rotate`,
+    /// `deny`, `install`, `remove`, `stop`, ... (`lost`: the follower fell behind).
+    pub kind: String,
+    /// Details, as the audit has them.
+    pub detail: String,
 }
 
 /// Asks for the states of launched apps.

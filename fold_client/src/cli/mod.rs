@@ -8,12 +8,14 @@
 mod app;
 mod audit;
 mod doctor;
+mod events;
 mod run;
 mod serve;
 
 pub use app::{app, AppCommand};
 pub use audit::{audit, AuditCommand};
 pub use doctor::doctor;
+pub use events::events;
 pub use run::job;
 pub use serve::{serve, ServeArgs};
 

@@ -8,6 +8,7 @@
 //! run as their app's non-root uid, which owns the app's socket directory.
 
 mod adoption;
+mod events;
 mod gvisor_tier;
 mod hardening;
 pub mod lifecycle;
