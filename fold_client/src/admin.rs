@@ -279,20 +279,7 @@ impl<T: serde::de::DeserializeOwned> AdminStream<T> {
             Ok(None) => return None,
             Err(e) => return Some(Err(AdminError::Exchange(std::io::Error::other(e)))),
         };
-        let reply: AdminReply<T> = match serde_json::from_slice(&body) {
-            Ok(reply) => reply,
-            Err(e) => return Some(Err(AdminError::BadReply(e))),
-        };
-        Some(match reply {
-            AdminReply {
-                ok: true,
-                result: Some(result),
-                ..
-            } => Ok(result),
-            AdminReply { error, .. } => Err(AdminError::Refused(
-                error.unwrap_or_else(|| "the daemon refused the request".into()),
-            )),
-        })
+        Some(answer(&body))
     }
 }
 
@@ -337,22 +324,8 @@ impl AdminClient {
         &self,
         request: R,
     ) -> Result<AdminStream<R::Response>, AdminError> {
-        let request: AdminRequest = request.into();
-        let body = serde_json::to_vec(&request).map_err(AdminError::Encode)?;
-        let mut stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| AdminError::Unreachable {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-        tokio::time::timeout(
-            self.timeout,
-            write_frame(&mut stream, &body, MAX_ADMIN_FRAME),
-        )
-        .await
-        .map_err(|_| AdminError::TimedOut(self.timeout))?
-        .map_err(|e| AdminError::Exchange(std::io::Error::other(e)))?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let stream = self.send(request.into(), deadline).await?;
         Ok(AdminStream {
             stream,
             answers: std::marker::PhantomData,
@@ -366,7 +339,27 @@ impl AdminClient {
     /// The daemon is not reachable, the exchange failed or timed out, the answer is not
     /// this request's response, or the daemon refused the request.
     pub async fn call<R: AdminCall>(&self, request: R) -> Result<R::Response, AdminError> {
-        let request: AdminRequest = request.into();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut stream = self.send(request.into(), deadline).await?;
+        let read = read_frame(&mut stream, 16 * MAX_ADMIN_FRAME);
+        let reply = tokio::time::timeout_at(deadline, read)
+            .await
+            .map_err(|_| AdminError::TimedOut(self.timeout))?
+            .map_err(|e| AdminError::Exchange(std::io::Error::other(e)))?
+            .ok_or_else(|| {
+                AdminError::Exchange(std::io::Error::other(
+                    "the daemon closed the admin connection",
+                ))
+            })?;
+        answer(&reply)
+    }
+
+    /// Connects and writes `request`, before `deadline`.
+    async fn send(
+        &self,
+        request: AdminRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<UnixStream, AdminError> {
         let body = serde_json::to_vec(&request).map_err(AdminError::Encode)?;
         let mut stream =
             UnixStream::connect(&self.socket)
@@ -375,34 +368,26 @@ impl AdminClient {
                     socket: self.socket.clone(),
                     source,
                 })?;
-        let exchange = async {
-            write_frame(&mut stream, &body, MAX_ADMIN_FRAME)
-                .await
-                .map_err(|e| AdminError::Exchange(std::io::Error::other(e)))?;
-            read_frame(&mut stream, 16 * MAX_ADMIN_FRAME)
-                .await
-                .map_err(|e| AdminError::Exchange(std::io::Error::other(e)))?
-                .ok_or_else(|| {
-                    AdminError::Exchange(std::io::Error::other(
-                        "the daemon closed the admin connection",
-                    ))
-                })
-        };
-        let reply = tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout_at(deadline, write_frame(&mut stream, &body, MAX_ADMIN_FRAME))
             .await
-            .map_err(|_| AdminError::TimedOut(self.timeout))??;
-        let reply: AdminReply<R::Response> =
-            serde_json::from_slice(&reply).map_err(AdminError::BadReply)?;
-        match reply {
-            AdminReply {
-                ok: true,
-                result: Some(result),
-                ..
-            } => Ok(result),
-            AdminReply { error, .. } => Err(AdminError::Refused(
-                error.unwrap_or_else(|| "the daemon refused the request".into()),
-            )),
-        }
+            .map_err(|_| AdminError::TimedOut(self.timeout))?
+            .map_err(|e| AdminError::Exchange(std::io::Error::other(e)))?;
+        Ok(stream)
+    }
+}
+
+/// The result an answer frame carries, or the daemon's refusal.
+fn answer<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
+    let reply: AdminReply<T> = serde_json::from_slice(body).map_err(AdminError::BadReply)?;
+    match reply {
+        AdminReply {
+            ok: true,
+            result: Some(result),
+            ..
+        } => Ok(result),
+        AdminReply { error, .. } => Err(AdminError::Refused(
+            error.unwrap_or_else(|| "the daemon refused the request".into()),
+        )),
     }
 }
 

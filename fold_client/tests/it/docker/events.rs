@@ -37,8 +37,25 @@ async fn events_stream_each_kind_in_order_as_json() {
             }
         }
     });
-    // Let the follower subscribe before anything happens.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the follower has subscribed, a harmless change (an empty warm pool) is
+    // repeated; once it shows one, nothing is missed from here on.
+    let start = Instant::now();
+    loop {
+        let nothing = fold_client::admin::protocol::WarmRequest {
+            app: "ev".into(),
+            count: 0,
+        };
+        d.admin(nothing).await.unwrap();
+        if rx
+            .recv_timeout(Duration::from_millis(200))
+            .is_ok_and(|e| e.kind == "warm")
+        {
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "the follower never subscribed");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while rx.try_recv().is_ok() {}
     d.admin(GrantRequest {
         app: "ev".into(),
         grants: vec!["query:item".parse().unwrap()],
