@@ -392,7 +392,32 @@ async fn slow_and_idle_peers_are_cut_off_and_free_their_slots() {
         );
     }
 
-    // The slots are free again. An idle connection is closed after the idle timeout...
+    // The slots are free again, once the daemon has let go of them: a slow peer sees its
+    // connection closed just before the daemon releases the slot, so a probe waits until
+    // a connection is served. (The probe's own slot may still be held below: with it, the
+    // two connections make three, the limit.)
+    let start = Instant::now();
+    loop {
+        let mut probe = Raw::connect(&sock).await;
+        let request = signed(&app, &Operation::Ping);
+        let served = match probe
+            .stream
+            .write_all(&[header(request.len() as u32).as_slice(), &request].concat())
+            .await
+        {
+            Ok(()) => probe.recv().await.is_some_and(|r| r.success),
+            Err(_) => false,
+        };
+        if served {
+            break;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "the slow peers' slots were never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An idle connection is closed after the idle timeout...
     let connected = Instant::now();
     let mut idle = Raw::connect(&sock).await;
     // ...while one that keeps sending requests outlives it.
