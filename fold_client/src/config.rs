@@ -199,6 +199,8 @@ pub struct Config {
     /// Prepared slots for one-off jobs (`fold_client run` with the default image, tier
     /// and limits): throwaway apps installed ahead, each with a prepared container.
     pub warm_jobs: u32,
+    /// Where the Prometheus endpoint listens (`metrics_listen`); off when `None`.
+    pub metrics_listen: Option<MetricsListen>,
     /// Size at which the audit log is rotated (`audit.jsonl` becomes `audit.jsonl.1`).
     pub audit_max_bytes: u64,
     /// Rotated audit files kept; the oldest beyond this is deleted at each rotation.
@@ -268,6 +270,43 @@ impl Config {
             gvisor_runtime: self.gvisor_runtime.clone(),
             warm_dir: self.state_dir.join("warm"),
         }
+    }
+}
+
+/// Where the Prometheus endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// A Unix socket at this path (created 0600).
+    Unix(PathBuf),
+    /// A loopback TCP address.
+    Tcp(std::net::SocketAddr),
+}
+
+impl MetricsListen {
+    /// Parses `unix:/absolute/path` or a loopback `address:port` (`127.0.0.1:9464`,
+    /// `[::1]:9464`).
+    ///
+    /// # Errors
+    ///
+    /// Anything else: a relative path, a name, or an address that is not loopback (the
+    /// metrics name every app; they are for this host).
+    pub fn parse(text: &str) -> Result<MetricsListen, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(format!("{text:?}: the socket path must be absolute"));
+            }
+            return Ok(MetricsListen::Unix(path));
+        }
+        let addr: std::net::SocketAddr = text
+            .parse()
+            .map_err(|_| format!("{text:?}: expected unix:/path or a loopback address:port"))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "{text:?} is not a loopback address: the metrics name every app, so they stay on this host"
+            ));
+        }
+        Ok(MetricsListen::Tcp(addr))
     }
 }
 
@@ -398,6 +437,8 @@ pub struct FileConfig {
     pub warm_pool: Option<u32>,
     /// See [`Config::warm_jobs`].
     pub warm_jobs: Option<u32>,
+    /// See [`Config::metrics_listen`]: `unix:/path` or a loopback `address:port`.
+    pub metrics_listen: Option<String>,
     /// See [`Config::audit_max_bytes`].
     pub audit_max_bytes: Option<u64>,
     /// See [`Config::audit_keep`].
@@ -772,6 +813,12 @@ impl Config {
             max_concurrent_jobs: file.max_concurrent_jobs.unwrap_or(4).max(1),
             warm_pool: check_warm("warm_pool", file.warm_pool.unwrap_or(0))?,
             warm_jobs: check_warm("warm_jobs", file.warm_jobs.unwrap_or(0))?,
+            metrics_listen: file
+                .metrics_listen
+                .as_deref()
+                .map(MetricsListen::parse)
+                .transpose()
+                .map_err(|e| invalid("metrics_listen", e))?,
             audit_max_bytes: positive(
                 "audit_max_bytes",
                 file.audit_max_bytes,

@@ -198,6 +198,7 @@ pub async fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
         }
     }
     crate::admin::fill_job_slots(&shared, shared.config.warm_jobs as usize);
+    crate::prometheus::spawn(&shared).map_err(setup("cannot bind the metrics endpoint"))?;
     admin::spawn(&shared, admin_socket);
     let weak = Arc::downgrade(&shared);
     shared.tasks.spawn(crate::nonce_journal::maintain(

@@ -30,6 +30,7 @@
 
 pub mod admin;
 pub mod app_limits;
+pub mod app_metrics;
 pub mod apps;
 pub mod audit;
 pub mod auth;
@@ -40,6 +41,7 @@ pub mod ipc;
 pub mod metrics;
 pub mod nonce_journal;
 pub mod policy;
+pub mod prometheus;
 pub mod proxy;
 pub mod registry;
 pub mod restart;

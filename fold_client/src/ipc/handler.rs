@@ -32,6 +32,8 @@ pub struct AppRuntime {
     /// Request bytes the app's connections may hold at once (new connections take the
     /// current one).
     pub bytes: Mutex<Arc<ByteBudget>>,
+    /// Its answered requests, for the metrics endpoint.
+    pub requests: crate::app_metrics::RequestCounts,
 }
 
 impl AppRuntime {
@@ -49,6 +51,7 @@ impl AppRuntime {
                 Instant::now(),
             )),
             bytes: Mutex::new(ByteBudget::new(config.default_node_limits.bytes_in_flight)),
+            requests: crate::app_metrics::RequestCounts::default(),
         }
     }
 
@@ -211,6 +214,11 @@ impl AppHandler {
             .await;
         self.shared.metrics.add(Stage::Audit, audit_started);
         self.shared.metrics.answered();
+        self.runtime.requests.record(
+            &request.operation,
+            verdict == Verdict::Allow,
+            started.elapsed(),
+        );
         response
     }
 

@@ -12,6 +12,7 @@ mod faults;
 mod hostile;
 mod jobs;
 mod lifecycle;
+mod metrics_endpoint;
 mod node;
 mod operations;
 mod packaging;
