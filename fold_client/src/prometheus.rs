@@ -199,9 +199,18 @@ pub fn spawn(shared: &Arc<Shared>) -> std::io::Result<()> {
     let owned = Arc::clone(shared);
     match listen {
         MetricsListen::Unix(path) => {
-            let _ = std::fs::remove_file(&path);
-            let listener = tokio::net::UnixListener::bind(&path)?;
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            // As the admin socket: bound where only the daemon writes, 0600 on its entry.
+            let (Some(dir), Some(name)) =
+                (path.parent(), path.file_name().and_then(|n| n.to_str()))
+            else {
+                return Err(std::io::Error::other(
+                    "the metrics socket path has no file name",
+                ));
+            };
+            let dir = crate::fsutil::Dir::open(dir)?;
+            let socket = crate::ipc::bind_socket(&dir, name, crate::fsutil::Access::private(0o600))
+                .map_err(std::io::Error::other)?;
+            let listener = socket.listener;
             shared.tasks.spawn(async move {
                 loop {
                     let accepted = tokio::select! {
