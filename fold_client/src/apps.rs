@@ -260,12 +260,36 @@ fn write_credentials(
         .map_err(setup("cannot write the credentials file"))
 }
 
-pub(crate) fn copy_binary(shared: &Shared, app: &App, source: &Path) -> Result<(), DaemonError> {
+/// Opens the binary an install (or a job) names, checking on the open file that it is a
+/// regular file: what is copied is what was checked, whatever happens to the path after.
+///
+/// # Errors
+///
+/// It cannot be opened, or is not a regular file.
+pub(crate) fn open_binary(source: &Path) -> Result<std::fs::File, DaemonError> {
+    let invalid = |why: String| {
+        DaemonError::Invalid(format!("cannot read binary {}: {why}", source.display()))
+    };
+    let file = std::fs::File::open(source).map_err(|e| invalid(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| invalid(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(DaemonError::Invalid(format!(
+            "{} is not a file",
+            source.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Copies the opened binary (`open_binary`) of `source` into the app's directory.
+pub(crate) fn copy_binary(
+    shared: &Shared,
+    app: &App,
+    (source, mut binary): (&Path, std::fs::File),
+) -> Result<(), DaemonError> {
     let dir = fsutil::Dir::open(&shared.config.apps_dir())
         .and_then(|apps| apps.child_dir(&app.id, Access::private(0o755)))
         .map_err(setup("cannot create the app directory"))?;
-    let mut binary =
-        std::fs::File::open(source).map_err(setup(format!("cannot read {}", source.display())))?;
     dir.write_with(&app.binary, Access::private(0o755), |file| {
         std::io::copy(&mut binary, file).map(drop)
     })
@@ -284,20 +308,9 @@ pub async fn install(
     shared: &Arc<Shared>,
     request: InstallRequest,
 ) -> Result<Arc<App>, DaemonError> {
-    let meta = std::fs::metadata(&request.binary_path).map_err(|e| {
-        DaemonError::Invalid(format!(
-            "cannot read binary {}: {e}",
-            request.binary_path.display()
-        ))
-    })?;
-    if !meta.is_file() {
-        return Err(DaemonError::Invalid(format!(
-            "{} is not a file",
-            request.binary_path.display()
-        )));
-    }
+    let binary = open_binary(&request.binary_path)?;
     let (app, secrets) = shared.registry.install(request.spec, now_ms())?;
-    let result = copy_binary(shared, &app, &request.binary_path)
+    let result = copy_binary(shared, &app, (&request.binary_path, binary))
         .and_then(|()| write_credentials(shared, &app, &secrets))
         .and_then(|()| serve_app(shared, &app));
     if let Err(e) = result {

@@ -187,6 +187,26 @@ where
     let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
 }
 
+/// Serves each connection `accept` yields, until shutdown.
+async fn accept_loop<S, P, A, F>(shared: &Arc<Shared>, mut accept: F)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: FnMut() -> A,
+    A: std::future::Future<Output = std::io::Result<(S, P)>>,
+{
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            accepted = accept() => accepted,
+        };
+        if let Ok((stream, _)) = accepted {
+            shared
+                .tasks
+                .spawn(serve_connection(stream, Arc::clone(shared)));
+        }
+    }
+}
+
 /// Binds the endpoint the config names (if any) and serves it until shutdown.
 ///
 /// # Errors
@@ -196,7 +216,6 @@ pub fn spawn(shared: &Arc<Shared>) -> std::io::Result<()> {
     let Some(listen) = shared.config.metrics_listen.clone() else {
         return Ok(());
     };
-    let owned = Arc::clone(shared);
     match listen {
         MetricsListen::Unix(path) => {
             // As the admin socket: bound where only the daemon writes, 0600 on its entry.
@@ -210,39 +229,20 @@ pub fn spawn(shared: &Arc<Shared>) -> std::io::Result<()> {
             let dir = crate::fsutil::Dir::open(dir)?;
             let socket = crate::ipc::bind_socket(&dir, name, crate::fsutil::Access::private(0o600))
                 .map_err(std::io::Error::other)?;
-            let listener = socket.listener;
+            let owned = Arc::clone(shared);
             shared.tasks.spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        () = owned.shutdown.cancelled() => break,
-                        accepted = listener.accept() => accepted,
-                    };
-                    if let Ok((stream, _)) = accepted {
-                        owned
-                            .tasks
-                            .spawn(serve_connection(stream, Arc::clone(&owned)));
-                    }
-                }
-                let _ = std::fs::remove_file(&path);
+                accept_loop(&owned, || socket.listener.accept()).await;
+                let _ = std::fs::remove_file(&socket.path);
             });
         }
         MetricsListen::Tcp(addr) => {
             let std_listener = std::net::TcpListener::bind(addr)?;
             std_listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(std_listener)?;
-            shared.tasks.spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        () = owned.shutdown.cancelled() => break,
-                        accepted = listener.accept() => accepted,
-                    };
-                    if let Ok((stream, _)) = accepted {
-                        owned
-                            .tasks
-                            .spawn(serve_connection(stream, Arc::clone(&owned)));
-                    }
-                }
-            });
+            let owned = Arc::clone(shared);
+            shared
+                .tasks
+                .spawn(async move { accept_loop(&owned, || listener.accept()).await });
         }
     }
     tracing::info!("metrics endpoint listening");

@@ -130,21 +130,10 @@ async fn run_in_slot(
 ) -> Result<RunResponse, DaemonError> {
     let marker = job_marker(shared, slot_id(&slot.name));
     let prepared = async {
-        let meta = std::fs::metadata(&request.binary).map_err(|e| {
-            DaemonError::Invalid(format!(
-                "cannot read binary {}: {e}",
-                request.binary.display()
-            ))
-        })?;
-        if !meta.is_file() {
-            return Err(DaemonError::Invalid(format!(
-                "{} is not a file",
-                request.binary.display()
-            )));
-        }
+        let binary = apps::open_binary(&request.binary)?;
         let grants = request.grants.clone();
         let app = apps::set_grants(shared, &slot.name, move |g| *g = grants).await?;
-        apps::copy_binary(shared, &app, &request.binary)?;
+        apps::copy_binary(shared, &app, (&request.binary, binary))?;
         Ok(())
     };
     if let Err(e) = prepared.await {
